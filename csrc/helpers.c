@@ -1,0 +1,33 @@
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "helpers.h"
+
+int pyvmm_ioctl(int fd, unsigned long request, void *arg)
+{
+    int ret = ioctl(fd, request, arg);
+    return ret < 0 ? -errno : ret;
+}
+
+int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
+{
+    int ret = ioctl(fd, request, arg);
+    return ret < 0 ? -errno : ret;
+}
+
+static void pyvmm_kick(int signo)
+{
+    (void)signo;
+}
+
+int pyvmm_install_kick_handler(int signo)
+{
+    struct sigaction action;
+
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = pyvmm_kick;
+    sigemptyset(&action.sa_mask);
+    return sigaction(signo, &action, NULL) < 0 ? -errno : 0;
+}

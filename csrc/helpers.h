@@ -1,0 +1,13 @@
+#ifndef PYVMM_HELPERS_H
+#define PYVMM_HELPERS_H
+
+/* Each returns the ioctl's result, or -errno on failure, so Python reads the
+ * error from the return value instead of a second call for errno. */
+int pyvmm_ioctl(int fd, unsigned long request, void *arg);
+int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
+
+/* Installs a do-nothing handler (no SA_RESTART) for signo, so that a signal
+ * sent to a vCPU thread makes its KVM_RUN return -EINTR. */
+int pyvmm_install_kick_handler(int signo);
+
+#endif

@@ -1,0 +1,1 @@
+"""x86-64: memory layout, descriptor tables, page tables, entry modes, CPUID."""

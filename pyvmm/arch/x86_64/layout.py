@@ -1,0 +1,32 @@
+"""Where pyvmm puts its boot structures in guest-physical memory.
+
+Everything lives in the first 64 KiB, below where any loader places a
+kernel (real-mode binaries default to 0x7c00 and must stay clear of it).
+"""
+
+BOOT_GDT = 0x0500             # 8 descriptors
+BOOT_IDT = 0x0540             # empty IDT: limit 0
+PML4 = 0x1000                 # identity map of the first 4 GiB:
+PDPT = 0x2000                 #   PML4 -> PDPT -> 4 page directories of
+PAGE_DIRECTORIES = 0x3000     #   2 MiB pages at 0x3000..0x6fff
+BOOT_STACK_TOP = 0x8FF0       # initial stack pointer in every mode (stack at 0x8000..0x8fff)
+
+REAL_MODE_LOAD = 0x7C00       # default load address of a real-mode binary
+HIGH_MEMORY = 0x100000        # default load address of a 32/64-bit binary
+
+# Structures the loader must not overwrite when it places a kernel.
+RESERVED_LOW = (0x0000, 0x7000)
+
+IDENTITY_MAPPED = 4 << 30     # the page tables map [0, 4 GiB)
+
+MIN_MEMORY = 1 << 20          # below this the boot structures do not fit
+
+MMIO_HOLE_START = 0xC0000000  # [3 GiB, 4 GiB) is left for device MMIO
+FOUR_GIB = 1 << 32
+
+
+def ram_ranges(size):
+    """[(guest address, size)] of guest RAM for `size` bytes of memory."""
+    if size <= MMIO_HOLE_START:
+        return [(0, size)]
+    return [(0, MMIO_HOLE_START), (FOUR_GIB, size - MMIO_HOLE_START)]

@@ -1,0 +1,130 @@
+"""The `pyvmm` command.
+
+Every failure a user can cause ends in one line `pyvmm: error: ...` and a
+non-zero status; no traceback ever reaches the terminal.
+"""
+
+import argparse
+import os
+import sys
+
+from .config import ConfigError, VmConfig, parse_address, parse_size
+from .kvm import KvmError
+from .loader import LoaderError
+from .memory import GuestMemoryError
+from .stop import STATUS_CRASH
+
+EXIT_USAGE = 2
+EXIT_HOST = 1
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    parser = Parser(prog="pyvmm", description="A small virtual machine monitor on Linux KVM.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    run = commands.add_parser("run", help="boot a kernel (default: the bundled hello guest)")
+    run.add_argument("kernel", nargs="?", metavar="KERNEL",
+                     help="kernel image: ELF, or a flat binary with --raw-mode")
+    run.add_argument("--memory", default="128M", metavar="SIZE",
+                     help="guest RAM, with a K/M/G suffix (default 128M)")
+    run.add_argument("--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
+    run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
+    run.add_argument("--raw-mode", choices=("real", "protected", "long"),
+                     help="load KERNEL as a flat binary entered in this mode")
+    run.add_argument("--load-addr", metavar="ADDR",
+                     help="flat binary load address (default 0x7c00 real, 0x100000 otherwise)")
+    run.add_argument("--entry", metavar="ADDR", help="flat binary entry point (default: load address)")
+    run.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH",
+                     help="where the serial console's output goes (default stdio)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="stop the guest after this long (exit status 124)")
+    run.add_argument("--stats", action="store_true", help="print exit counters to stderr at the end")
+    return parser
+
+
+def config_from_args(args):
+    config = VmConfig(
+        kernel=args.kernel,
+        memory=parse_size(args.memory),
+        cpus=args.cpus,
+        cmdline=args.cmdline,
+        raw_mode=args.raw_mode,
+        load_addr=None if args.load_addr is None else parse_address(args.load_addr),
+        entry=None if args.entry is None else parse_address(args.entry),
+        serial=args.serial,
+        timeout=args.timeout,
+        stats=args.stats,
+    )
+    if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
+        raise ConfigError("--load-addr and --entry need --raw-mode")
+    return config.validate()
+
+
+def read_image(config):
+    from .vmm import read_kernel
+    try:
+        return read_kernel(config)
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read kernel {config.kernel}: it is a directory") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read kernel {config.kernel}: {error.strerror or error}") from None
+
+
+def command_run(args):
+    config = config_from_args(args)
+    image, options = read_image(config)
+    from .vmm import Machine
+    with Machine(config, image, options) as machine:
+        stdin_fd = 0 if config.serial == "stdio" and _readable(0) else None
+        result = machine.run(stdin_fd=stdin_fd)
+        if config.stats:
+            names = {base: name for base, _length, name in machine.port_bus.ranges()}
+            print(machine.stats.format(names), file=sys.stderr)
+    if result.status == STATUS_CRASH:
+        print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
+    elif result.reason == "timeout":
+        print(f"pyvmm: {result.message}", file=sys.stderr)
+    return result.status & 0xFF
+
+
+def _readable(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        return command_run(args)
+    except (UsageError, ConfigError, LoaderError, GuestMemoryError) as error:
+        _error(error)
+        return EXIT_USAGE
+    except KvmError as error:
+        _error(error)
+        return EXIT_HOST
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:  # never a traceback: name the bug in one line
+        _error(f"internal error: {type(error).__name__}: {error}")
+        return STATUS_CRASH
+
+
+def _error(message):
+    print(f"pyvmm: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The VM configuration the command line (or Python code) fills in."""
+
+import os
+import re
+from dataclasses import dataclass
+
+from .arch.x86_64 import layout
+
+DEFAULT_MEMORY = 128 << 20
+MAX_CPUS = 255
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message is for the user."""
+
+
+def parse_size(text):
+    """'512M' -> 536870912. Plain numbers are bytes; K/M/G/T are binary units."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"invalid size {text!r} (examples: 512M, 2G, 65536K)")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def parse_address(text):
+    """'0x100000' or '1048576' -> int."""
+    try:
+        value = int(str(text), 0)
+    except ValueError:
+        raise ConfigError(f"invalid address {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"invalid address {text!r}")
+    return value
+
+
+def host_memory():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class VmConfig:
+    kernel: str = None           # path; None boots the bundled hello guest
+    memory: int = DEFAULT_MEMORY
+    cpus: int = 1
+    cmdline: str = ""
+    raw_mode: str = None         # real | protected | long: load KERNEL as a flat binary
+    load_addr: int = None
+    entry: int = None
+    serial: str = "stdio"        # stdio | null | file:PATH | buffer
+    timeout: float = None        # seconds
+    stats: bool = False
+
+    def validate(self):
+        """Raises ConfigError for values no VM can run with."""
+        if self.memory < layout.MIN_MEMORY:
+            raise ConfigError(f"memory size {self.memory} is too small (at least 1M)")
+        if self.memory % 4096:
+            raise ConfigError("memory size must be a multiple of 4K")
+        if self.memory > host_memory():
+            raise ConfigError(f"memory size {self.memory >> 20}M is more than this host has "
+                              f"({host_memory() >> 20}M)")
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError("--timeout must be a positive number of seconds")
+        if self.raw_mode not in (None, "real", "protected", "long"):
+            raise ConfigError(f"unknown raw mode {self.raw_mode!r}")
+        if self.serial not in ("stdio", "null", "buffer") and not (
+                self.serial.startswith("file:") and len(self.serial) > 5):
+            raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
+        return self

@@ -1,0 +1,433 @@
+"""16550A UART register model: the PC's COM1 (8 registers, usually at 0x3f8).
+
+Semantics follow the PC16550D datasheet and QEMU's hw/char/serial.c (the
+UART Linux guests are used to), with these deliberate simplifications:
+
+* Transmission is instantaneous.  A THR byte goes straight to the `output`
+  callable (or, in loopback, into our own receiver), so LSR.THRE and
+  LSR.TEMT always read 1 and a THR write always ends with a fresh
+  "THR empty" interrupt pending.  The TX FIFO therefore never holds data.
+* There are no timers.  The receiver's character-timeout interrupt
+  (IIR 0x0c) is reported whenever the RX FIFO is enabled, holds data below
+  its trigger level, and no more input can arrive without guest action
+  (the host backlog is empty, or the UART is in loopback).  Real hardware
+  waits four character times for the same condition.
+* Host input is never lost to overruns.  `feed()` queues bytes in a host
+  backlog (capped at HOST_BACKLOG_LIMIT bytes; the excess is dropped and
+  counted); the backlog tops up the receiver whenever it has room.  Only
+  loopback traffic can overrun the receiver (LSR.OE).
+* Break, parity and framing errors are never generated; their LSR bits and
+  the receiver-line-status interrupt logic are still modelled.
+* Reading RBR while the receiver is empty returns 0 (QEMU does the same in
+  FIFO mode).
+* At reset MCR is 0, as in the datasheet (QEMU sets OUT2).  The interrupt
+  line is driven regardless of MCR.OUT2 and of loopback, as in QEMU.
+* In loopback mode MSR's delta bits track changes of the looped-back MCR
+  outputs, as the datasheet describes (QEMU reports the lines but no
+  deltas there).
+
+Threading: one lock guards all device state.  The vCPU thread calls
+read()/write() while a host input thread calls feed().  The `output` and
+`irq` callables run with the lock held, in whichever thread caused the
+event, so they must not call back into this device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable, Optional
+
+REGISTER_COUNT = 8
+
+# Register offsets.  DLL/DLM replace RBR-THR/IER while LCR.DLAB is set.
+RBR = THR = DLL = 0
+IER = DLM = 1
+IIR = FCR = 2
+LCR = 3
+MCR = 4
+LSR = 5
+MSR = 6
+SCR = 7
+
+IER_RDI = 0x01  # received data available (and character timeout)
+IER_THRI = 0x02  # transmitter holding register empty
+IER_RLSI = 0x04  # receiver line status (errors)
+IER_MSI = 0x08  # modem status change
+IER_MASK = 0x0F
+
+# IIR interrupt identification, highest priority first.
+IIR_RLSI = 0x06
+IIR_CTI = 0x0C
+IIR_RDI = 0x04
+IIR_THRI = 0x02
+IIR_MSI = 0x00
+IIR_NO_INT = 0x01
+IIR_FIFOS_ENABLED = 0xC0
+
+FCR_FIFO_ENABLE = 0x01
+FCR_CLEAR_RX = 0x02
+FCR_CLEAR_TX = 0x04
+FCR_DMA_MODE = 0x08
+FCR_TRIGGER_MASK = 0xC0
+FCR_STICKY = FCR_TRIGGER_MASK | FCR_DMA_MODE | FCR_FIFO_ENABLE
+RX_TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
+
+LCR_DLAB = 0x80
+
+MCR_DTR = 0x01
+MCR_RTS = 0x02
+MCR_OUT1 = 0x04
+MCR_OUT2 = 0x08
+MCR_LOOP = 0x10
+MCR_MASK = 0x1F
+
+LSR_DR = 0x01
+LSR_OE = 0x02
+LSR_PE = 0x04
+LSR_FE = 0x08
+LSR_BI = 0x10
+LSR_THRE = 0x20
+LSR_TEMT = 0x40
+LSR_ERRORS = LSR_OE | LSR_PE | LSR_FE | LSR_BI
+
+MSR_DCTS = 0x01
+MSR_DDSR = 0x02
+MSR_TERI = 0x04
+MSR_DDCD = 0x08
+MSR_DELTAS = 0x0F
+MSR_CTS = 0x10
+MSR_DSR = 0x20
+MSR_RI = 0x40
+MSR_DCD = 0x80
+MSR_LINES = 0xF0
+# What a "cable" to the host presents outside loopback (same as QEMU).
+MSR_HOST_LINES = MSR_DCD | MSR_DSR | MSR_CTS
+
+FIFO_DEPTH = 16
+HOST_BACKLOG_LIMIT = 1 << 20
+RESET_DIVISOR = 0x0C  # 115200 / 12 = 9600 baud
+
+# Preallocated one-byte results: keeps LSR polling and THR output allocation-free.
+_ONE_BYTE = tuple(bytes((value,)) for value in range(256))
+
+
+class Serial16550:
+    """A 16550A UART; see the module docstring for the model's semantics."""
+
+    def __init__(
+        self,
+        output: Optional[Callable[[bytes], None]] = None,
+        irq: Optional[Callable[[bool], None]] = None,
+    ) -> None:
+        self._output = output
+        self._irq = irq
+        self._lock = threading.Lock()
+        self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
+        self._backlog: deque[int] = deque()  # host input not yet in the receiver
+        self._irq_level = False
+        self.bytes_transmitted = 0  # bytes the guest wrote to THR
+        self.bytes_received = 0  # bytes the guest read from RBR
+        self.input_bytes_dropped = 0  # host bytes refused because the backlog was full
+        self.overruns = 0  # bytes lost to receiver overrun (loopback only)
+        self._readers = (
+            self._read_rbr,
+            self._read_ier,
+            self._read_iir,
+            self._read_lcr,
+            self._read_mcr,
+            self._read_lsr,
+            self._read_msr,
+            self._read_scr,
+        )
+        self._writers = (
+            self._write_thr,
+            self._write_ier,
+            self._write_fcr,
+            self._write_lcr,
+            self._write_mcr,
+            self._ignore_write,  # LSR: read-only (factory test only)
+            self._ignore_write,  # MSR: read-only
+            self._write_scr,
+        )
+        self._reset_registers()
+
+    def _reset_registers(self) -> None:
+        self._divisor = RESET_DIVISOR
+        self._ier = 0
+        self._lcr = 0
+        self._mcr = 0
+        self._scr = 0
+        self._fcr = 0
+        self._rx_capacity = 1  # FIFOs off: the receiver holds one byte
+        self._rx_trigger = 1
+        self._lsr_errors = 0
+        self._msr = MSR_HOST_LINES
+        self._thr_pending = False
+        self._rx.clear()
+
+    # ------------------------------------------------------- device contract
+
+    def read(self, offset: int, size: int) -> bytes:
+        # QEMU's UART only implements 1-byte accesses; wider ones are split.
+        with self._lock:
+            if size == 1:
+                return _ONE_BYTE[self._read_register(offset)]
+            return bytes([self._read_register(offset + i) for i in range(size)])
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if len(data) == 1:
+                self._write_register(offset, data[0])
+                return
+            for i, value in enumerate(data):
+                self._write_register(offset + i, value)
+
+    def _read_register(self, offset: int) -> int:
+        if 0 <= offset < REGISTER_COUNT:
+            return self._readers[offset]()
+        return 0xFF  # outside the UART: nothing drives the bus
+
+    def _write_register(self, offset: int, value: int) -> None:
+        if 0 <= offset < REGISTER_COUNT:
+            self._writers[offset](value)
+
+    # ----------------------------------------------------------- host side
+
+    def feed(self, data: bytes) -> None:
+        """Queue host input for the guest (thread-safe)."""
+        with self._lock:
+            room = HOST_BACKLOG_LIMIT - len(self._backlog)
+            if len(data) > room:
+                self.input_bytes_dropped += len(data) - room
+                data = data[:room]
+            self._backlog.extend(data)
+            self._refill_rx()
+            self._update_irq()
+
+    def pending_input(self) -> int:
+        """Host bytes queued but not yet in the receiver."""
+        with self._lock:
+            return len(self._backlog)
+
+    @property
+    def rx_level(self) -> int:
+        """Bytes currently in the receiver (FIFO or holding register)."""
+        return len(self._rx)
+
+    @property
+    def irq_level(self) -> bool:
+        """Current level of the interrupt output line."""
+        return self._irq_level
+
+    def reset(self) -> None:
+        """Hardware reset: registers to reset values, receiver emptied.
+
+        The host backlog survives: it belongs to the host side of the line.
+        """
+        with self._lock:
+            self._reset_registers()
+            self._refill_rx()
+            self._update_irq()
+
+    def register_snapshot(self) -> dict[str, int]:
+        """Register values without read side effects (for stats and tests)."""
+        with self._lock:
+            return {
+                "IER": self._ier,
+                "IIR": self._iir_value(self._interrupt_id()),
+                "FCR": self._fcr,
+                "LCR": self._lcr,
+                "MCR": self._mcr,
+                "LSR": self._lsr_value(),
+                "MSR": self._msr,
+                "SCR": self._scr,
+                "DLL": self._divisor & 0xFF,
+                "DLM": self._divisor >> 8,
+            }
+
+    # ------------------------------------------------------ register reads
+
+    def _read_rbr(self) -> int:
+        if self._lcr & LCR_DLAB:
+            return self._divisor & 0xFF
+        rx = self._rx
+        if not rx:
+            return 0
+        value = rx.popleft()
+        self.bytes_received += 1
+        self._update_irq()
+        return value
+
+    def _read_ier(self) -> int:
+        if self._lcr & LCR_DLAB:
+            return self._divisor >> 8
+        return self._ier
+
+    def _read_iir(self) -> int:
+        interrupt_id = self._interrupt_id()
+        if interrupt_id == IIR_THRI:
+            # Reading IIR acknowledges a THR-empty interrupt (only that one).
+            self._thr_pending = False
+            self._update_irq()
+        return self._iir_value(interrupt_id)
+
+    def _read_lcr(self) -> int:
+        return self._lcr
+
+    def _read_mcr(self) -> int:
+        return self._mcr
+
+    def _read_lsr(self) -> int:
+        value = self._lsr_value()
+        if self._lsr_errors:
+            self._lsr_errors = 0  # error bits clear on read
+            self._update_irq()
+        return value
+
+    def _read_msr(self) -> int:
+        value = self._msr
+        if value & MSR_DELTAS:
+            self._msr = value & MSR_LINES  # delta bits clear on read
+            self._update_irq()
+        return value
+
+    def _read_scr(self) -> int:
+        return self._scr
+
+    def _iir_value(self, interrupt_id: int) -> int:
+        return interrupt_id | (IIR_FIFOS_ENABLED if self._fcr & FCR_FIFO_ENABLE else 0)
+
+    def _lsr_value(self) -> int:
+        # THRE and TEMT: transmission is instantaneous, so always empty.
+        return LSR_THRE | LSR_TEMT | self._lsr_errors | (LSR_DR if self._rx else 0)
+
+    # ----------------------------------------------------- register writes
+
+    def _write_thr(self, value: int) -> None:
+        if self._lcr & LCR_DLAB:
+            self._divisor = (self._divisor & 0xFF00) | value
+            return
+        self.bytes_transmitted += 1
+        if self._mcr & MCR_LOOP:
+            self._receive_looped_back(value)
+        elif self._output is not None:
+            self._output(_ONE_BYTE[value])
+        # The write acknowledged any THR-empty interrupt; the instant
+        # transmission empties THR again, which raises a new one.
+        self._thr_pending = True
+        self._update_irq()
+
+    def _write_ier(self, value: int) -> None:
+        if self._lcr & LCR_DLAB:
+            self._divisor = (self._divisor & 0x00FF) | (value << 8)
+            return
+        value &= IER_MASK
+        changed = self._ier ^ value
+        self._ier = value
+        if changed & IER_THRI:
+            # Enabling THRI while THR is empty (always, here) raises the
+            # interrupt even if it was acknowledged before; Linux's THRE
+            # probe and Windows rely on this (see QEMU).  Disabling drops it.
+            self._thr_pending = bool(value & IER_THRI)
+        self._update_irq()
+
+    def _write_fcr(self, value: int) -> None:
+        if (value ^ self._fcr) & FCR_FIFO_ENABLE:
+            value |= FCR_CLEAR_RX | FCR_CLEAR_TX  # toggling FIFO mode flushes both
+        if value & FCR_CLEAR_RX:
+            self._rx.clear()
+        if value & FCR_CLEAR_TX:
+            self._thr_pending = True  # an emptied transmitter is a THRE event (as QEMU)
+        self._fcr = value & FCR_STICKY
+        if value & FCR_FIFO_ENABLE:
+            self._rx_capacity = FIFO_DEPTH
+            self._rx_trigger = RX_TRIGGER_LEVELS[value & FCR_TRIGGER_MASK]
+        else:
+            self._rx_capacity = 1
+            self._rx_trigger = 1
+        self._refill_rx()
+        self._update_irq()
+
+    def _write_lcr(self, value: int) -> None:
+        self._lcr = value
+
+    def _write_mcr(self, value: int) -> None:
+        self._mcr = value & MCR_MASK
+        self._update_modem_lines()
+        self._refill_rx()  # leaving loopback reconnects the host input
+        self._update_irq()
+
+    def _write_scr(self, value: int) -> None:
+        self._scr = value
+
+    def _ignore_write(self, value: int) -> None:
+        pass
+
+    # ------------------------------------------------------------ internals
+
+    def _update_modem_lines(self) -> None:
+        """Recompute MSR's line bits and latch delta bits for changed lines."""
+        mcr = self._mcr
+        if mcr & MCR_LOOP:
+            # Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
+            lines = ((mcr & MCR_DTR) << 5) | ((mcr & MCR_RTS) << 3) | ((mcr & (MCR_OUT1 | MCR_OUT2)) << 4)
+        else:
+            lines = MSR_HOST_LINES
+        old = self._msr
+        deltas = ((old ^ lines) & MSR_LINES) >> 4
+        if lines & MSR_RI:
+            deltas &= ~MSR_TERI  # TERI only latches on RI's trailing (1 -> 0) edge
+        self._msr = lines | (old & MSR_DELTAS) | deltas
+
+    def _receive_looped_back(self, value: int) -> None:
+        rx = self._rx
+        if len(rx) < self._rx_capacity:
+            rx.append(value)
+            return
+        self._lsr_errors |= LSR_OE
+        self.overruns += 1
+        if self._rx_capacity == 1:
+            rx[0] = value  # without FIFOs the new byte overwrites RBR
+        # With FIFOs the FIFO keeps its contents and the new byte is lost.
+
+    def _refill_rx(self) -> None:
+        """Move host backlog into the receiver while it has room."""
+        if self._mcr & MCR_LOOP:
+            return  # loopback disconnects the receiver from the host line
+        rx, backlog = self._rx, self._backlog
+        while backlog and len(rx) < self._rx_capacity:
+            rx.append(backlog.popleft())
+
+    def _interrupt_id(self) -> int:
+        """Highest-priority pending and enabled interrupt (QEMU's serial_update_irq order)."""
+        ier = self._ier
+        if not ier:
+            return IIR_NO_INT
+        if ier & IER_RLSI and self._lsr_errors:
+            return IIR_RLSI
+        rx = self._rx
+        if ier & IER_RDI and rx:
+            # Like QEMU (and real chips), IER.RDI also gates the timeout.
+            # Below the trigger level means no more input can arrive now:
+            # _refill_rx keeps the FIFO full while the host has backlog,
+            # except in loopback, where the host line is disconnected.
+            return IIR_RDI if len(rx) >= self._rx_trigger else IIR_CTI
+        if ier & IER_THRI and self._thr_pending:
+            return IIR_THRI
+        if ier & IER_MSI and self._msr & MSR_DELTAS:
+            return IIR_MSI
+        return IIR_NO_INT
+
+    def _update_irq(self) -> None:
+        level = self._interrupt_id() != IIR_NO_INT
+        if level != self._irq_level:
+            self._irq_level = level
+            if self._irq is not None:
+                self._irq(level)
+
+    def __repr__(self) -> str:
+        return (
+            f"Serial16550(tx={self.bytes_transmitted}, rx={self.bytes_received}, "
+            f"rx_level={len(self._rx)}, backlog={len(self._backlog)})"
+        )

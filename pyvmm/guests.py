@@ -1,0 +1,56 @@
+"""Finding the bundled tiny test guests (built from guests/ with make).
+
+An installed pyvmm carries them in pyvmm/guests/; in a source checkout
+they are built on first use into guests/build/ with the machine's
+gcc/as/ld.
+"""
+
+import fcntl
+import os
+import subprocess
+
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guests")
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests")
+BUILD_DIR = os.path.join(SOURCE_DIR, "build")
+
+# The guest `pyvmm run` boots when no kernel is given, and how to enter it.
+DEFAULT_GUEST = "hello.bin"
+DEFAULT_RAW_MODE = "protected"
+
+
+class GuestNotFound(FileNotFoundError):
+    pass
+
+
+def build():
+    """Runs `make` in the source checkout's guests/ (serialised by a lock)."""
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    with open(os.path.join(BUILD_DIR, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(["make", "-s", "-C", SOURCE_DIR], capture_output=True, text=True)
+    if result.returncode:
+        raise GuestNotFound(f"building the test guests failed:\n{result.stderr.strip()}")
+
+
+def _is_stale(built):
+    """True when `built` is missing or older than a source file in guests/."""
+    try:
+        built_time = os.stat(built).st_mtime
+    except FileNotFoundError:
+        return True
+    with os.scandir(SOURCE_DIR) as entries:
+        return any(entry.is_file() and entry.stat().st_mtime > built_time for entry in entries)
+
+
+def path(name):
+    """The path of the bundled guest `name` (e.g. "hello.bin")."""
+    installed = os.path.join(PACKAGE_DIR, name)
+    if os.path.exists(installed):
+        return installed
+    if os.path.exists(os.path.join(SOURCE_DIR, "Makefile")):
+        if _is_stale(os.path.join(BUILD_DIR, name)):
+            build()
+        built = os.path.join(BUILD_DIR, name)
+        if os.path.exists(built):
+            return built
+    raise GuestNotFound(f"no bundled guest named {name!r}")

@@ -1,0 +1,165 @@
+"""The vCPU run loop: KVM_RUN, then dispatch of every exit to the buses.
+
+This is the readable reference path. Each exit reason ends in a defined
+way: port I/O and MMIO go to the buses; halt, shutdown, failed entry,
+internal errors, system events and unknown reasons stop the VM with a
+status (see stop.py). Exit headers are unpacked with struct from the
+shared kvm_run page at offsets the C compiler reported, which is cheaper
+per exit than reading the fields one by one through cffi.
+"""
+
+import struct
+
+from ._kvm import ffi, lib
+from .kvm import KvmError, exit_reason_name
+from .stop import STATUS_CRASH, STATUS_OK
+
+_UNION = ffi.offsetof("struct kvm_run", "io")
+_IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")         # phys_addr, data, len, is_write
+_REASON = struct.Struct("<I")
+_REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
+_MMIO_DATA = _UNION + 8
+
+
+def _check_layout():
+    """The struct formats above must agree with the compiler's layout."""
+    io = [ffi.offsetof("struct kvm_run", "io", name) - _UNION
+          for name in ("direction", "size", "port", "count", "data_offset")]
+    mmio = [ffi.offsetof("struct kvm_run", "mmio", name) - _UNION
+            for name in ("phys_addr", "data", "len", "is_write")]
+    if io != [0, 1, 2, 4, 8] or mmio != [0, 8, 16, 20]:
+        raise ImportError(f"unexpected struct kvm_run layout: io {io}, mmio {mmio}")
+
+
+_check_layout()
+
+EXIT_IO, EXIT_MMIO, EXIT_HLT = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_HLT
+IO_OUT = lib.KVM_EXIT_IO_OUT
+EINTR, EAGAIN = 4, 11
+VALID_IO_SIZES = (1, 2, 4)
+
+SYSTEM_EVENTS = {
+    lib.KVM_SYSTEM_EVENT_SHUTDOWN: (STATUS_OK, "poweroff"),
+    lib.KVM_SYSTEM_EVENT_RESET: (STATUS_OK, "reset"),
+    lib.KVM_SYSTEM_EVENT_CRASH: (STATUS_CRASH, "guest-crash"),
+}
+INTERNAL_ERRORS = {
+    lib.KVM_INTERNAL_ERROR_EMULATION: "instruction emulation failed",
+    lib.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
+    lib.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
+    lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason",
+}
+
+
+class VcpuLoop:
+    """Runs one vCPU until the VM-wide StopSignal is raised."""
+
+    def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, halt_is_final=lambda vcpu: True):
+        self.vcpu = vcpu
+        self.port_bus = port_bus
+        self.mmio_bus = mmio_bus
+        self.stop = stop
+        self.stats = stats
+        # Whether a HLT exit can never be woken (no interrupt source can reach it).
+        self.halt_is_final = halt_is_final
+
+    def run(self):
+        """The loop; returns when the VM stops. Device errors propagate."""
+        vcpu, stop, stats = self.vcpu, self.stop, self.stats
+        buf = vcpu.run_buffer
+        run_size = vcpu.run_size
+        fd, kvm_run, ioctl = vcpu.fd, lib.KVM_RUN, lib.pyvmm_ioctl_value
+        port_read, port_write = self.port_bus.read, self.port_bus.write
+        reasons, ports = stats.reasons, stats.ports
+        unpack_io, unpack_reason = _IO.unpack_from, _REASON.unpack_from
+        union = _UNION
+        while not stop.requested:
+            ret = ioctl(fd, kvm_run, 0)
+            if ret < 0:
+                if ret == -EINTR or ret == -EAGAIN:
+                    stats.interrupted += 1
+                    vcpu.run.immediate_exit = 0
+                    continue
+                raise KvmError("KVM_RUN", -ret, f"vCPU {vcpu.index}")
+            reason = unpack_reason(buf, _REASON_OFFSET)[0]
+            if reason < 64:
+                reasons[reason] += 1
+            if reason == EXIT_IO:
+                direction, size, port, count, offset = unpack_io(buf, union)
+                key = port << 1 | direction
+                ports[key] = ports.get(key, 0) + count
+                if count == 1 and size in VALID_IO_SIZES and offset + size <= run_size:
+                    if direction == IO_OUT:
+                        port_write(port, bytes(buf[offset:offset + size]))
+                    else:
+                        buf[offset:offset + size] = port_read(port, size)
+                else:
+                    self._string_io(direction, size, port, count, offset)
+            elif reason == EXIT_MMIO:
+                self._mmio()
+            else:
+                self._other(reason)
+
+    def _string_io(self, direction, size, port, count, offset):
+        """`rep ins/outs` with count > 1: one bus access per element, in order."""
+        if size not in VALID_IO_SIZES or count < 1 or offset + size * count > self.vcpu.run_size:
+            self._crash("bad-io", f"malformed port I/O exit (port {port:#x}, size {size}, count {count})")
+            return
+        buf = self.vcpu.run_buffer
+        for element in range(offset, offset + size * count, size):
+            if direction == IO_OUT:
+                self.port_bus.write(port, bytes(buf[element:element + size]))
+            else:
+                buf[element:element + size] = self.port_bus.read(port, size)
+
+    def _mmio(self):
+        buf = self.vcpu.run_buffer
+        addr, data, length, is_write = _MMIO.unpack_from(buf, _UNION)
+        mmio = self.stats.mmio
+        key = addr << 1 | (1 if is_write else 0)
+        mmio[key] = mmio.get(key, 0) + 1
+        if not 1 <= length <= 8:
+            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+            return
+        if is_write:
+            self.mmio_bus.write(addr, data[:length])
+        else:
+            buf[_MMIO_DATA:_MMIO_DATA + length] = self.mmio_bus.read(addr, length)
+
+    def _other(self, reason):
+        run = self.vcpu.run
+        index = self.vcpu.index
+        if reason == EXIT_HLT:
+            if self.halt_is_final(self.vcpu):
+                self.stop.request(STATUS_OK, "halt", vcpu=index)
+        elif reason == lib.KVM_EXIT_SHUTDOWN:
+            self._crash("triple-fault", "guest triple fault (shutdown)" + self._where())
+        elif reason == lib.KVM_EXIT_FAIL_ENTRY:
+            self._crash("fail-entry", "KVM could not enter the guest (hardware entry failure "
+                        f"reason {run.fail_entry.hardware_entry_failure_reason:#x})")
+        elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            suberror = run.internal.suberror
+            what = INTERNAL_ERRORS.get(suberror, f"suberror {suberror}")
+            self._crash("internal-error", f"KVM internal error: {what}" + self._where())
+        elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
+            event = run.system_event.type
+            status, tag = SYSTEM_EVENTS.get(event, (STATUS_CRASH, f"system-event-{event}"))
+            self.stop.request(status, tag, "" if status == STATUS_OK else
+                              f"unhandled system event {event}", vcpu=index)
+        elif reason in (lib.KVM_EXIT_IRQ_WINDOW_OPEN, lib.KVM_EXIT_INTR):
+            pass
+        elif reason in (lib.KVM_EXIT_X86_RDMSR, lib.KVM_EXIT_X86_WRMSR):
+            run.msr.error = 1  # inject #GP, as for an MSR the CPU does not have
+        else:
+            self._crash("unhandled-exit", f"unhandled exit reason {reason} "
+                        f"({exit_reason_name(reason)})" + self._where())
+
+    def _where(self):
+        try:
+            return f" at rip={self.vcpu.get_regs().rip:#x}"
+        except KvmError:
+            return ""
+
+    def _crash(self, tag, message):
+        self.stop.request(STATUS_CRASH, tag, f"vCPU {self.vcpu.index}: {message}", vcpu=self.vcpu.index)

@@ -1,0 +1,63 @@
+"""Exit counters kept for every run: per exit reason, per port, per MMIO address."""
+
+from .kvm.vcpu import exit_reason_name
+
+IN, OUT = 0, 1
+DIRECTION_NAMES = ("in", "out")
+
+
+class ExitStats:
+    """Counters one vCPU updates on its hot path (plain ints and dicts).
+
+    `reasons` is indexed by KVM exit reason; `ports` is keyed by
+    (port << 1 | direction); `mmio` by (address << 1 | is_write).
+    """
+
+    def __init__(self):
+        self.reasons = [0] * 64
+        self.ports = {}
+        self.mmio = {}
+        self.interrupted = 0
+
+    def merge(self, other):
+        for reason, count in enumerate(other.reasons):
+            self.reasons[reason] += count
+        for key, count in other.ports.items():
+            self.ports[key] = self.ports.get(key, 0) + count
+        for key, count in other.mmio.items():
+            self.mmio[key] = self.mmio.get(key, 0) + count
+        self.interrupted += other.interrupted
+
+    @property
+    def total(self):
+        return sum(self.reasons)
+
+    def by_reason(self):
+        """{reason name: count} for reasons that occurred."""
+        return {exit_reason_name(reason): count for reason, count in enumerate(self.reasons) if count}
+
+    def by_port(self):
+        """{(port, "in"|"out"): count}."""
+        return {(key >> 1, DIRECTION_NAMES[key & 1]): count for key, count in self.ports.items()}
+
+    def by_mmio(self):
+        """{(address, "read"|"write"): count}."""
+        return {(key >> 1, ("read", "write")[key & 1]): count for key, count in self.mmio.items()}
+
+    def format(self, port_names=None):
+        """The human-readable summary `--stats` prints."""
+        port_names = port_names or {}
+        total = self.total
+        lines = [f"exits: {total}"]
+        for name, count in sorted(self.by_reason().items(), key=lambda item: -item[1]):
+            lines.append(f"  {name:<16} {count:>10} {100.0 * count / total:6.2f}%")
+        if self.ports:
+            lines.append("port I/O:")
+            for (port, direction), count in sorted(self.by_port().items(), key=lambda item: -item[1]):
+                label = port_names.get(port, "")
+                lines.append(f"  {port:#06x} {direction:<3} {count:>10}  {label}".rstrip())
+        if self.mmio:
+            lines.append("MMIO:")
+            for (addr, access), count in sorted(self.by_mmio().items(), key=lambda item: -item[1]):
+                lines.append(f"  {addr:#014x} {access:<5} {count:>10}")
+        return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""Machine: builds a VM from a VmConfig and runs its vCPUs.
+
+The data flows one way: config -> VM (memory, buses, devices, vCPUs) ->
+vCPU run loops -> buses -> devices. This is the only module where the KVM
+layer and the devices meet.
+"""
+
+import os
+import signal
+import threading
+from time import monotonic
+
+from .arch.x86_64 import cpuid, layout, modes
+from .console import InputPump, open_sink
+from .devices import Bus, DebugExit, Serial16550
+from .kvm import Kvm
+from .loader import LoadOptions, load_kernel
+from .memory import GuestMemory
+from .runloop import VcpuLoop
+from .stats import ExitStats
+from .stop import STATUS_CRASH, STATUS_TIMEOUT, StopSignal
+from ._kvm import lib
+from . import guests
+
+COM1 = 0x3F8
+DEBUG_EXIT_PORT = 0xF4
+# KVM needs three pages for the real-mode TSS and one for the EPT identity
+# map, inside guest-physical space but outside RAM: just below the BIOS.
+TSS_ADDR = 0xFFFBD000
+IDENTITY_MAP_ADDR = 0xFFFBC000
+FLUSH_INTERVAL = 0.05
+# The signal that interrupts a vCPU thread's KVM_RUN (handled in C, no-op).
+KICK_SIGNAL = signal.SIGRTMIN + 2
+_kick_installed = False
+
+
+def _install_kick_handler():
+    global _kick_installed
+    if not _kick_installed:
+        if lib.pyvmm_install_kick_handler(KICK_SIGNAL) < 0:
+            raise OSError("cannot install the vCPU kick signal handler")
+        _kick_installed = True
+
+
+def read_kernel(config):
+    """The kernel image bytes and the load options from the config."""
+    options = LoadOptions(raw_mode=config.raw_mode, load_addr=config.load_addr,
+                          entry=config.entry, cmdline=config.cmdline)
+    path = config.kernel
+    if path is None:
+        path = guests.path(guests.DEFAULT_GUEST)
+        options.raw_mode = options.raw_mode or guests.DEFAULT_RAW_MODE
+    with open(path, "rb") as image:
+        return image.read(), options
+
+
+class Machine:
+    """One VM: memory, buses with the standard devices, vCPUs and their threads.
+
+    Use as a context manager; close() releases every fd, mapping and thread.
+    """
+
+    def __init__(self, config, image=None, options=None):
+        config.validate()
+        self.config = config
+        self.stop = StopSignal()
+        self.stats = ExitStats()
+        self.port_bus = Bus.port_io()
+        self.mmio_bus = Bus.mmio()
+        self.kvm = self.vm = self.memory = self.sink = None
+        self.vcpus = []
+        self._threads = []
+        self._input = None
+        try:
+            if image is None:
+                image, options = read_kernel(config)
+            self._build(image, options)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, image, options):
+        # Bad input (memory, kernel) is refused before KVM is touched.
+        self.memory = GuestMemory(layout.ram_ranges(self.config.memory))
+        self.boot = load_kernel(image, self.memory, options)
+        self.kvm = Kvm()
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.add_memory(self.memory)
+
+        self.sink = open_sink(self.config.serial)
+        self.serial = Serial16550(output=self.sink.write)
+        self.debug_exit = DebugExit(self._debug_exit)
+        self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")
+        self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
+
+        supported = self.kvm.supported_cpuid()
+        for index in range(self.config.cpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(cpuid.vcpu_cpuid(supported, index))
+            self.vcpus.append(vcpu)
+        modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
+
+    def _debug_exit(self, status):
+        self.stop.request(status, "debug-exit")
+
+    # --- devices ---------------------------------------------------------------
+    def add_port_device(self, base, length, device, name=None):
+        self.port_bus.register(base, length, device, name=name)
+
+    def add_mmio_device(self, base, length, device, name=None):
+        self.mmio_bus.register(base, length, device, name=name)
+
+    @property
+    def serial_output(self):
+        """Everything the guest wrote to the UART (serial="buffer" only)."""
+        return bytes(self.sink.data)
+
+    # --- running ---------------------------------------------------------------
+    def run(self, timeout=None, stdin_fd=None):
+        """Runs until the guest stops; returns a RunResult.
+
+        `timeout` defaults to config.timeout; `stdin_fd` (e.g. 0) feeds the
+        UART's receiver from a host file descriptor.
+        """
+        timeout = self.config.timeout if timeout is None else timeout
+        _install_kick_handler()
+        if stdin_fd is not None:
+            self._input = InputPump(stdin_fd, self.serial.feed).start()
+        loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats())
+                 for vcpu in self.vcpus[:1]]
+        self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
+                                          name=f"pyvmm-vcpu{loop.vcpu.index}")
+                         for loop in loops]
+        for thread in self._threads:
+            thread.start()
+        try:
+            self._supervise(timeout)
+        finally:
+            self._stop_vcpus()
+            for loop in loops:
+                self.stats.merge(loop.stats)
+            if self._input is not None:
+                self._input.stop()
+                self._input = None
+            self.sink.flush()
+        return self.stop.result
+
+    def _run_vcpu(self, loop):
+        try:
+            loop.run()
+        except Exception as error:  # a pyvmm or device bug: end the run, never a traceback
+            self.stop.request(STATUS_CRASH, "internal-error",
+                              f"vCPU {loop.vcpu.index}: pyvmm internal error: "
+                              f"{type(error).__name__}: {error}", vcpu=loop.vcpu.index)
+
+    def _supervise(self, timeout):
+        deadline = None if timeout is None else monotonic() + timeout
+        while not self.stop.event.is_set():
+            wait = FLUSH_INTERVAL if deadline is None else min(FLUSH_INTERVAL, deadline - monotonic())
+            if wait <= 0:
+                self.stop.request(STATUS_TIMEOUT, "timeout", f"timed out after {timeout:g} s")
+                break
+            self.stop.event.wait(wait)
+            self.sink.flush()
+
+    def _stop_vcpus(self):
+        """Makes every vCPU thread leave KVM_RUN and joins it."""
+        self.stop.request(STATUS_CRASH, "stopped", "the VMM stopped the run")
+        for vcpu, thread in zip(self.vcpus, self._threads):
+            while thread.is_alive():
+                vcpu.run.immediate_exit = 1
+                try:
+                    signal.pthread_kill(thread.ident, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass
+                thread.join(0.01)
+        self._threads = []
+
+    # --- lifetime -----------------------------------------------------------------
+    def close(self):
+        if self._threads:
+            self._stop_vcpus()
+        if self._input is not None:
+            self._input.stop()
+            self._input = None
+        if self.sink is not None:
+            self.sink.close()
+        if self.vm is not None:
+            self.vm.close()
+        if self.memory is not None:
+            self.memory.close()
+        if self.kvm is not None:
+            self.kvm.close()
+        self.vcpus = []
+        self.vm = self.memory = self.kvm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,77 @@
+"""`pyvmm run` end to end, as a user runs it."""
+
+import subprocess
+import sys
+
+from pyvmm import guests
+
+
+def pyvmm(*args, stdin=b"", timeout=60):
+    return subprocess.run([sys.executable, "-m", "pyvmm", *args], input=stdin,
+                          capture_output=True, timeout=timeout)
+
+
+def test_default_boots_the_bundled_hello_guest():
+    result = pyvmm("run")
+    assert result.returncode == 0
+    assert result.stdout == b"Hello from a pyvmm guest!\n"
+    assert result.stderr == b""
+
+
+def test_status_comes_from_debug_exit_and_input_from_stdin():
+    result = pyvmm("run", guests.path("status.bin"), "--raw-mode", "protected", stdin=b"21\n")
+    assert result.returncode == (21 << 1) | 1
+    assert result.stderr == b""
+
+
+def test_elf_kernel_is_detected():
+    result = pyvmm("run", guests.path("compute.elf"))
+    assert result.stdout.startswith(b"fnv1a=0x")
+    assert result.returncode % 2 == 1
+
+
+def test_timeout_ends_a_spinning_guest_with_124(tmp_path):
+    spin = tmp_path / "spin.bin"
+    spin.write_bytes(b"\xeb\xfe")  # jmp .
+    result = pyvmm("run", str(spin), "--raw-mode", "real", "--timeout", "0.5")
+    assert result.returncode == 124
+    assert result.stderr.decode().startswith("pyvmm: timed out")
+
+
+def test_triple_fault_is_a_crash_with_one_line_reason(tmp_path):
+    # lidt [limit 0]; ud2 -> #UD cannot be delivered -> triple fault
+    code = bytes.fromhex("0f011d0c001000") + b"\x0f\x0b" + b"\x00" * 3 + b"\x00\x00\x00\x00\x00\x00"
+    kernel = tmp_path / "crash.bin"
+    kernel.write_bytes(code)
+    result = pyvmm("run", str(kernel), "--raw-mode", "protected")
+    assert result.returncode == 125
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyvmm: guest crashed:"), lines
+    assert "triple fault" in lines[0]
+
+
+def test_stats_are_printed_to_stderr():
+    result = pyvmm("run", "--stats")
+    assert result.returncode == 0
+    stderr = result.stderr.decode()
+    assert "exits:" in stderr
+    assert "hlt" in stderr
+    assert "0x03f8 out" in stderr
+
+
+def test_serial_to_file_and_null(tmp_path):
+    log = tmp_path / "console.log"
+    result = pyvmm("run", "--serial", f"file:{log}")
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert log.read_bytes() == b"Hello from a pyvmm guest!\n"
+    result = pyvmm("run", "--serial", "null")
+    assert (result.returncode, result.stdout) == (0, b"")
+
+
+def test_closed_stdout_does_not_crash_pyvmm():
+    process = subprocess.Popen([sys.executable, "-m", "pyvmm", "run"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert b"Traceback" not in stderr
