@@ -90,9 +90,10 @@ main:
 end_halt:				/* 0 and unknown: clean stop, status 0 */
 	VM_HALT
 
-end_triple:				/* 1: #BP -> #GP -> #DF -> shutdown */
+end_triple:				/* 1: #DE -> #DF -> shutdown (no IDT) */
 	lidt	null_idt
-	int3
+	xor	%ecx, %ecx
+	div	%ecx
 	VM_HALT
 
 end_out8:				/* 2: status 0x85 */

@@ -8,6 +8,7 @@ from .arch.x86_64 import layout
 
 DEFAULT_MEMORY = 128 << 20
 MAX_CPUS = 255
+SUPPORTED_CPUS = 1
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -63,6 +64,9 @@ class VmConfig:
                               f"({host_memory() >> 20}M)")
         if not 1 <= self.cpus <= MAX_CPUS:
             raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}")
+        if self.cpus > SUPPORTED_CPUS:
+            raise ConfigError(f"--cpus {self.cpus}: this pyvmm runs 1 vCPU "
+                              "(SMP bring-up through the in-kernel LAPIC is not built yet)")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError("--timeout must be a positive number of seconds")
         if self.raw_mode not in (None, "real", "protected", "long"):

@@ -15,10 +15,12 @@ from .kvm import KvmError, exit_reason_name
 from .stop import STATUS_CRASH, STATUS_OK
 
 _UNION = ffi.offsetof("struct kvm_run", "io")
-_IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset
-_MMIO = struct.Struct("<Q8sIB")         # phys_addr, data, len, is_write
-_REASON = struct.Struct("<I")
 _REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
+# exit_reason, then the io member of the union: direction, size, port,
+# count, data_offset. One unpack per exit (the io fields are ignored for
+# other reasons).
+_EXIT_IO = struct.Struct(f"<I{_UNION - _REASON_OFFSET - 4}xBBHIQ")
+_MMIO = struct.Struct("<Q8sIB")         # phys_addr, data, len, is_write
 _MMIO_DATA = _UNION + 8
 
 
@@ -72,8 +74,7 @@ class VcpuLoop:
         fd, kvm_run, ioctl = vcpu.fd, lib.KVM_RUN, lib.pyvmm_ioctl_value
         port_read, port_write = self.port_bus.read, self.port_bus.write
         reasons, ports = stats.reasons, stats.ports
-        unpack_io, unpack_reason = _IO.unpack_from, _REASON.unpack_from
-        union = _UNION
+        unpack_exit, header = _EXIT_IO.unpack_from, _REASON_OFFSET
         while not stop.requested:
             ret = ioctl(fd, kvm_run, 0)
             if ret < 0:
@@ -82,11 +83,10 @@ class VcpuLoop:
                     vcpu.run.immediate_exit = 0
                     continue
                 raise KvmError("KVM_RUN", -ret, f"vCPU {vcpu.index}")
-            reason = unpack_reason(buf, _REASON_OFFSET)[0]
+            reason, direction, size, port, count, offset = unpack_exit(buf, header)
             if reason < 64:
                 reasons[reason] += 1
             if reason == EXIT_IO:
-                direction, size, port, count, offset = unpack_io(buf, union)
                 key = port << 1 | direction
                 ports[key] = ports.get(key, 0) + count
                 if count == 1 and size in VALID_IO_SIZES and offset + size <= run_size:

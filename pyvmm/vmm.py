@@ -129,7 +129,7 @@ class Machine:
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
         loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats())
-                 for vcpu in self.vcpus[:1]]
+                 for vcpu in self.vcpus]
         self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
                                           name=f"pyvmm-vcpu{loop.vcpu.index}")
                          for loop in loops]

@@ -256,6 +256,7 @@ class Serial16550:
             return 0
         value = rx.popleft()
         self.bytes_received += 1
+        self._refill_rx()
         self._update_irq()
         return value
 
@@ -336,7 +337,7 @@ class Serial16550:
         if (value ^ self._fcr) & FCR_FIFO_ENABLE:
             value |= FCR_CLEAR_RX | FCR_CLEAR_TX  # toggling FIFO mode flushes both
         if value & FCR_CLEAR_RX:
-            self._rx.clear()
+            self._clear_rx()
         if value & FCR_CLEAR_TX:
             self._thr_pending = True  # an emptied transmitter is a THRE event (as QEMU)
         self._fcr = value & FCR_STICKY
@@ -390,6 +391,15 @@ class Serial16550:
         if self._rx_capacity == 1:
             rx[0] = value  # without FIFOs the new byte overwrites RBR
         # With FIFOs the FIFO keeps its contents and the new byte is lost.
+
+    def _clear_rx(self) -> None:
+        """FCR's RX reset. Deviation from the chip: bytes the host sent are
+        not lost (a driver resets the FIFO while initialising, and host input
+        may already be waiting); they go back to the host backlog. In
+        loopback the FIFO holds looped-back bytes, which are discarded."""
+        if not self._mcr & MCR_LOOP:
+            self._backlog.extendleft(reversed(self._rx))
+        self._rx.clear()
 
     def _refill_rx(self) -> None:
         """Move host backlog into the receiver while it has room."""
