@@ -105,9 +105,10 @@ def run_variant(variant, path, image, exits):
     config = VmConfig(kernel=path, raw_mode="protected", serial="buffer")
     with Machine(config, image=image, options=LoadOptions(raw_mode="protected")) as machine:
         machine.add_port_device(bench.BENCH_PORT, 1, bench.NullDevice(), name="bench")
-        start = time.monotonic_ns()
+        (user, system), start = bench.cpu_ns(), time.monotonic_ns()
         variant(machine.vcpus[0], machine.port_bus, ExitStats(), machine.stop)
-        return (time.monotonic_ns() - start) / (exits + 1)
+        elapsed, (user_end, system_end) = time.monotonic_ns() - start, bench.cpu_ns()
+        return elapsed / (exits + 1), (user_end - user) / (exits + 1), (system_end - system) / (exits + 1)
 
 
 # --- the hot-path statements alone, no KVM ------------------------------------------------------
@@ -169,13 +170,14 @@ def main():
             results["C loop"].append(bench.run_c(binary, image_file.name, args.exits))
             for variant in VARIANTS:
                 results[variant.__name__].append(run_variant(variant, path, image, args.exits))
-    c = statistics.median(results["C loop"])
-    print(f"per exit, N={args.exits}, median of {args.rounds} interleaved rounds")
-    print(f"  {'variant':<16}{'us/exit':>9}{'vs C':>8}{'over C':>10}   round values (us)")
-    for name, values in results.items():
-        ns = statistics.median(values)
-        rounds = " ".join(f"{v / 1000:.1f}" for v in values)
-        print(f"  {name:<16}{ns / 1000:9.2f}{ns / c:8.3f}{(ns - c) / 1000:8.2f}us   {rounds}")
+    c = statistics.median(row[0] for row in results["C loop"])
+    print(f"per exit, N={args.exits}, median of {args.rounds} interleaved rounds (us)")
+    print(f"  {'variant':<16}{'wall':>7}{'vs C':>7}{'over C':>8}{'user':>7}{'system':>8}{'off-CPU':>9}   wall per round")
+    for name, rows in results.items():
+        wall, user, system = (statistics.median(row[i] for row in rows) / 1000 for i in range(3))
+        rounds = " ".join(f"{row[0] / 1000:.1f}" for row in rows)
+        print(f"  {name:<16}{wall:7.2f}{wall * 1000 / c:7.3f}{wall - c / 1000:8.2f}{user:7.2f}{system:8.2f}"
+              f"{wall - user - system:9.2f}   {rounds}")
     print("\nhot-path statements alone (timeit, best of 5, loop overhead removed)")
     for name, ns in statement_costs():
         print(f"  {name:<40}{ns:7.0f} ns")

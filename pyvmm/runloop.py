@@ -71,12 +71,12 @@ class VcpuLoop:
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
         buf = vcpu.run_buffer
         run_size = vcpu.run_size
-        fd, kvm_run, ioctl = vcpu.fd, lib.KVM_RUN, lib.pyvmm_ioctl_value
+        enter = vcpu.enter
         port_read, port_write = self.port_bus.read, self.port_bus.write
         reasons, ports = stats.reasons, stats.ports
         unpack_exit, header = _EXIT_IO.unpack_from, _REASON_OFFSET
         while not stop.requested:
-            ret = ioctl(fd, kvm_run, 0)
+            ret = enter()
             if ret < 0:
                 if ret == -EINTR or ret == -EAGAIN:
                     stats.interrupted += 1
@@ -145,8 +145,12 @@ class VcpuLoop:
         elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
             event = run.system_event.type
             status, tag = SYSTEM_EVENTS.get(event, (STATUS_CRASH, f"system-event-{event}"))
-            self.stop.request(status, tag, "" if status == STATUS_OK else
-                              f"unhandled system event {event}", vcpu=index)
+            if status == STATUS_OK:
+                self.stop.request(status, tag, vcpu=index)
+            elif event == lib.KVM_SYSTEM_EVENT_CRASH:
+                self._crash(tag, "the guest reported a crash (system event)")
+            else:
+                self._crash(tag, f"unhandled system event {event}")
         elif reason in (lib.KVM_EXIT_IRQ_WINDOW_OPEN, lib.KVM_EXIT_INTR):
             pass
         elif reason in (lib.KVM_EXIT_X86_RDMSR, lib.KVM_EXIT_X86_WRMSR):

@@ -5,7 +5,8 @@
  */
 #include "guest32.h"
 
-#define RX_STASH_MAX	16		/* a 16550's receive FIFO depth */
+#define RX_STASH_MAX	64		/* bytes of early input kept */
+#define RX_QUIET_TSC	8000000		/* ~2-4 ms: input has stopped coming */
 
 	.text
 	.code32
@@ -13,29 +14,42 @@
 /*
  * The FIFO reset (FCR) drops whatever the UART has already received, on
  * a real 16550 and in QEMU alike, and tests feed input before the guest
- * runs.  So read out up to one FIFO's worth right before the reset, for
- * uart_getc to return first.  The rescue sits next to the FCR write
- * because a byte arriving in between is still lost.
+ * runs.  So just before the reset, read out what has arrived, for
+ * uart_getc to return first.  A UART without a FIFO yet hands over one
+ * byte per read and the next may take a while, so once anything was
+ * pending keep collecting until the line has been quiet for RX_QUIET_TSC
+ * cycles; a byte landing between the last check and the reset is lost.
+ * No input pending (the usual case) costs one LSR read.
  */
 	.globl	uart_init
 uart_init:
 	UART_INIT_LINE
 	push	%ecx
-	xor	%ecx, %ecx
-1:	cmp	$RX_STASH_MAX, %ecx	/* also bounds a floating bus (LSR=0xff) */
-	jae	2f
-	mov	$UART_LSR, %dx
+	push	%esi
+	xor	%ecx, %ecx		/* bytes stashed */
+1:	rdtsc				/* start of the quiet period */
+	mov	%eax, %esi
+2:	mov	$UART_LSR, %dx
 	in	%dx, %al
 	test	$UART_LSR_DR, %al
-	jz	2f
+	jnz	3f
+	jecxz	4f			/* nothing was pending: don't wait */
+	rdtsc
+	sub	%esi, %eax		/* mod 2^32: fine for short waits */
+	cmp	$RX_QUIET_TSC, %eax
+	jb	2b
+	jmp	4f
+3:	cmp	$RX_STASH_MAX, %ecx	/* also bounds a floating bus (LSR=0xff) */
+	jae	4f
 	mov	$UART_RBR, %dx
 	in	%dx, %al
 	mov	%al, rx_stash(%ecx)
 	inc	%ecx
 	jmp	1b
-2:	UART_INIT_FIFO
+4:	UART_INIT_FIFO
 	mov	%ecx, rx_count
 	movl	$0, rx_next
+	pop	%esi
 	pop	%ecx
 	ret
 

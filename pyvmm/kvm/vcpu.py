@@ -1,5 +1,7 @@
 """Vcpu: one virtual CPU, its registers and its shared `struct kvm_run`."""
 
+import errno
+import functools
 import mmap
 import os
 
@@ -32,13 +34,14 @@ class Vcpu:
         self.run_buffer = memoryview(self._map)
         self.run = ffi.from_buffer("struct kvm_run *", self._map)
         self.run_size = mmap_size
-        self._kvm_run = lib.KVM_RUN
+        # KVM_RUN as one call: returns 0, or -errno (-EINTR after a kick).
+        self.enter = functools.partial(lib.pyvmm_ioctl_value, fd, lib.KVM_RUN, 0)
 
     # --- running -----------------------------------------------------------
     def run_once(self):
         """KVM_RUN until the next exit. Returns 0, or -EINTR when interrupted."""
-        ret = lib.pyvmm_ioctl_value(self.fd, self._kvm_run, 0)
-        if ret < 0 and ret != -4:  # -EINTR: a kick from another thread, not an error
+        ret = self.enter()
+        if ret < 0 and ret != -errno.EINTR:  # EINTR: a kick from another thread
             raise KvmError("KVM_RUN", -ret, f"vCPU {self.index}")
         return ret
 
