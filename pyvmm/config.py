@@ -2,7 +2,6 @@
 
 import os
 import re
-from dataclasses import dataclass
 
 from .arch.x86_64 import layout
 
@@ -40,18 +39,29 @@ def host_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-@dataclass
 class VmConfig:
-    kernel: str = None           # path; None boots the bundled hello guest
-    memory: int = DEFAULT_MEMORY
-    cpus: int = 1
-    cmdline: str = ""
-    raw_mode: str = None         # real | protected | long: load KERNEL as a flat binary
-    load_addr: int = None
-    entry: int = None
-    serial: str = "stdio"        # stdio | null | file:PATH | buffer
-    timeout: float = None        # seconds
-    stats: bool = False
+    """What a VM is made of. Plain attributes; validate() checks them together.
+
+    kernel: path (None boots the bundled hello guest); memory: bytes;
+    raw_mode: real | protected | long to load a flat binary, with load_addr
+    and entry; serial: stdio | null | file:PATH | buffer; timeout: seconds.
+    """
+
+    def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
+                 load_addr=None, entry=None, serial="stdio", timeout=None, stats=False):
+        self.kernel = kernel
+        self.memory = memory
+        self.cpus = cpus
+        self.cmdline = cmdline
+        self.raw_mode = raw_mode
+        self.load_addr = load_addr
+        self.entry = entry
+        self.serial = serial
+        self.timeout = timeout
+        self.stats = stats
+
+    def __repr__(self):
+        return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     def validate(self):
         """Raises ConfigError for values no VM can run with."""

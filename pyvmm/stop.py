@@ -1,7 +1,6 @@
 """How a run ends: the first stop request wins; every vCPU thread watches it."""
 
 import threading
-from dataclasses import dataclass
 
 # Exit statuses of `pyvmm run` (besides a debug-exit status).
 STATUS_OK = 0
@@ -9,12 +8,18 @@ STATUS_TIMEOUT = 124
 STATUS_CRASH = 125
 
 
-@dataclass
 class RunResult:
-    status: int
-    reason: str          # short tag: halt, debug-exit, reset, timeout, triple-fault, ...
-    message: str = ""    # one line for the user when the guest crashed
-    vcpu: int = None
+    """How a run ended: exit status, a short reason tag, a one-line message."""
+
+    def __init__(self, status, reason, message="", vcpu=None):
+        self.status = status
+        self.reason = reason      # halt, debug-exit, reset, timeout, triple-fault, ...
+        self.message = message    # one line for the user when the guest crashed
+        self.vcpu = vcpu
+
+    def __repr__(self):
+        return (f"RunResult(status={self.status}, reason={self.reason!r}, "
+                f"message={self.message!r}, vcpu={self.vcpu})")
 
     @property
     def crashed(self):

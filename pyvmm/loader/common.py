@@ -1,7 +1,5 @@
 """What every loader shares: options, the boot spec it returns, placement checks."""
 
-from dataclasses import dataclass, field
-
 from ..arch.x86_64 import layout
 from ..memory import GuestMemoryError
 
@@ -10,22 +8,30 @@ class LoaderError(ValueError):
     """The image cannot be loaded; the message says why, for the user."""
 
 
-@dataclass
 class LoadOptions:
-    raw_mode: str = None      # "real" | "protected" | "long": load as a flat binary
-    load_addr: int = None     # raw binaries: where to put the bytes
-    entry: int = None         # raw binaries: where to start (default: load_addr)
-    cmdline: str = ""
+    """raw_mode (real | protected | long) loads a flat binary at load_addr,
+    entered at entry (default: load_addr); cmdline is for the kernel."""
+
+    def __init__(self, raw_mode=None, load_addr=None, entry=None, cmdline=""):
+        self.raw_mode = raw_mode
+        self.load_addr = load_addr
+        self.entry = entry
+        self.cmdline = cmdline
 
 
-@dataclass
 class BootSpec:
-    """How to start the loaded kernel."""
-    format: str
-    mode: str                 # entry mode, see arch.x86_64.modes
-    entry: int
-    regs: dict = field(default_factory=dict)
-    loaded: list = field(default_factory=list)   # [(guest addr, size)] written
+    """How to start the loaded kernel: entry mode (see arch.x86_64.modes),
+    entry point, initial registers, and the [(guest addr, size)] written."""
+
+    def __init__(self, format, mode, entry, regs=None, loaded=None):
+        self.format = format
+        self.mode = mode
+        self.entry = entry
+        self.regs = regs or {}
+        self.loaded = loaded or []
+
+    def __repr__(self):
+        return f"BootSpec({self.format}, {self.mode}, entry={self.entry:#x}, loaded={self.loaded})"
 
 
 def place(memory, addr, data, memsize=None, avoid_boot_tables=True):

@@ -17,6 +17,7 @@ from pyvmm.stop import STATUS_CRASH, STATUS_OK, StopSignal
 RUN_SIZE = 3 * 4096
 EINTR = -4
 UNION = ffi.offsetof("struct kvm_run", "io")
+HEADER = ffi.sizeof("struct kvm_run")
 
 
 class FakeVcpu:
@@ -44,8 +45,9 @@ class FakeVcpu:
             run.exit_reason = lib.KVM_EXIT_IO
             run.io.direction, run.io.size, run.io.port = direction, size, port
             run.io.count, run.io.data_offset = count, offset
-            end = min(RUN_SIZE, offset + len(data))
-            self._buffer[offset:end] = data[:max(0, end - offset)]
+            if offset >= HEADER:  # KVM's data area never overlaps the header
+                end = min(RUN_SIZE, offset + len(data))
+                self._buffer[offset:end] = data[:max(0, end - offset)]
         elif kind == "mmio":
             _, addr, length, is_write, data = exit
             run.exit_reason = lib.KVM_EXIT_MMIO
