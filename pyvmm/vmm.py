@@ -5,7 +5,6 @@ vCPU run loops -> buses -> devices. This is the only module where the KVM
 layer and the devices meet.
 """
 
-import os
 import signal
 import threading
 from time import monotonic

@@ -4,7 +4,7 @@ import errno
 import os
 
 from .._kvm import ffi, lib
-from ._ioctl import ioctl, ioctl_value
+from ._ioctl import FdObject, cpuid_entries, ioctl, ioctl_value
 from .errors import KvmError
 from .vm import Vm
 
@@ -14,7 +14,7 @@ MAX_CPUID_ENTRIES = 256
 CAPABILITY_NAMES = sorted(name for name in dir(lib) if name.startswith("KVM_CAP_"))
 
 
-class Kvm:
+class Kvm(FdObject):
     """An open /dev/kvm. Creates VMs and answers capability queries."""
 
     def __init__(self, path="/dev/kvm"):
@@ -46,19 +46,7 @@ class Kvm:
         """KVM_GET_SUPPORTED_CPUID as a list of dicts (function, index, flags, eax..edx)."""
         cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": MAX_CPUID_ENTRIES, "entries": MAX_CPUID_ENTRIES})
         ioctl(self.fd, "KVM_GET_SUPPORTED_CPUID", cpuid)
-        keys = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
-        return [{key: getattr(cpuid.entries[i], key) for key in keys} for i in range(cpuid.nent)]
+        return cpuid_entries(cpuid)
 
     def create_vm(self):
         return Vm(self, ioctl_value(self.fd, "KVM_CREATE_VM", 0))
-
-    def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -3,10 +3,9 @@
 import errno
 import functools
 import mmap
-import os
 
 from .._kvm import ffi, lib
-from ._ioctl import ioctl
+from ._ioctl import FdObject, cpuid_entries, ioctl
 from .errors import KvmError
 
 EXIT_REASON_NAMES = {getattr(lib, name): name[len("KVM_EXIT_"):].lower()
@@ -18,7 +17,7 @@ def exit_reason_name(reason):
     return EXIT_REASON_NAMES.get(reason, f"unknown_{reason}")
 
 
-class Vcpu:
+class Vcpu(FdObject):
     """A vCPU fd plus its mmap'd kvm_run.
 
     `run` is a typed cffi view of `struct kvm_run`; `run_buffer` is a
@@ -119,21 +118,9 @@ class Vcpu:
     def get_cpuid(self, max_entries=256):
         cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
         ioctl(self.fd, "KVM_GET_CPUID2", cpuid)
-        keys = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
-        return [{key: getattr(cpuid.entries[i], key) for key in keys} for i in range(cpuid.nent)]
+        return cpuid_entries(cpuid)
 
-    # --- lifetime ----------------------------------------------------------
-    def close(self):
-        if self.fd < 0:
-            return
+    def _release(self):
         self.run_buffer.release()
         ffi.release(self.run)
         self._map.close()
-        os.close(self.fd)
-        self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

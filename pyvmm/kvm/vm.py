@@ -3,11 +3,11 @@
 import os
 
 from .._kvm import ffi
-from ._ioctl import ioctl, ioctl_value
+from ._ioctl import FdObject, ioctl, ioctl_value
 from .vcpu import Vcpu
 
 
-class Vm:
+class Vm(FdObject):
     """A VM file descriptor. Owns the vCPUs it creates and closes them with it."""
 
     def __init__(self, kvm, fd):
@@ -61,16 +61,7 @@ class Vm:
         self.vcpus.append(vcpu)
         return vcpu
 
-    def close(self):
+    def _release(self):
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
