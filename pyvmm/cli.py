@@ -88,8 +88,7 @@ def command_run(args):
         stdin_fd = 0 if config.serial == "stdio" and _readable(0) else None
         result = machine.run(stdin_fd=stdin_fd)
         if config.stats:
-            names = {base: name for base, _length, name in machine.port_bus.ranges()}
-            print(machine.stats.format(names), file=sys.stderr)
+            print(machine.stats.format(machine.port_bus.name_at, result), file=sys.stderr)
     if result.status == STATUS_CRASH:
         print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
     elif result.reason == "timeout":

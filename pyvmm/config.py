@@ -7,7 +7,6 @@ from .arch.x86_64 import layout
 
 DEFAULT_MEMORY = 128 << 20
 MAX_CPUS = 255
-SUPPORTED_CPUS = 1
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -48,7 +47,8 @@ class VmConfig:
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
-                 load_addr=None, entry=None, serial="stdio", timeout=None, stats=False):
+                 load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
+                 masked_features=()):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -59,6 +59,7 @@ class VmConfig:
         self.serial = serial
         self.timeout = timeout
         self.stats = stats
+        self.masked_features = set(masked_features)   # CPUID features hidden from the guest
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -74,9 +75,6 @@ class VmConfig:
                               f"({host_memory() >> 20}M)")
         if not 1 <= self.cpus <= MAX_CPUS:
             raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}")
-        if self.cpus > SUPPORTED_CPUS:
-            raise ConfigError(f"--cpus {self.cpus}: this pyvmm runs 1 vCPU "
-                              "(SMP bring-up through the in-kernel LAPIC is not built yet)")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError("--timeout must be a positive number of seconds")
         if self.raw_mode not in (None, "real", "protected", "long"):

@@ -39,6 +39,7 @@ _check_layout()
 EXIT_IO, EXIT_MMIO, EXIT_HLT = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_HLT
 IO_OUT = lib.KVM_EXIT_IO_OUT
 EINTR, EAGAIN = 4, 11
+RFLAGS_IF = 1 << 9
 VALID_IO_SIZES = (1, 2, 4)
 
 SYSTEM_EVENTS = {
@@ -65,6 +66,30 @@ class VcpuLoop:
         self.stats = stats
         # Whether a HLT exit can never be woken (no interrupt source can reach it).
         self.halt_is_final = halt_is_final
+        # Dormancy probes (see request_probe): the round asked for, the
+        # round last answered, and the answer.
+        self.probe_round = 0
+        self.answered_round = 0
+        self.dormant = False
+
+    def request_probe(self, round_number):
+        """Asks the vCPU thread whether its vCPU is dormant: halted with
+        interrupts off, or waiting for a SIPI. With the in-kernel LAPIC a
+        halt never exits to us, so the supervisor kicks the thread out of
+        KVM_RUN (immediate_exit + a signal) and the thread looks for itself."""
+        self.probe_round = round_number
+        self.vcpu.run.immediate_exit = 1
+
+    def _answer_probe(self):
+        round_number = self.probe_round
+        vcpu = self.vcpu
+        state = vcpu.get_mp_state()
+        if state == lib.KVM_MP_STATE_HALTED:
+            dormant = not vcpu.get_regs().rflags & RFLAGS_IF
+        else:
+            dormant = state in (lib.KVM_MP_STATE_UNINITIALIZED, lib.KVM_MP_STATE_INIT_RECEIVED)
+        self.dormant = dormant
+        self.answered_round = round_number
 
     def run(self):
         """The loop; returns when the VM stops. Device errors propagate."""
@@ -81,6 +106,8 @@ class VcpuLoop:
                 if ret == -EINTR or ret == -EAGAIN:
                     stats.interrupted += 1
                     vcpu.run.immediate_exit = 0
+                    if self.probe_round != self.answered_round:
+                        self._answer_probe()
                     continue
                 raise KvmError("KVM_RUN", -ret, f"vCPU {vcpu.index}")
             reason, direction, size, port, count, offset = unpack_exit(buf, header)

@@ -44,17 +44,18 @@ class ExitStats:
         """{(address, "read"|"write"): count}."""
         return {(key >> 1, ("read", "write")[key & 1]): count for key, count in self.mmio.items()}
 
-    def format(self, port_names=None):
-        """The human-readable summary `--stats` prints."""
-        port_names = port_names or {}
+    def format(self, port_label=lambda port: "", result=None):
+        """The human-readable summary `--stats` prints; `port_label(port)`
+        names the device on a port."""
         total = self.total
-        lines = [f"exits: {total}"]
+        lines = [] if result is None else [f"run ended: {result.reason}, status {result.status}"]
+        lines.append(f"exits: {total} (and {self.interrupted} kicks out of KVM_RUN)")
         for name, count in sorted(self.by_reason().items(), key=lambda item: -item[1]):
-            lines.append(f"  {name:<16} {count:>10} {100.0 * count / total:6.2f}%")
+            lines.append(f"  {name:<16} {count:>10} {100.0 * count / max(total, 1):6.2f}%")
         if self.ports:
             lines.append("port I/O:")
             for (port, direction), count in sorted(self.by_port().items(), key=lambda item: -item[1]):
-                label = port_names.get(port, "")
+                label = port_label(port)
                 lines.append(f"  {port:#06x} {direction:<3} {count:>10}  {label}".rstrip())
         if self.mmio:
             lines.append("MMIO:")

@@ -9,7 +9,9 @@ import signal
 import threading
 from time import monotonic
 
-from .arch.x86_64 import cpuid, layout, modes
+from . import guests
+from ._kvm import lib
+from .arch.x86_64 import cpuid, lapic, layout, modes, msr
 from .console import InputPump, open_sink
 from .devices import Bus, DebugExit, Serial16550
 from .kvm import Kvm
@@ -17,17 +19,19 @@ from .loader import LoadOptions, load_kernel
 from .memory import GuestMemory
 from .runloop import VcpuLoop
 from .stats import ExitStats
-from .stop import STATUS_CRASH, STATUS_TIMEOUT, StopSignal
-from ._kvm import lib
-from . import guests
+from .stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT, StopSignal
 
-COM1 = 0x3F8
+COM1, COM1_IRQ = 0x3F8, 4
 DEBUG_EXIT_PORT = 0xF4
 # KVM needs three pages for the real-mode TSS and one for the EPT identity
 # map, inside guest-physical space but outside RAM: just below the BIOS.
 TSS_ADDR = 0xFFFBD000
 IDENTITY_MAP_ADDR = 0xFFFBC000
 FLUSH_INTERVAL = 0.05
+# Dormancy probes start fast (a tiny guest halts within milliseconds) and
+# back off; a run ends after two rounds in a row found every vCPU dormant.
+FIRST_PROBE, LAST_PROBE, PROBE_BACKOFF = 0.001, 0.05, 1.25
+DORMANT_ROUNDS_TO_STOP = 2
 # The signal that interrupts a vCPU thread's KVM_RUN (handled in C, no-op).
 KICK_SIGNAL = signal.SIGRTMIN + 2
 _kick_installed = False
@@ -68,6 +72,7 @@ class Machine:
         self.mmio_bus = Bus.mmio()
         self.kvm = self.vm = self.memory = self.sink = None
         self.vcpus = []
+        self.loops = []
         self._threads = []
         self._input = None
         try:
@@ -86,20 +91,36 @@ class Machine:
         self.vm = self.kvm.create_vm()
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         self.vm.add_memory(self.memory)
 
         self.sink = open_sink(self.config.serial)
-        self.serial = Serial16550(output=self.sink.write)
+        self.serial = Serial16550(output=self.sink.write, irq=self._serial_irq)
         self.debug_exit = DebugExit(self._debug_exit)
         self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")
         self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
-
-        supported = self.kvm.supported_cpuid()
-        for index in range(self.config.cpus):
-            vcpu = self.vm.create_vcpu(index)
-            vcpu.set_cpuid(cpuid.vcpu_cpuid(supported, index))
-            self.vcpus.append(vcpu)
+        self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
+
+    def _create_vcpus(self):
+        """vCPU 0 boots the kernel; the others wait in the in-kernel LAPIC
+        for INIT/SIPI from it, as on real hardware."""
+        cpus = self.config.cpus
+        supported = self.kvm.supported_cpuid()
+        msrs = msr.boot_msrs(self.kvm.msr_index_list())
+        for index in range(cpus):
+            vcpu = self.vm.create_vcpu(index)
+            entries = cpuid.vcpu_cpuid(supported, index, cpus, self.config.masked_features)
+            vcpu.set_cpuid(entries)
+            vcpu.set_msrs(msrs)
+            vcpu.set_lapic(lapic.set_lint_as_firmware_does(vcpu.get_lapic()))
+            if cpuid.has_feature(entries, "xsave"):
+                vcpu.set_xcrs({0: cpuid.boot_xcr0(entries)})
+            self.vcpus.append(vcpu)
+
+    def _serial_irq(self, level):
+        self.vm.irq_line(COM1_IRQ, 1 if level else 0)
 
     def _debug_exit(self, status):
         self.stop.request(status, "debug-exit")
@@ -127,18 +148,18 @@ class Machine:
         _install_kick_handler()
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
-        loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats())
-                 for vcpu in self.vcpus]
+        self.loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats())
+                      for vcpu in self.vcpus]
         self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
                                           name=f"pyvmm-vcpu{loop.vcpu.index}")
-                         for loop in loops]
+                         for loop in self.loops]
         for thread in self._threads:
             thread.start()
         try:
             self._supervise(timeout)
         finally:
             self._stop_vcpus()
-            for loop in loops:
+            for loop in self.loops:
                 self.stats.merge(loop.stats)
             if self._input is not None:
                 self._input.stop()
@@ -155,14 +176,45 @@ class Machine:
                               f"{type(error).__name__}: {error}", vcpu=loop.vcpu.index)
 
     def _supervise(self, timeout):
+        """Waits for the stop, flushing the console, enforcing the timeout and
+        ending the run once every vCPU is dormant."""
         deadline = None if timeout is None else monotonic() + timeout
+        probe_interval, next_probe, next_flush = FIRST_PROBE, monotonic() + FIRST_PROBE, 0.0
+        probe_round, dormant_rounds = 0, 0
         while not self.stop.event.is_set():
-            wait = FLUSH_INTERVAL if deadline is None else min(FLUSH_INTERVAL, deadline - monotonic())
-            if wait <= 0:
+            now = monotonic()
+            if deadline is not None and now >= deadline:
                 self.stop.request(STATUS_TIMEOUT, "timeout", f"timed out after {timeout:g} s")
                 break
-            self.stop.event.wait(wait)
-            self.sink.flush()
+            if now >= next_flush:
+                self.sink.flush()
+                next_flush = now + FLUSH_INTERVAL
+            if now >= next_probe:
+                if probe_round and all(loop.answered_round == probe_round and loop.dormant
+                                       for loop in self.loops):
+                    dormant_rounds += 1
+                    if dormant_rounds >= DORMANT_ROUNDS_TO_STOP:
+                        self.stop.request(STATUS_OK, "halt")
+                        break
+                else:
+                    dormant_rounds = 0
+                probe_round += 1
+                self._probe(probe_round)
+                probe_interval = min(probe_interval * PROBE_BACKOFF, LAST_PROBE)
+                next_probe = now + probe_interval
+            wake = min(next_flush, next_probe, deadline or next_probe)
+            self.stop.event.wait(max(0.0, wake - monotonic()))
+
+    def _probe(self, round_number):
+        for loop, thread in zip(self.loops, self._threads):
+            loop.request_probe(round_number)
+            self._kick(thread)
+
+    def _kick(self, thread):
+        try:
+            signal.pthread_kill(thread.ident, KICK_SIGNAL)
+        except ProcessLookupError:
+            pass
 
     def _stop_vcpus(self):
         """Makes every vCPU thread leave KVM_RUN and joins it."""
@@ -170,10 +222,7 @@ class Machine:
         for vcpu, thread in zip(self.vcpus, self._threads):
             while thread.is_alive():
                 vcpu.run.immediate_exit = 1
-                try:
-                    signal.pthread_kill(thread.ident, KICK_SIGNAL)
-                except ProcessLookupError:
-                    pass
+                self._kick(thread)
                 thread.join(0.01)
         self._threads = []
 

@@ -133,6 +133,11 @@ class Bus:
         """(base, length, name) of every registered range, sorted by base."""
         return [(r.base, r.end - r.base, r.name) for r in self._ranges]
 
+    def name_at(self, addr: int) -> str:
+        """The name of the range containing `addr`, or "" (for reports)."""
+        entry = self._find(addr, 1)
+        return "" if entry is None else entry.name
+
     def device_at(self, addr: int) -> Any | None:
         """The device whose range contains `addr`, or None."""
         entry = self._find(addr, 1)

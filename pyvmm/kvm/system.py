@@ -48,5 +48,11 @@ class Kvm(FdObject):
         ioctl(self.fd, "KVM_GET_SUPPORTED_CPUID", cpuid)
         return cpuid_entries(cpuid)
 
+    def msr_index_list(self, max_msrs=4096):
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU."""
+        msrs = ffi.new("struct kvm_msr_list *", {"nmsrs": max_msrs, "indices": max_msrs})
+        ioctl(self.fd, "KVM_GET_MSR_INDEX_LIST", msrs)
+        return [msrs.indices[i] for i in range(msrs.nmsrs)]
+
     def create_vm(self):
         return Vm(self, ioctl_value(self.fd, "KVM_CREATE_VM", 0))

@@ -68,6 +68,12 @@ class Vcpu(FdObject):
     def set_fpu(self, fpu):
         ioctl(self.fd, "KVM_SET_FPU", fpu)
 
+    def get_lapic(self):
+        return self._get("KVM_GET_LAPIC", "struct kvm_lapic_state *")
+
+    def set_lapic(self, lapic):
+        ioctl(self.fd, "KVM_SET_LAPIC", lapic)
+
     def get_mp_state(self):
         return self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
 

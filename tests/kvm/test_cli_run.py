@@ -54,9 +54,10 @@ def test_stats_are_printed_to_stderr():
     result = pyvmm("run", "--stats")
     assert result.returncode == 0
     stderr = result.stderr.decode()
+    assert stderr.startswith("run ended: halt, status 0\n")
     assert "exits:" in stderr
-    assert "hlt" in stderr
-    assert "0x03f8 out" in stderr
+    assert "0x03f8 out" in stderr and "0x03fd in" in stderr
+    assert all("serial (COM1)" in line for line in stderr.splitlines() if "0x03f" in line)
 
 
 def test_serial_to_file_and_null(tmp_path):

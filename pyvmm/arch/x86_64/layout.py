@@ -14,7 +14,19 @@ BOOT_STACK_TOP = 0x8FF0       # initial stack pointer in every mode (stack at 0x
 REAL_MODE_LOAD = 0x7C00       # default load address of a real-mode binary
 HIGH_MEMORY = 0x100000        # default load address of a 32/64-bit binary
 
-# Structures the loader must not overwrite when it places a kernel.
+ZERO_PAGE = 0x7000            # Linux boot_params ("zero page"), 4 KiB
+BOOT_INFO = 0x9000            # multiboot info / PVH hvm_start_info and their tables, 16 KiB
+BOOT_INFO_SIZE = 0x4000
+CMDLINE = 0x20000             # kernel command line, NUL-terminated
+CMDLINE_MAX = 0x10000
+MPTABLE = 0x9FC00             # MP floating pointer + table, in the EBDA (last KiB below 640K)
+EBDA_START = 0x9FC00          # e820: [EBDA_START, 1 MiB) is not RAM
+BIOS_AREA = 0xE0000           # ACPI RSDP and tables live in [0xE0000, 0x100000)
+BIOS_AREA_END = 0x100000
+
+# Structures the loader must not overwrite when it places a kernel
+# (GDT, IDT, page tables; the zero page, stack and boot info are placed
+# after the kernel and are checked separately).
 RESERVED_LOW = (0x0000, 0x7000)
 
 IDENTITY_MAPPED = 4 << 30     # the page tables map [0, 4 GiB)

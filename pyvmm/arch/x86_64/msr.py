@@ -1,0 +1,28 @@
+"""Model-specific registers set on every vCPU before it starts (as Firecracker does)."""
+
+IA32_TSC = 0x10
+IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
+IA32_MISC_ENABLE = 0x1A0
+IA32_MTRR_DEF_TYPE = 0x2FF
+STAR, LSTAR, CSTAR, SYSCALL_MASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+KERNEL_GS_BASE = 0xC0000102
+
+MISC_ENABLE_FAST_STRING = 1 << 0
+MTRR_ENABLE = 1 << 11
+MTRR_TYPE_WRITEBACK = 6
+
+BOOT_MSRS = {
+    IA32_SYSENTER_CS: 0, IA32_SYSENTER_ESP: 0, IA32_SYSENTER_EIP: 0,
+    STAR: 0, CSTAR: 0, KERNEL_GS_BASE: 0, SYSCALL_MASK: 0, LSTAR: 0,
+    IA32_TSC: 0,
+    IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRING,
+    # Memory is write-back unless an MTRR says otherwise: without this a
+    # guest that trusts the MTRRs runs uncached.
+    IA32_MTRR_DEF_TYPE: MTRR_ENABLE | MTRR_TYPE_WRITEBACK,
+}
+
+
+def boot_msrs(supported):
+    """BOOT_MSRS restricted to the MSR indices KVM reports it can save/restore."""
+    supported = set(supported)
+    return {index: value for index, value in BOOT_MSRS.items() if index in supported}
