@@ -5,14 +5,17 @@ non-zero status; no traceback ever reaches the terminal.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
+from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
 from .stop import STATUS_CRASH
+from .terminal import raw_input_mode
 
 EXIT_USAGE = 2
 EXIT_HOST = 1
@@ -48,6 +51,9 @@ def build_parser():
                      help="where the serial console's output goes (default stdio)")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="stop the guest after this long (exit status 124)")
+    run.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
+                     help="hide CPU features from the guest, e.g. -xsave,-cx16 "
+                          "(features that depend on them are hidden too)")
     run.add_argument("--stats", action="store_true", help="print exit counters to stderr at the end")
     return parser
 
@@ -64,6 +70,7 @@ def config_from_args(args):
         serial=args.serial,
         timeout=args.timeout,
         stats=args.stats,
+        masked_features=parse_feature_mask(args.cpu_features),
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
         raise ConfigError("--load-addr and --entry need --raw-mode")
@@ -85,8 +92,9 @@ def command_run(args):
     image, options = read_image(config)
     from .vmm import Machine
     with Machine(config, image, options) as machine:
-        stdin_fd = 0 if config.serial == "stdio" and _readable(0) else None
-        result = machine.run(stdin_fd=stdin_fd)
+        interactive = config.serial == "stdio" and _readable(0)
+        with raw_input_mode(0) if interactive else contextlib.nullcontext():
+            result = machine.run(stdin_fd=0 if interactive else None)
         if config.stats:
             print(machine.stats.format(machine.port_bus.name_at, result), file=sys.stderr)
     if result.status == STATUS_CRASH:
@@ -108,7 +116,7 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         return command_run(args)
-    except (UsageError, ConfigError, LoaderError, GuestMemoryError) as error:
+    except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError) as error:
         _error(error)
         return EXIT_USAGE
     except KvmError as error:
