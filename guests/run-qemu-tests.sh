@@ -83,8 +83,8 @@ check "bench_exit default N" 1 ''
 cp $B/bench_exit.bin "$TMP/bench3.bin"
 patch "$TMP/bench3.bin" 3
 run "" -kernel "$TMP/bench3.bin" -trace memory_region_ops_write -D "$TMP/log"
-n=$(grep -c "addr 0x510 value 0x0 size 1 name 'io'" "$TMP/log")
-# SeaBIOS also writes to 0x510 (fw_cfg), but 16-bit: only ours are 8-bit.
+# 0x510 is QEMU's fw_cfg selector; SeaBIOS writes it 16-bit, we 8-bit.
+n=$(grep -c "addr 0x510 value 0x0 size 1 " "$TMP/log")
 [ "$n" -eq 3 ] || { echo "FAIL bench_exit N=3: saw $n writes"; fails=$((fails + 1)); }
 check "bench_exit N=3" 1 ''
 cp $B/bench_exit.bin "$TMP/bench0.bin"
@@ -120,8 +120,9 @@ awk '
 	if ($1 ~ /write/) print "out", a, s, v; else print "in", a, s
 }
 /^Invalid (read|write) at addr 0xD/ {
+	a = tolower($5); sub(/,$/, "", a)
 	s = $0; sub(/.*size /, "", s); sub(/,.*/, "", s)
-	print "mmio-" $2, tolower($5) == "" ? $5 : tolower(substr($5, 1, length($5) - 1)), s
+	print "mmio-" $2, a, s
 }' "$TMP/log" >"$TMP/got"
 cat >"$TMP/want" <<'SEQ'
 out 0x500 1 0x11
@@ -166,8 +167,10 @@ fi
 
 # The endings, selector forced at build time (test-only variant).
 # -no-reboot turns a triple fault into a clean QEMU exit (status 0).
+# Ending 5 differs from pyvmm: SeaBIOS leaves the PIT ticking, so the
+# first timer IRQ after sti finds no usable IDT and the VM resets.
 for t in 0:$TIMED_OUT 1:0 2:$((0x85)) 3:$((0x20f & 255)) 4:$TIMED_OUT \
-	 5:$TIMED_OUT 6:0 9:$TIMED_OUT; do
+	 5:0 6:0 9:$TIMED_OUT; do
 	e=${t%:*}
 	make -s OUT="$TMP/end$e" GUEST_DEFS=-DEXITS_FORCE_ENDING=$e \
 		"$TMP/end$e/exits.bin" || exit 1

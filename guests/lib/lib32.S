@@ -6,7 +6,8 @@
 #include "guest32.h"
 
 #define RX_STASH_MAX	64		/* bytes of early input kept */
-#define RX_QUIET_TSC	8000000		/* ~2-4 ms: input has stopped coming */
+#define RX_QUIET_TSC	50000000	/* ~10-20 ms: input has stopped coming */
+#define RX_PAUSE_TSC	100000		/* ~30-50 us between LSR polls */
 
 	.text
 	.code32
@@ -15,19 +16,23 @@
  * The FIFO reset (FCR) drops whatever the UART has already received, on
  * a real 16550 and in QEMU alike, and tests feed input before the guest
  * runs.  So just before the reset, read out what has arrived, for
- * uart_getc to return first.  A UART without a FIFO yet hands over one
- * byte per read and the next may take a while, so once anything was
- * pending keep collecting until the line has been quiet for RX_QUIET_TSC
- * cycles; a byte landing between the last check and the reset is lost.
- * No input pending (the usual case) costs one LSR read.
+ * uart_getc to return first.
+ * A UART without its FIFO enabled holds one byte, and the next comes only
+ * some time after that one is read; so once anything was pending, keep
+ * collecting until the line has been quiet for RX_QUIET_TSC cycles.  Poll
+ * slowly meanwhile: under QEMU/TCG, back-to-back port reads starve the
+ * thread that delivers the next byte.  No input pending (the usual case)
+ * costs one LSR read.  A byte landing between the last poll and the
+ * reset is still lost; so is input beyond RX_STASH_MAX.
  */
 	.globl	uart_init
 uart_init:
 	UART_INIT_LINE
 	push	%ecx
 	push	%esi
+	push	%edi
 	xor	%ecx, %ecx		/* bytes stashed */
-1:	rdtsc				/* start of the quiet period */
+1:	rdtsc				/* start of a quiet period */
 	mov	%eax, %esi
 2:	mov	$UART_LSR, %dx
 	in	%dx, %al
@@ -35,7 +40,14 @@ uart_init:
 	jnz	3f
 	jecxz	4f			/* nothing was pending: don't wait */
 	rdtsc
-	sub	%esi, %eax		/* mod 2^32: fine for short waits */
+	mov	%eax, %edi
+5:	pause
+	rdtsc
+	sub	%edi, %eax		/* TSC deltas mod 2^32: waits are short */
+	cmp	$RX_PAUSE_TSC, %eax
+	jb	5b
+	rdtsc
+	sub	%esi, %eax
 	cmp	$RX_QUIET_TSC, %eax
 	jb	2b
 	jmp	4f
@@ -49,6 +61,7 @@ uart_init:
 4:	UART_INIT_FIFO
 	mov	%ecx, rx_count
 	movl	$0, rx_next
+	pop	%edi
 	pop	%esi
 	pop	%ecx
 	ret
