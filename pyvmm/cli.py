@@ -14,6 +14,7 @@ from .config import ConfigError, VmConfig, parse_address, parse_size
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
+from .vmm import InputFileError, Machine, read_kernel
 from .stop import STATUS_CRASH
 from .terminal import raw_input_mode
 
@@ -42,6 +43,9 @@ def build_parser():
                      help="guest RAM, with a K/M/G suffix (default 128M)")
     run.add_argument("--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
     run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
+    run.add_argument("--module", action="append", default=[], metavar="'PATH[ ARGS]'",
+                     help="a multiboot/PVH module with its command line (repeatable, in order)")
+    run.add_argument("--initrd", metavar="PATH", help="initial ramdisk for a Linux kernel")
     run.add_argument("--raw-mode", choices=("real", "protected", "long"),
                      help="load KERNEL as a flat binary entered in this mode")
     run.add_argument("--load-addr", metavar="ADDR",
@@ -64,6 +68,8 @@ def config_from_args(args):
         memory=parse_size(args.memory),
         cpus=args.cpus,
         cmdline=args.cmdline,
+        modules=args.module,
+        initrd=args.initrd,
         raw_mode=args.raw_mode,
         load_addr=None if args.load_addr is None else parse_address(args.load_addr),
         entry=None if args.entry is None else parse_address(args.entry),
@@ -77,20 +83,9 @@ def config_from_args(args):
     return config.validate()
 
 
-def read_image(config):
-    from .vmm import read_kernel
-    try:
-        return read_kernel(config)
-    except IsADirectoryError:
-        raise ConfigError(f"cannot read kernel {config.kernel}: it is a directory") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read kernel {config.kernel}: {error.strerror or error}") from None
-
-
 def command_run(args):
     config = config_from_args(args)
-    image, options = read_image(config)
-    from .vmm import Machine
+    image, options = read_kernel(config)
     with Machine(config, image, options) as machine:
         interactive = config.serial == "stdio" and _readable(0)
         with raw_input_mode(0) if interactive else contextlib.nullcontext():
@@ -116,7 +111,8 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         return command_run(args)
-    except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError) as error:
+    except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
+            InputFileError) as error:
         _error(error)
         return EXIT_USAGE
     except KvmError as error:

@@ -48,7 +48,7 @@ class VmConfig:
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=()):
+                 masked_features=(), modules=(), initrd=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -60,6 +60,8 @@ class VmConfig:
         self.timeout = timeout
         self.stats = stats
         self.masked_features = set(masked_features)   # CPUID features hidden from the guest
+        self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
+        self.initrd = initrd                           # path
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

@@ -18,12 +18,12 @@ def raw_input_mode(fd=0):
         return
     saved = termios.tcgetattr(fd)
     settings = termios.tcgetattr(fd)
-    iflag, _oflag, cflag, lflag = 0, 1, 2, 3
+    iflag, cflag, lflag, control_chars = 0, 2, 3, 6   # output flags (1) stay as they are
     settings[iflag] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
                          | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
     settings[lflag] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN)
     settings[cflag] = (settings[cflag] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
-    settings[6][termios.VMIN], settings[6][termios.VTIME] = 1, 0
+    settings[control_chars][termios.VMIN], settings[control_chars][termios.VTIME] = 1, 0
     termios.tcsetattr(fd, termios.TCSANOW, settings)
     try:
         yield

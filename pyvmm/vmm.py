@@ -53,8 +53,25 @@ def read_kernel(config):
     if path is None:
         path = guests.path(guests.DEFAULT_GUEST)
         options.raw_mode = options.raw_mode or guests.DEFAULT_RAW_MODE
-    with open(path, "rb") as image:
-        return image.read(), options
+    options.kernel_path = path
+    options.modules = [(spec, read_file(spec.split(" ", 1)[0], "module")) for spec in config.modules]
+    options.initrd = None if config.initrd is None else read_file(config.initrd, "initrd")
+    return read_file(path, "kernel"), options
+
+
+def read_file(path, what):
+    """The bytes of a file the user named; InputFileError says which and why."""
+    try:
+        with open(path, "rb") as source:
+            return source.read()
+    except IsADirectoryError:
+        raise InputFileError(f"cannot read {what} {path}: it is a directory") from None
+    except OSError as error:
+        raise InputFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+class InputFileError(ValueError):
+    """A kernel, module or initrd file that cannot be read."""
 
 
 class Machine:

@@ -71,6 +71,13 @@ def test_unreadable_kernel(tmp_path):
     assert_usage_error(pyvmm("run", str(path)), "Permission denied")
 
 
+def test_missing_module_and_initrd(tmp_path):
+    kernel = guests.path("hello.bin")
+    assert_usage_error(pyvmm("run", kernel, "--module", f"{tmp_path}/gone.mod args"),
+                       "cannot read module")
+    assert_usage_error(pyvmm("run", kernel, "--initrd", str(tmp_path)), "initrd")
+
+
 def test_empty_kernel(tmp_path):
     path = tmp_path / "empty"
     path.write_bytes(b"")
