@@ -12,6 +12,7 @@ import sys
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
 from .kvm import KvmError
+from .linux.errors import AssetError
 from .loader import LoaderError
 from .memory import GuestMemoryError
 from .vmm import InputFileError, Machine, read_kernel
@@ -21,6 +22,9 @@ from .terminal import raw_input_mode
 EXIT_USAGE = 2
 EXIT_HOST = 1
 EXIT_INTERRUPTED = 130
+# The serial console, early output from the first instruction on, and a
+# panic ends the run (a reset) instead of hanging.
+LINUX_CMDLINE = "console=ttyS0 earlyprintk=serial panic=-1"
 
 
 class UsageError(Exception):
@@ -32,16 +36,32 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_machine_arguments(parser):
+    """Options every command that boots a VM takes."""
+    parser.add_argument("--memory", default="128M", metavar="SIZE",
+                        help="guest RAM, with a K/M/G suffix (default 128M)")
+    parser.add_argument("--cpus", type=int, default=1, metavar="N",
+                        help="number of vCPUs (default 1)")
+    parser.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH",
+                        help="where the serial console's output goes (default stdio)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop the guest after this long (exit status 124)")
+    parser.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
+                        help="hide CPU features from the guest, e.g. -xsave,-cx16 "
+                             "(features that depend on them are hidden too)")
+    parser.add_argument("--stats", action="store_true",
+                        help="print exit counters to stderr at the end")
+
+
 def build_parser():
     parser = Parser(prog="pyvmm", description="A small virtual machine monitor on Linux KVM.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser("run", help="boot a kernel (default: the bundled hello guest)")
     run.add_argument("kernel", nargs="?", metavar="KERNEL",
-                     help="kernel image: ELF, or a flat binary with --raw-mode")
-    run.add_argument("--memory", default="128M", metavar="SIZE",
-                     help="guest RAM, with a K/M/G suffix (default 128M)")
-    run.add_argument("--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
+                     help="kernel image: bzImage, multiboot, PVH or plain ELF, "
+                          "or a flat binary with --raw-mode")
+    add_machine_arguments(run)
     run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
     run.add_argument("--module", action="append", default=[], metavar="'PATH[ ARGS]'",
                      help="a multiboot/PVH module with its command line (repeatable, in order)")
@@ -51,28 +71,33 @@ def build_parser():
     run.add_argument("--load-addr", metavar="ADDR",
                      help="flat binary load address (default 0x7c00 real, 0x100000 otherwise)")
     run.add_argument("--entry", metavar="ADDR", help="flat binary entry point (default: load address)")
-    run.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH",
-                     help="where the serial console's output goes (default stdio)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="stop the guest after this long (exit status 124)")
-    run.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
-                     help="hide CPU features from the guest, e.g. -xsave,-cx16 "
-                          "(features that depend on them are hidden too)")
-    run.add_argument("--stats", action="store_true", help="print exit counters to stderr at the end")
+
+    linux = commands.add_parser("linux", help="a stock Debian kernel with a busybox initramfs")
+    linux_commands = linux.add_subparsers(dest="linux_command", metavar="ACTION")
+    linux_commands.required = True
+    for name, text in (("fetch", "download and cache the kernel and build the initramfs"),
+                       ("run", "fetch if needed, then boot it on the serial console")):
+        action = linux_commands.add_parser(name, help=text)
+        action.add_argument("--cache-dir", metavar="DIR", help="where the assets are cached")
+        action.add_argument("--refresh", action="store_true", help="download again")
+        if name == "run":
+            add_machine_arguments(action)
+            action.add_argument("--cmdline", default="", metavar="STR",
+                                help=f"appended to the kernel command line ({LINUX_CMDLINE!r})")
     return parser
 
 
 def config_from_args(args):
     config = VmConfig(
-        kernel=args.kernel,
+        kernel=getattr(args, "kernel", None),
         memory=parse_size(args.memory),
         cpus=args.cpus,
         cmdline=args.cmdline,
-        modules=args.module,
-        initrd=args.initrd,
-        raw_mode=args.raw_mode,
-        load_addr=None if args.load_addr is None else parse_address(args.load_addr),
-        entry=None if args.entry is None else parse_address(args.entry),
+        modules=getattr(args, "module", []),
+        initrd=getattr(args, "initrd", None),
+        raw_mode=getattr(args, "raw_mode", None),
+        load_addr=_address(getattr(args, "load_addr", None)),
+        entry=_address(getattr(args, "entry", None)),
         serial=args.serial,
         timeout=args.timeout,
         stats=args.stats,
@@ -83,8 +108,27 @@ def config_from_args(args):
     return config.validate()
 
 
-def command_run(args):
+def _address(text):
+    return None if text is None else parse_address(text)
+
+
+def command_linux(args):
+    from .linux import fetch
+    assets = fetch(cache_dir=args.cache_dir, refresh=args.refresh)
+    if args.linux_command == "fetch":
+        print(f"kernel:    {assets.kernel}\ninitramfs: {assets.initramfs}\nversion:   {assets.version}")
+        return 0
     config = config_from_args(args)
+    config.kernel, config.initrd = assets.kernel, assets.initramfs
+    config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
+    return boot(config)
+
+
+def command_run(args):
+    return boot(config_from_args(args))
+
+
+def boot(config):
     image, options = read_kernel(config)
     with Machine(config, image, options) as machine:
         interactive = config.serial == "stdio" and _readable(0)
@@ -110,12 +154,12 @@ def _readable(fd):
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        return command_run(args)
+        return command_linux(args) if args.command == "linux" else command_run(args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError) as error:
         _error(error)
         return EXIT_USAGE
-    except KvmError as error:
+    except (KvmError, AssetError) as error:
         _error(error)
         return EXIT_HOST
     except KeyboardInterrupt:

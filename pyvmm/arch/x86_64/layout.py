@@ -19,10 +19,13 @@ BOOT_INFO = 0x9000            # multiboot info / PVH hvm_start_info and their ta
 BOOT_INFO_SIZE = 0x4000
 CMDLINE = 0x20000             # kernel command line, NUL-terminated
 CMDLINE_MAX = 0x10000
-MPTABLE = 0x9FC00             # MP floating pointer + table, in the EBDA (last KiB below 640K)
 EBDA_START = 0x9FC00          # e820: [EBDA_START, 1 MiB) is not RAM
-BIOS_AREA = 0xE0000           # ACPI RSDP and tables live in [0xE0000, 0x100000)
+BIOS_AREA = 0xE0000           # firmware tables live in [0xE0000, 0x100000)
 BIOS_AREA_END = 0x100000
+# Both where every scanner looks: the BIOS ROM area [0xF0000, 0x100000)
+# (kvm-unit-tests scans only there for the RSDP; Linux scans it for "_MP_").
+ACPI_TABLES = 0xF0000         # RSDP first; 10 KiB for 254 vCPUs
+MPTABLE = 0xF8000             # MP floating pointer + table; 5.3 KiB for 254 vCPUs
 
 # Structures the loader must not overwrite when it places a kernel
 # (GDT, IDT, page tables; the zero page, stack and boot info are placed
