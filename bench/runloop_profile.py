@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Where pyvmm's run loop spends its time per port-I/O exit.
 
-Not part of the pass/fail benchmark: a diagnostic for when bench/exit_latency's ratio is over
-target. It runs stripped-down copies of pyvmm.runloop.VcpuLoop.run (pyvmm itself is not
-modified) on the same bench_exit.bin, interleaved with the C loop, each variant adding one piece
-of the real loop back; then it times each hot-path statement alone with timeit (no KVM).
+A diagnostic for when bench/exit_latency's ratio is over target (pyvmm itself is not modified).
+One VM runs bench_exit.bin with a huge N; its exits are handed, in chunks of a few thousand, to
+a series of loop variants in rotation: a C KVM_RUN loop (cffi, same process, same VM),
+stripped-down Python loops that each add a piece of pyvmm.runloop.VcpuLoop.run back, and the
+real VcpuLoop.run on the calling thread and on its own thread as Machine.run does. Run-to-run
+noise on this host is +-30%; alternating chunks inside one VM compares variants under the same
+conditions. Then each hot-path statement is timed alone with timeit (no KVM, warm caches).
 
-usage: python bench/runloop_profile.py [--exits N] [--rounds R]
+usage: python bench/runloop_profile.py [--chunk N] [--cycles C]
 """
 
 import argparse
@@ -15,10 +18,11 @@ import importlib.util
 import os
 import statistics
 import struct
-import tempfile
+import sys
 import threading
 import time
 import timeit
+from types import SimpleNamespace
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.config import VmConfig
@@ -33,167 +37,269 @@ _loader = importlib.machinery.SourceFileLoader("exit_latency", os.path.join(HERE
 bench = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.name, _loader))
 _loader.exec_module(bench)
 
-KVM_RUN, EXIT_IO, IO_OUT, DEBUG_EXIT = lib.KVM_RUN, lib.KVM_EXIT_IO, lib.KVM_EXIT_IO_OUT, 0xF4
-# Our own copy of the kvm_run decoding (pyvmm.runloop's private names change under us).
-_UNION = ffi.offsetof("struct kvm_run", "io")
-_REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
-_REASON = struct.Struct("<I")
-_IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset
-_EXIT_IO = struct.Struct(f"<I{_UNION - _REASON_OFFSET - 4}xBBHIQ")   # exit_reason + the above
+KVM_RUN, EXIT_IO, IO_OUT = lib.KVM_RUN, lib.KVM_EXIT_IO, lib.KVM_EXIT_IO_OUT
+# Our own kvm_run decoding (pyvmm.runloop's private names change as it is worked on).
+UNION = ffi.offsetof("struct kvm_run", "io")
+REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
+EXIT_HEADER = struct.Struct(f"<I{UNION - REASON_OFFSET - 4}xBBHIQ")  # reason, dir, size, port, count, offset
+BYTES = [bytes([value]) for value in range(256)]
+
+HELPERS = r"""
+#include <errno.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <linux/kvm.h>
+
+/* n KVM_RUNs, every exit ignored: the C baseline's loop, callable from Python. */
+long run_n(int fd, long n)
+{
+	for (long i = 0; i < n; i++)
+		if (ioctl(fd, KVM_RUN, 0) < 0)
+			return -1;
+	return n;
+}
+
+/* One KVM_RUN, the exit counted in counters[reason] and counters[64 + (port << 1 | direction)].
+ * Returns -errno; 0 for an exit Python must decode itself; or, for a single 1/2/4-byte port
+ * access: 1 << 52 | direction << 51 | size << 48 | port << 32 | the OUT value. */
+int64_t run_exit(int fd, struct kvm_run *run, uint64_t *counters)
+{
+	if (ioctl(fd, KVM_RUN, 0) < 0)
+		return -errno;
+	if (run->exit_reason < 64)
+		counters[run->exit_reason]++;
+	if (run->exit_reason != KVM_EXIT_IO)
+		return 0;
+	counters[64 + (run->io.port << 1 | run->io.direction)] += run->io.count;
+	if (run->io.count != 1 || (run->io.size != 1 && run->io.size != 2 && run->io.size != 4))
+		return 0;
+	uint32_t value = 0;
+	for (int i = run->io.size - 1; i >= 0; i--)
+		value = value << 8 | ((uint8_t *)run)[run->io.data_offset + i];
+	return (int64_t)1 << 52 | (int64_t)run->io.direction << 51 | (int64_t)run->io.size << 48
+		| (int64_t)run->io.port << 32 | value;
+}
+"""
 
 
-# --- loop variants: each runs the vCPU until the guest writes the debug-exit port --------------
+def build_helpers():
+    """The C helpers above as a cffi module in bench/build/ (API mode, like pyvmm's own)."""
+    import cffi
+    builder = cffi.FFI()
+    builder.cdef("long run_n(int fd, long n); int64_t run_exit(int fd, void *run, uint64_t *counters);")
+    builder.set_source("_runloop_helpers", HELPERS)
+    builder.compile(tmpdir=bench.BUILD, verbose=False)
+    sys.path.insert(0, bench.BUILD)
+    import _runloop_helpers
+    return _runloop_helpers
 
-def ioctl_only(vcpu, bus, stats, stop):
-    """KVM_RUN through cffi and a one-byte look at the port: the floor for any Python loop."""
-    fd, ioctl, buf, port_byte = vcpu.fd, lib.pyvmm_ioctl_value, vcpu.run_buffer, _UNION + 2
-    while True:
+
+class Countdown:
+    """The no-op device on port 0x510; its n-th write ends the chunk (stop.requested)."""
+
+    def __init__(self):
+        self.left, self.stop = 0, None
+
+    def read(self, offset, size):
+        return bytes(size)
+
+    def write(self, offset, data):
+        self.left -= 1
+        if not self.left:
+            self.stop.requested = True
+
+
+# --- the variants: each handles the next n exits ------------------------------------------------
+
+def c_loop(vm, n):
+    """KVM_RUN in a C loop (one cffi call per chunk, not per exit)."""
+    if vm.helpers.lib.run_n(vm.vcpu.fd, n) != n:
+        raise OSError("KVM_RUN")
+
+
+def ioctl_only(vm, n):
+    """KVM_RUN through cffi from a Python for-loop, nothing else: the floor of any Python loop."""
+    fd, ioctl = vm.vcpu.fd, lib.pyvmm_ioctl_value
+    for _ in range(n):
         ioctl(fd, KVM_RUN, 0)
-        if buf[port_byte] == DEBUG_EXIT:
-            return
 
 
-def decode_stats(vcpu, bus, stats, stop):
-    """+ the error check, struct-unpacking the exit header, the counters, the validity checks."""
-    fd, ioctl, buf, run_size = vcpu.fd, lib.pyvmm_ioctl_value, vcpu.run_buffer, vcpu.run_size
-    unpack, reasons, ports = _EXIT_IO.unpack_from, stats.reasons, stats.ports
-    while True:
+def decode_stats(vm, n):
+    """+ error check, one unpack of the exit header, the per-reason/per-port counters, checks."""
+    fd, ioctl, buf, run_size = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, vm.vcpu.run_size
+    unpack, reasons, ports = EXIT_HEADER.unpack_from, vm.stats.reasons, vm.stats.ports
+    for _ in range(n):
         if ioctl(fd, KVM_RUN, 0) < 0:
             raise OSError("KVM_RUN")
-        reason, direction, size, port, count, offset = unpack(buf, _REASON_OFFSET)
+        reason, direction, size, port, count, offset = unpack(buf, REASON_OFFSET)
         if reason < 64:
             reasons[reason] += 1
         if reason == EXIT_IO:
             key = port << 1 | direction
             ports[key] = ports.get(key, 0) + count
-            if count == 1 and size in (1, 2, 4) and offset + size <= run_size and port == DEBUG_EXIT:
-                return
+            if not (count == 1 and size in (1, 2, 4) and offset + size <= run_size):
+                raise OSError("bad exit")
 
 
-def lean(vcpu, bus, stats, stop):
-    """The least Python that still hands the device its bytes: one unpack, port -> device.write
-    from a dict (both devices here sit at offset 0 of their range), no counters, no Bus."""
-    fd, ioctl, buf, unpack = vcpu.fd, lib.pyvmm_ioctl_value, vcpu.run_buffer, _EXIT_IO.unpack_from
-    writes = {port: bus.device_at(port).write for port in (bench.BENCH_PORT, DEBUG_EXIT)}
+def lean(vm, n):
+    """ioctl, one unpack, bytes(buf[...]) to device.write found in a {port: write} dict.
+    No counters, no Bus, no validity checks."""
+    fd, ioctl, buf, unpack, stop = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, EXIT_HEADER.unpack_from, vm.stop
+    writes = {bench.BENCH_PORT: vm.device.write}
     while not stop.requested:
         if ioctl(fd, KVM_RUN, 0) < 0:
             raise OSError("KVM_RUN")
-        reason, direction, size, port, count, offset = unpack(buf, _REASON_OFFSET)
+        reason, direction, size, port, count, offset = unpack(buf, REASON_OFFSET)
         if reason == EXIT_IO and count == 1 and direction == IO_OUT:
             writes[port](0, bytes(buf[offset:offset + size]))
 
 
-def lean_bus(vcpu, bus, stats, stop):
-    """lean, but through Bus.write (bisect-free _last_hit cache, then device.write)."""
-    fd, ioctl, buf, unpack = vcpu.fd, lib.pyvmm_ioctl_value, vcpu.run_buffer, _EXIT_IO.unpack_from
-    write = bus.write
+def lean_cached(vm, n):
+    """lean, handing 1-byte writes over as a preallocated bytes object (no slice, no bytes())."""
+    fd, ioctl, buf, unpack, stop = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, EXIT_HEADER.unpack_from, vm.stop
+    writes = {bench.BENCH_PORT: vm.device.write}
     while not stop.requested:
         if ioctl(fd, KVM_RUN, 0) < 0:
             raise OSError("KVM_RUN")
-        reason, direction, size, port, count, offset = unpack(buf, _REASON_OFFSET)
+        reason, direction, size, port, count, offset = unpack(buf, REASON_OFFSET)
+        if reason == EXIT_IO and count == 1 and direction == IO_OUT:
+            writes[port](0, BYTES[buf[offset]] if size == 1 else bytes(buf[offset:offset + size]))
+
+
+def lean_bus(vm, n):
+    """lean, through Bus.write instead of the dict."""
+    fd, ioctl, buf, unpack, stop = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, EXIT_HEADER.unpack_from, vm.stop
+    write = vm.bus.write
+    while not stop.requested:
+        if ioctl(fd, KVM_RUN, 0) < 0:
+            raise OSError("KVM_RUN")
+        reason, direction, size, port, count, offset = unpack(buf, REASON_OFFSET)
         if reason == EXIT_IO and count == 1 and direction == IO_OUT:
             write(port, bytes(buf[offset:offset + size]))
 
 
-def full_copy(vcpu, bus, stats, stop):
-    """+ bytes(buf[...]) and bus.write -> device.write: the whole of VcpuLoop.run's IO path."""
-    VcpuLoop(vcpu, bus, None, stop, stats).run()
+def c_decode_bus(vm, n):
+    """A proposed loop: KVM_RUN, decoding and counting in one C call; Python only dispatches
+    to Bus.write (1-byte values as preallocated bytes objects)."""
+    fd, run_exit, stop, write = vm.vcpu.fd, vm.helpers.lib.run_exit, vm.stop, vm.bus.write
+    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run)))
+    counters = vm.counters
+    while not stop.requested:
+        code = run_exit(fd, run, counters)
+        if code >> 51 == 3:                             # a single OUT
+            size = code >> 48 & 7
+            write(code >> 32 & 0xFFFF, BYTES[code & 0xFF] if size == 1
+                  else (code & 0xFFFFFFFF).to_bytes(size, "little"))
+        else:
+            raise OSError(f"the prototype handles OUT exits only (code {code:#x})")
 
 
-def pyvmm_threaded(vcpu, bus, stats, stop):
-    """VcpuLoop.run in a thread while the main thread waits as Machine._supervise does."""
-    thread = threading.Thread(target=VcpuLoop(vcpu, bus, None, stop, stats).run)
-    thread.start()
-    while not stop.event.is_set():
-        stop.event.wait(0.05)
-    thread.join()
+def pyvmm_loop(vm, n):
+    """pyvmm.runloop.VcpuLoop.run itself, on this (the main) thread."""
+    VcpuLoop(vm.vcpu, vm.bus, None, vm.stop, vm.stats).run()
 
 
-VARIANTS = [ioctl_only, decode_stats, lean, lean_bus, full_copy, pyvmm_threaded]
+def pyvmm_thread(vm, n):
+    """VcpuLoop.run on its own thread, the main thread waking every 50 ms: what Machine.run does."""
+    pyvmm_thread_like(VcpuLoop(vm.vcpu, vm.bus, None, vm.stop, vm.stats).run)
 
 
-def run_variant(variant, path, image, exits):
+VARIANTS = [c_loop, ioctl_only, decode_stats, lean, lean_cached, lean_bus, c_decode_bus, pyvmm_loop,
+            pyvmm_thread]
+
+
+def profile(chunk, cycles, on_thread=False):
+    """{variant name: [ns per exit of each chunk]}; on_thread: all chunks run on one other thread."""
+    exits = chunk * cycles * len(VARIANTS) + 1000       # the guest never reaches its debug-exit
+    path, image = bench.patched_image(exits)
+    times = {variant.__name__: [] for variant in VARIANTS}
     config = VmConfig(kernel=path, raw_mode="protected", serial="buffer")
     with Machine(config, image=image, options=LoadOptions(raw_mode="protected")) as machine:
-        machine.add_port_device(bench.BENCH_PORT, 1, bench.NullDevice(), name="bench")
-        (user, system), start = bench.cpu_ns(), time.monotonic_ns()
-        variant(machine.vcpus[0], machine.port_bus, ExitStats(), machine.stop)
-        elapsed, (user_end, system_end) = time.monotonic_ns() - start, bench.cpu_ns()
-        return elapsed / (exits + 1), (user_end - user) / (exits + 1), (system_end - system) / (exits + 1)
+        device = Countdown()
+        machine.add_port_device(bench.BENCH_PORT, 1, device, name="countdown")
+        vm = SimpleNamespace(vcpu=machine.vcpus[0], bus=machine.port_bus, device=device,
+                             stats=ExitStats(), helpers=build_helpers())
+        vm.counters = vm.helpers.ffi.new("uint64_t[]", 64 + 2 * 65536)
+
+        def cycle_all():
+            for cycle in range(cycles):
+                shift = cycle % len(VARIANTS)           # rotate the order: no fixed neighbours
+                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                    vm.stop = device.stop = SimpleNamespace(requested=False)
+                    device.left = chunk
+                    start = time.monotonic_ns()
+                    variant(vm, chunk)
+                    times[variant.__name__].append((time.monotonic_ns() - start) / chunk)
+
+        if on_thread:
+            pyvmm_thread_like(cycle_all)
+        else:
+            cycle_all()
+    return times
+
+
+def pyvmm_thread_like(function):
+    """Runs function on its own thread while this one wakes every 50 ms, as Machine.run does."""
+    thread = threading.Thread(target=function)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
 
 
 # --- the hot-path statements alone, no KVM ------------------------------------------------------
 
 def statement_costs(number=200000):
-    """ns per execution of each statement of the IO path, on a fake kvm_run holding an OUT exit."""
+    """[(statement, ns)] on a fake kvm_run page holding a 1-byte OUT exit, caches warm."""
     buf = memoryview(bytearray(4096))
-    struct.pack_into("<I", buf, _REASON_OFFSET, EXIT_IO)
-    _IO.pack_into(buf, _UNION, IO_OUT, 1, bench.BENCH_PORT, 1, 4096 - 8)
-    bus = Bus.port_io()
-    device = bench.NullDevice()
+    EXIT_HEADER.pack_into(buf, REASON_OFFSET, EXIT_IO, IO_OUT, 1, bench.BENCH_PORT, 1, 4096 - 8)
+    bus, device = Bus.port_io(), bench.NullDevice()
     bus.register(bench.BENCH_PORT, 1, device)
     stats = ExitStats()
-    names = dict(buf=buf, fd=-1, kvm_run=KVM_RUN, ioctl=lib.pyvmm_ioctl_value, os=os,
-                 unpack_reason=_REASON.unpack_from, unpack_io=_IO.unpack_from, unpack_exit=_EXIT_IO.unpack_from, reasons=stats.reasons,
-                 ports=stats.ports, reason=EXIT_IO, port=bench.BENCH_PORT, direction=IO_OUT, count=1,
-                 size=1, offset=4096 - 8, run_size=4096, union=_UNION, ro=_REASON_OFFSET, EXIT_IO=EXIT_IO,
-                 IO_OUT=IO_OUT, port_write=bus.write, device=device, data=b"\0", sizes=(1, 2, 4),
-                 stop=VcpuLoop.__new__(VcpuLoop), EINTR=4, EAGAIN=11)
-    names["stop"].requested = False
+    names = dict(buf=buf, ioctl=lib.pyvmm_ioctl_value, KVM_RUN=KVM_RUN, os=os, unpack=EXIT_HEADER.unpack_from,
+                 ro=REASON_OFFSET, reasons=stats.reasons, ports=stats.ports, reason=EXIT_IO, EXIT_IO=EXIT_IO,
+                 IO_OUT=IO_OUT, port=bench.BENCH_PORT, direction=IO_OUT, count=1, size=1, offset=4096 - 8,
+                 run_size=4096, sizes=(1, 2, 4), data=b"\0", bus_write=bus.write, device=device,
+                 writes={bench.BENCH_PORT: device.write}, BYTES=BYTES, stop=SimpleNamespace(requested=False))
     statements = [
-        ("while not stop.requested (loop test)", "stop.requested"),
-        ("cffi call + failing syscall (fd -1)", "ioctl(fd, kvm_run, 0)"),
-        ("  plain failing syscall (os.close(-1))", "try: os.close(-1)\nexcept OSError: pass"),
+        ("stop.requested (loop test)", "stop.requested"),
+        ("cffi ioctl call, failing syscall (fd -1)", "ioctl(-1, KVM_RUN, 0)"),
         ("ret < 0 test", "0 < 0"),
-        ("unpack reason", "unpack_reason(buf, ro)[0]"),
+        ("unpack reason + io header (one Struct)", "r, direction, size, port, count, offset = unpack(buf, ro)"),
         ("reasons[reason] += 1 (with < 64 test)", "if reason < 64: reasons[reason] += 1"),
         ("reason == EXIT_IO test", "reason == EXIT_IO"),
-        ("unpack io header", "direction, size, port, count, offset = unpack_io(buf, union)"),
-        ("  reason + io header in one unpack", "r, direction, size, port, count, offset = unpack_exit(buf, ro)"),
         ("ports[key] counter", "key = port << 1 | direction; ports[key] = ports.get(key, 0) + count"),
         ("validity checks", "count == 1 and size in sizes and offset + size <= run_size"),
         ("direction == IO_OUT test", "direction == IO_OUT"),
         ("bytes(buf[offset:offset + size])", "bytes(buf[offset:offset + size])"),
-        ("bus.write -> device.write", "port_write(port, data)"),
-        ("  of which device.write alone", "device.write(0, data)"),
+        ("  BYTES[buf[offset]] instead", "BYTES[buf[offset]]"),
+        ("Bus.write(port, data) -> device.write", "bus_write(port, data)"),
+        ("  {port: write} dict lookup + call instead", "writes[port](0, data)"),
+        ("  device.write (a no-op) alone", "device.write(0, data)"),
     ]
-    costs = []
-    for name, statement in statements:
-        best = min(timeit.repeat(statement, globals=names, number=number, repeat=5))
-        costs.append((name, best / number * 1e9))
-    empty = min(timeit.repeat("pass", number=number, repeat=5)) / number * 1e9
-    return [(name, max(ns - empty, 0.0)) for name, ns in costs]
+    empty = min(timeit.repeat("pass", number=number, repeat=5))
+    return [(name, max(min(timeit.repeat(statement, globals=names, number=number, repeat=5)) - empty, 0)
+             / number * 1e9) for name, statement in statements]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--exits", type=int, default=100000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=3000, help="exits per chunk (default 3000)")
+    parser.add_argument("--cycles", type=int, default=40, help="rounds of all variants (default 40)")
+    parser.add_argument("--thread", action="store_true", help="run every chunk on one non-main thread")
     args = parser.parse_args()
 
-    binary = bench.build_c()
-    path, image = bench.patched_image(args.exits)
-    results = {"C loop": []}
-    results.update({variant.__name__: [] for variant in VARIANTS})
-    with tempfile.NamedTemporaryFile(suffix=".bin") as image_file:
-        image_file.write(image)
-        image_file.flush()
-        for _ in range(args.rounds):
-            results["C loop"].append(bench.run_c(binary, image_file.name, args.exits))
-            for variant in VARIANTS:
-                results[variant.__name__].append(run_variant(variant, path, image, args.exits))
-    c = statistics.median(row[0] for row in results["C loop"])
-    print(f"per exit, N={args.exits}, median of {args.rounds} interleaved rounds (us)")
-    print(f"  {'variant':<16}{'wall':>7}{'vs C':>7}{'over C':>8}{'user':>7}{'system':>8}{'off-CPU':>9}   wall per round")
-    for name, rows in results.items():
-        wall, user, system = (statistics.median(row[i] for row in rows) / 1000 for i in range(3))
-        off_cpu = statistics.median(row[0] - row[1] - row[2] for row in rows) / 1000
-        rounds = " ".join(f"{row[0] / 1000:.1f}" for row in rows)
-        print(f"  {name:<16}{wall:7.2f}{wall * 1000 / c:7.3f}{wall - c / 1000:8.2f}{user:7.2f}{system:8.2f}"
-              f"{off_cpu:9.2f}   {rounds}")
-    print("\nhot-path statements alone (timeit, best of 5, loop overhead removed)")
+    times = profile(args.chunk, args.cycles, args.thread)
+    c = statistics.median(times["c_loop"])
+    where = "a vCPU thread, main thread waiting" if args.thread else "the main thread"
+    print(f"per exit: median of {args.cycles} chunks of {args.chunk} exits per variant, one VM, on {where} (us)")
+    print(f"  {'variant':<14}{'median':>8}{'vs C':>7}{'over C':>8}{'quartiles':>17}")
+    for name, values in times.items():
+        q1, median, q3 = statistics.quantiles(values, n=4)
+        print(f"  {name:<14}{median / 1000:8.2f}{median / c:7.3f}{(median - c) / 1000:8.2f}"
+              f"   {q1 / 1000:6.2f} .. {q3 / 1000:5.2f}")
+    print("\nhot-path statements alone (timeit, best of 5, caches warm)")
     for name, ns in statement_costs():
-        print(f"  {name:<40}{ns:7.0f} ns")
+        print(f"  {name:<44}{ns:6.0f} ns")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
  */
 #include "guest32.h"
 
-#define BENCH_PORT	0x510	/* outside the exits.bin test device range */
+#define BENCH_PORT	0x560	/* clear of the exits.bin test device and fw_cfg (0x510) */
 
 	GUEST32_HEAD main
 	.globl	param_n

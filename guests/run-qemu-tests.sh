@@ -178,6 +178,123 @@ for t in 0:$TIMED_OUT 1:0 2:$((0x85)) 3:$((0x20f & 255)) 4:$TIMED_OUT \
 	check "exits ending $e" "${t#*:}" ''
 done
 
+# ---- Platform guests (README "Platform guests"): boot protocols and PC
+# devices.  Host-specific lines (memory maps, dates, fw_cfg files, extra
+# ACPI tables) are filtered out of the exact comparison and checked by rule.
+
+# filter CMD...: rewrite $TMP/out through CMD (before check).
+filter() {
+	"$@" <"$TMP/out" >"$TMP/filtered"
+	mv "$TMP/filtered" "$TMP/out"
+}
+
+# has NAME REGEX...: every extended regex matches a whole line of $TMP/out.
+has() {
+	local name=$1 re
+	shift
+	for re in "$@"; do
+		if ! grep -qxE -- "$re" "$TMP/out"; then
+			echo "FAIL $name: no line matching /$re/ in:"
+			head -20 "$TMP/out"
+			fails=$((fails + 1))
+			return
+		fi
+	done
+	echo "ok   $name"
+}
+
+# run_prompted PROMPT INPUT QEMU-ARGS...: like run, but INPUT is sent only
+# once PROMPT (a fixed string) has appeared in the output.
+run_prompted() {
+	local prompt=$1 input=$2 pid i
+	shift 2
+	rm -f "$TMP/in"
+	mkfifo "$TMP/in"
+	timeout "$TIMEOUT" "${QEMU[@]}" "$@" <"$TMP/in" >"$TMP/out" 2>"$TMP/err" &
+	pid=$!
+	exec 3>"$TMP/in"
+	for i in $(seq $((TIMEOUT * 20))); do
+		grep -qF -- "$prompt" "$TMP/out" && break
+		sleep 0.05
+	done
+	printf '%b' "$input" >&3
+	exec 3>&-
+	wait $pid
+	rc=$?
+}
+
+MB_MMAP='(mem_lower|mem_upper|mmap) '
+printf 'module one data here 0123456789' >"$TMP/m1"	# 31 bytes
+printf '\x00\x01\x02' >"$TMP/m2"
+for k in mbinfo.elf mbinfo.bin; do
+	run "" -m 128 -kernel $B/$k -append "foo=bar  baz" \
+		-initrd "$TMP/m1 arg1 arg2,$TMP/m2"
+	cp "$TMP/out" "$TMP/full"
+	has "$k memory" 'mem_lower 6[0-9][0-9]' 'mem_upper 1[0-9]{5}' \
+		'mmap 0x0{16} 0x0{11}9[0-9a-f]{4} 1' \
+		'mmap 0x0{10}100000 0x0{9}7[0-9a-f]{6} 1'
+	filter grep -vE "^$MB_MMAP"
+	check "$k" 1 "magic 0x2badb002\nflags 0x0000024f\ncmdline $B/$k foo=bar  baz\nloader qemu\nmods 2\nmod 0 cmdline $TMP/m1 arg1 arg2\nmod 0 size 31 aligned 1 head 6d6f64756c65206f6e65206461746120\nmod 1 cmdline $TMP/m2\nmod 1 size 3 aligned 1 head 000102\n"
+done
+run "" -m 128 -kernel $B/mbinfo.elf
+filter grep -vE "^$MB_MMAP"
+check "mbinfo.elf, no args or modules" 1 "magic 0x2badb002\nflags 0x0000024f\ncmdline $B/mbinfo.elf \nloader qemu\nmods 0\n"
+
+# QEMU boots an ELF with the Xen PHYS32_ENTRY note through its pvh.bin
+# option ROM: one -initrd module (no module command lines), and the
+# command line without the kernel path.
+run "" -m 128 -kernel $B/pvhinfo.elf -append "foo=bar  baz" -initrd "$TMP/m1"
+has "pvhinfo memmap" 'memmap_entries [0-9]+' \
+	'memmap 0x0{16} 0x0{11}9[0-9a-f]{4} 1' \
+	'memmap 0x0{10}100000 0x0{9}7[0-9a-f]{6} 1'
+filter grep -vE '^memmap'
+check pvhinfo 1 "magic 0x336ec578\nversion 1\nflags 0x00000000\ncmdline foo=bar  baz\nnr_modules 1\nmod 0 size 31 head 6d6f64756c65206f6e65206461746120\nmod 0 cmdline absent\nrsdp ok\n"
+run "" -m 128 -kernel $B/pvhinfo.elf
+filter grep -vE '^memmap'
+check "pvhinfo, no args or modules" 1 "magic 0x336ec578\nversion 1\nflags 0x00000000\ncmdline \nnr_modules 0\nrsdp ok\n"
+
+# AP lines come in any order: compare sorted.
+for n in 1 2 4; do
+	want="bsp 0\n"
+	for i in $(seq 1 $((n - 1))); do want="${want}cpu $i up\n"; done
+	printf '%b' "${want}cpus $n\n" | sort >"$TMP/want_sorted"
+	run "" -m 128 -smp $n -kernel $B/smp.bin
+	filter sort
+	check "smp -smp $n" $(((n << 1 | 1) & 255)) "$(cat "$TMP/want_sorted")\n"
+done
+
+run_prompted "irqecho ready" 'hello, irq\n\x04after' -m 128 -kernel $B/irqecho.bin
+check irqecho 1 'irqecho ready\nhello, irq\n\nbye\n'
+
+# QEMU's multiboot loader puts no command line in fw_cfg (only the Linux
+# and PVH paths do): cmdline_size 0.  ID 3: traditional interface + DMA.
+run "" -m 128 -smp 2 -kernel $B/fwcfg.bin -append "a b=c"
+has "fwcfg files" 'files [0-9]+' 'file 0x000000[2-9a-f][0-9a-f] [0-9]+ etc/e820'
+filter grep -vE '^files? '
+check fwcfg 1 'signature QEMU\nid 0x00000003\nram_size 0x0000000008000000\nnb_cpus 2\ncmdline_size 0\ncmdline \n'
+
+# Powers off through PM1a_CNT: QEMU exits with 0.
+run "" -m 128 -kernel $B/acpi.bin
+has acpi 'rsdp ok [0-9]+' '(RSDT|XSDT) ok' 'FACP ok' 'APIC ok' 'DSDT ok' \
+	'pm1a_cnt 0x[0-9a-f]{8}' 's5 [0-7]'
+filter grep -vE '^(rsdp ok|pm1a_cnt|s5) | ok$'	# leaves bad tables, failures
+check "acpi status" 0 ''
+
+run "" -m 128 -kernel $B/reset.bin
+check reset 0 'reset\n'
+
+# The CMOS memory bytes follow PC firmware (QEMU's pc_cmos_init): 0x30/31
+# = KiB above 1 MiB, at most 65535; 0x34/35 = 64 KiB units above 16 MiB.
+for t in 128:65535:1792 32:31744:256; do
+	m=${t%%:*} w=${t#*:}
+	run "" -m $m -kernel $B/rtc.bin
+	has "rtc -m $m date" \
+		"date ($(date -u -d yesterday +%F)|$(date -u +%F)|$(date -u -d tomorrow +%F))" \
+		'time ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]'
+	filter grep -vE '^(date|time) '
+	check "rtc -m $m" 1 "status_b 0x02\ncmos_30 ${w%:*}\ncmos_34 ${w#*:}\n"
+done
+
 if [ $fails -ne 0 ]; then
 	echo "$fails FAILED"
 	exit 1

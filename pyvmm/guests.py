@@ -13,9 +13,8 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guests")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests")
 BUILD_DIR = os.path.join(SOURCE_DIR, "build")
 
-# The guest `pyvmm run` boots when no kernel is given, and how to enter it.
+# The guest `pyvmm run` boots when no kernel is given (a multiboot kernel).
 DEFAULT_GUEST = "hello.bin"
-DEFAULT_RAW_MODE = "protected"
 
 
 class GuestNotFound(FileNotFoundError):

@@ -17,6 +17,7 @@ from .devices import Bus, DebugExit, Serial16550
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
 from .memory import GuestMemory
+from .platform import PcPlatform
 from .runloop import VcpuLoop
 from .stats import ExitStats
 from .stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT, StopSignal
@@ -49,10 +50,7 @@ def read_kernel(config):
     """The kernel image bytes and the load options from the config."""
     options = LoadOptions(raw_mode=config.raw_mode, load_addr=config.load_addr,
                           entry=config.entry, cmdline=config.cmdline)
-    path = config.kernel
-    if path is None:
-        path = guests.path(guests.DEFAULT_GUEST)
-        options.raw_mode = options.raw_mode or guests.DEFAULT_RAW_MODE
+    path = config.kernel if config.kernel is not None else guests.path(guests.DEFAULT_GUEST)
     options.kernel_path = path
     options.modules = [(spec, read_file(spec.split(" ", 1)[0], "module")) for spec in config.modules]
     options.initrd = None if config.initrd is None else read_file(config.initrd, "initrd")
@@ -103,6 +101,8 @@ class Machine:
     def _build(self, image, options):
         # Bad input (memory, kernel) is refused before KVM is touched.
         self.memory = GuestMemory(layout.ram_ranges(self.config.memory))
+        options = options or LoadOptions()
+        options.rsdp_addr = PcPlatform.write_firmware_tables(self.memory, self.config.cpus)
         self.boot = load_kernel(image, self.memory, options)
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
@@ -117,6 +117,8 @@ class Machine:
         self.debug_exit = DebugExit(self._debug_exit)
         self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")
         self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
+        self.platform = PcPlatform(self.config, self.port_bus, self.mmio_bus, self.stop,
+                                   self._set_irq, self.sink.write)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
 
@@ -138,6 +140,9 @@ class Machine:
 
     def _serial_irq(self, level):
         self.vm.irq_line(COM1_IRQ, 1 if level else 0)
+
+    def _set_irq(self, line, level):
+        self.vm.irq_line(line, 1 if level else 0)
 
     def _debug_exit(self, status):
         self.stop.request(status, "debug-exit")

@@ -18,12 +18,16 @@
 
 #define MB_MAGIC        0x1badb002
 #define MB_FLAGS        0x00010000      /* bit 16: use the address fields */
+#define MB_PAGE_ALIGN   0x00000001      /* bit 0: page-align the modules */
+#define MB_MEMORY_INFO  0x00000002      /* bit 1: mem_lower/upper, mmap */
 
 /*
  * Emit the image head and leave the assembler in .text.head, so the code
  * that follows (params, then \entry) sits within short-jmp range.
+ * \flags without bit 16 makes a Multiboot ELF kernel (mbinfo.elf): the
+ * loader then ignores the address fields, which stay in place.
  */
-.macro GUEST32_HEAD entry
+.macro GUEST32_HEAD entry, flags=MB_FLAGS
 	.section .text.head, "ax"
 	.code32
 	.globl	_start
@@ -33,8 +37,8 @@ _start:
 	.globl	mb_header
 mb_header:
 	.long	MB_MAGIC
-	.long	MB_FLAGS
-	.long	-(MB_MAGIC + MB_FLAGS)
+	.long	\flags
+	.long	-(MB_MAGIC + (\flags))
 	.long	mb_header		/* header_addr: where this header lands */
 	.long	_start			/* load_addr: file offset 0 goes here */
 	.long	0			/* load_end_addr: load the whole file */
@@ -61,6 +65,45 @@ mb_header:
  *   uart_puts          send NUL-terminated (%esi)  clobbers %eax, %edx, %esi
  *   vm_exit            outb %al -> 0xf4, then halt (never returns)
  *   vm_halt            cli; hlt forever            (never returns)
+ *   uart_trygetc       like uart_getc, but CF=1 and no wait when nothing
+ *                      has arrived                 clobbers %eax, %edx
+ *
+ * lib/print32.S, for the guests that report what they find, one
+ * "key value" line at a time.  Same convention.
+ *   print_hex32        %eax as 0x%08x              clobbers %eax, %edx
+ *   print_hex64        %edx:%eax as 0x%016x        clobbers %eax, %edx
+ *   print_hex8         %al as %02x (no 0x)         clobbers %eax, %edx
+ *   print_dec          %eax as unsigned decimal    clobbers %eax, %edx
+ *   print_bytes        %ecx bytes at (%esi) as %02x each, no spaces
+ *                                                  clobbers %eax, %edx
+ *   print_cstr         NUL-terminated string at (%esi), at most 255 bytes
+ *                      (so a bad pointer cannot flood the console)
+ *                                                  clobbers %eax, %edx
+ *   print_nl / print_sp  '\n' / ' '                clobbers %eax, %edx
+ *   PUTS "text"        (macro) print a literal     clobbers %eax, %edx
+ *
+ * lib/fwcfg32.S, QEMU's fw_cfg through its I/O ports.
+ *   fwcfg_select       select item %ax, rewind it  clobbers %edx
+ *   fwcfg_read         %ecx bytes of the selected item to (%edi)
+ *                                                  clobbers %ecx, %edx, %edi
+ *   fwcfg_get32        select item %ax, return its first 4 bytes in %eax
+ *                      (little-endian; bytes past its end read 0)
+ *                                                  clobbers %eax, %edx
+ *
+ * lib/delay32.S
+ *   tsc_delay          spin for %eax TSC cycles    clobbers %eax, %edx
  */
+
+/* Print a string literal: the text goes to .rodata, %esi is preserved. */
+.macro PUTS text
+	.pushsection .rodata
+.Lputs_text\@:
+	.asciz	"\text"
+	.popsection
+	push	%esi
+	mov	$.Lputs_text\@, %esi
+	call	uart_puts
+	pop	%esi
+.endm
 
 #endif

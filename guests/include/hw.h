@@ -19,6 +19,41 @@
 #define UART_LSR_DR     0x01            /* a received byte is waiting */
 #define UART_LSR_THRE   0x20            /* transmitter can take a byte */
 
+#define UART_IER_RDI    0x01            /* interrupt when a byte is received */
+#define UART_MCR_OUT2   0x08            /* PC boards gate the IRQ line on it */
+
+/* 8259A interrupt controllers. */
+#define PIC1_CMD        0x20
+#define PIC1_DATA       0x21
+#define PIC2_CMD        0xa0
+#define PIC2_DATA       0xa1
+#define PIC_EOI         0x20            /* OCW2: non-specific end of interrupt */
+
+/* MC146818 RTC / CMOS RAM. */
+#define CMOS_INDEX      0x70
+#define CMOS_DATA       0x71
+
+/* i8042 keyboard controller: command 0xfe pulses the CPU reset line. */
+#define I8042_CMD       0x64
+#define I8042_RESET     0xfe
+
+/* QEMU fw_cfg, I/O interface: 16-bit selector, byte-wide data. */
+#define FW_CFG_SEL      0x510
+#define FW_CFG_DATA     0x511
+#define FW_CFG_SIGNATURE 0x00
+#define FW_CFG_ID       0x01
+#define FW_CFG_RAM_SIZE 0x03
+#define FW_CFG_NB_CPUS  0x05
+#define FW_CFG_CMDLINE_SIZE 0x14
+#define FW_CFG_CMDLINE_DATA 0x15
+#define FW_CFG_FILE_DIR 0x19
+
+/* Local APIC, xAPIC MMIO at its reset base. */
+#define LAPIC_BASE      0xfee00000
+#define LAPIC_ID        (LAPIC_BASE + 0x020)    /* bits 31-24 */
+#define LAPIC_ICR_LO    (LAPIC_BASE + 0x300)
+#define LAPIC_ICR_HI    (LAPIC_BASE + 0x310)
+
 /* QEMU isa-debug-exit: writing v ends the VM with status (v << 1) | 1. */
 #define DEBUG_EXIT_PORT 0xf4
 

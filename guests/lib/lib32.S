@@ -82,6 +82,26 @@ uart_getc:
 1:	UART_GETC
 	ret
 
+/* Same order as uart_getc, but returns CF=1 at once when nothing is there. */
+	.globl	uart_trygetc
+uart_trygetc:
+	mov	rx_next, %edx
+	cmp	rx_count, %edx
+	jae	1f
+	movzbl	rx_stash(%edx), %eax
+	incl	rx_next
+	clc
+	ret
+1:	mov	$UART_LSR, %dx
+	in	%dx, %al
+	test	$UART_LSR_DR, %al
+	stc
+	jz	2f
+	mov	$UART_RBR, %dx
+	in	%dx, %al
+	clc
+2:	ret
+
 	.globl	uart_puts
 uart_puts:
 	lodsb

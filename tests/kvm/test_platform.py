@@ -12,8 +12,8 @@ def hello_config(**overrides):
                     **overrides)
 
 
-# mov eax,1; cpuid; mov eax,ecx; mov edx,0x510; out dx,eax; mov eax,ebx; out dx,eax; cli; hlt
-CPUID_LEAF1_PROBE = bytes.fromhex("b8010000000fa289c8ba10050000ef89d8effaf4")
+# mov eax,1; cpuid; mov eax,ecx; mov edx,0x560; out dx,eax; mov eax,ebx; out dx,eax; cli; hlt
+CPUID_LEAF1_PROBE = bytes.fromhex("b8010000000fa289c8ba60050000ef89d8effaf4")
 
 
 class Words:
@@ -33,7 +33,7 @@ def guest_leaf1(cpus, mask=""):
                       masked_features=cpuid.parse_feature_mask(mask))
     words = Words()
     with Machine(config, CPUID_LEAF1_PROBE, LoadOptions(raw_mode="protected")) as machine:
-        machine.add_port_device(0x510, 4, words)
+        machine.add_port_device(0x560, 4, words)
         assert machine.run().reason == "halt"
     return words.values
 
