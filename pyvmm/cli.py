@@ -16,6 +16,7 @@ from .linux.errors import AssetError
 from .loader import LoaderError
 from .memory import GuestMemoryError
 from .vmm import InputFileError, Machine, read_kernel
+from .stats import format_post_codes
 from .stop import STATUS_CRASH
 from .terminal import raw_input_mode
 
@@ -136,6 +137,10 @@ def boot(config):
             result = machine.run(stdin_fd=0 if interactive else None)
         if config.stats:
             print(machine.stats.format(machine.port_bus.name_at, result), file=sys.stderr)
+            post = machine.platform.post
+            report = format_post_codes(post.history(), machine.started_ns, post.total_writes)
+            if report:
+                print(report, file=sys.stderr)
     if result.status == STATUS_CRASH:
         print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
     elif result.reason == "timeout":

@@ -62,3 +62,14 @@ class ExitStats:
             for (addr, access), count in sorted(self.by_mmio().items(), key=lambda item: -item[1]):
                 lines.append(f"  {addr:#014x} {access:<5} {count:>10}")
         return "\n".join(lines)
+
+
+def format_post_codes(history, start_ns, total):
+    """POST-port writes with their time since the run started (boot timing)."""
+    if not total:
+        return ""
+    lines = [f"POST codes (port 0x80): {total} writes"]
+    lines += [f"  +{(stamp - start_ns) / 1e6:10.3f} ms  {value:#04x}" for stamp, value in history]
+    if total > len(history):
+        lines.append(f"  (only the last {len(history)} are kept)")
+    return "\n".join(lines)

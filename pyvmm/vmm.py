@@ -7,7 +7,7 @@ layer and the devices meet.
 
 import signal
 import threading
-from time import monotonic
+from time import monotonic, monotonic_ns
 
 from . import guests
 from ._kvm import lib
@@ -88,6 +88,7 @@ class Machine:
         self.kvm = self.vm = self.memory = self.sink = None
         self.vcpus = []
         self.loops = []
+        self.started_ns = None
         self._threads = []
         self._input = None
         try:
@@ -167,6 +168,7 @@ class Machine:
         UART's receiver from a host file descriptor.
         """
         timeout = self.config.timeout if timeout is None else timeout
+        self.started_ns = monotonic_ns()
         _install_kick_handler()
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()

@@ -41,6 +41,7 @@ KERNEL_ALIGNMENT = 0x230
 RELOCATABLE_KERNEL = 0x234
 XLOADFLAGS = 0x236
 CMDLINE_SIZE = 0x238
+SETUP_DATA = 0x250            # list of struct setup_data: pyvmm passes none
 PREF_ADDRESS = 0x258
 INIT_SIZE = 0x260
 HEADER_END_2_12 = 0x268       # protocol 2.12 defines fields up to here
@@ -94,8 +95,7 @@ def load(image, memory, options):
         low_top = memmap.low_ram_end(memory.size)
         load_addr, window_start, kernel_top = _choose_load_address(params, len(kernel), low_top)
         writer.claim(window_start, kernel_top - window_start, "the kernel (with its init_size)")
-        writer.write(load_addr, kernel, "the kernel", memsize=len(kernel),
-                     ignore=("the kernel (with its init_size)",))
+        writer.write(load_addr, kernel, "the kernel", ignore=("the kernel (with its init_size)",))
 
         cmdline = c_string(options.cmdline, "the command line")
         if len(cmdline) - 1 > _u32(params, CMDLINE_SIZE):
@@ -112,6 +112,7 @@ def load(image, memory, options):
         struct.pack_into("<H", params, VID_MODE, video_mode(options.cmdline))
         struct.pack_into("<I", params, CODE32_START, load_addr)
         struct.pack_into("<I", params, CMD_LINE_PTR, cmdline_addr)
+        struct.pack_into("<Q", params, SETUP_DATA, 0)
         if options.rsdp_addr:
             struct.pack_into("<Q", params, ACPI_RSDP_ADDR, options.rsdp_addr)
         _write_e820(params, memmap.memory_map(memory.size))

@@ -126,7 +126,8 @@ def notes(image):
     found = []
     for offset, size, align in regions:
         if offset + size > len(image):
-            raise LoaderError(f"ELF note area at file offset {offset:#x} runs past the end of the file")
+            raise LoaderError(f"ELF note area at file offset {offset:#x} runs past "
+                              f"the end of the file")
         found.extend(_parse_notes(image, offset, size, align))
     return found
 

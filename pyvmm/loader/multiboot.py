@@ -13,7 +13,7 @@ line at layout.CMDLINE. Only the boot loader name differs ("pyvmm").
 
 import struct
 
-from ..arch.x86_64 import layout, memmap, modes
+from ..arch.x86_64 import memmap, modes
 from . import elf
 from .common import (PAGE_SIZE, BootSpec, GuestWriter, InfoArea, LoaderError, align_up,
                      c_string, format_errors)
@@ -22,11 +22,13 @@ HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
 _MAGIC_BYTES = struct.pack("<I", HEADER_MAGIC)
 SEARCH_LIMIT = 8192 - 48      # QEMU looks for the header at offsets below this
-FLAG_VIDEO_MODE = 1 << 2      # QEMU ignores it (no VBE); so does pyvmm
+# Like QEMU, pyvmm honours only this header flag; the others (page-aligned
+# modules: always so; memory info: always given; video mode: no VBE) need nothing.
 FLAG_ADDRESS_FIELDS = 1 << 16
 
 _HEADER = struct.Struct("<III")            # magic, flags, checksum
-_ADDRESS_FIELDS = struct.Struct("<IIIII")  # header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr
+# header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr
+_ADDRESS_FIELDS = struct.Struct("<IIIII")
 
 # Info structure (Multiboot 0.6.96, section 3.3): 88 bytes.
 INFO_SIZE = 88
@@ -98,7 +100,8 @@ def _load_by_address_fields(image, offset, writer):
             raise LoaderError(f"load_end_addr {load_end_addr:#x} is below load_addr {load_addr:#x}")
         load_size = load_end_addr - load_addr
         if text_offset + load_size > len(image):
-            raise LoaderError(f"load_end_addr {load_end_addr:#x} asks for more bytes than the file has")
+            raise LoaderError(f"load_end_addr {load_end_addr:#x} asks for more bytes "
+                              f"than the file has")
     else:
         load_size = len(image) - text_offset
     if load_addr + load_size > FOUR_GIB:

@@ -10,7 +10,7 @@ the RAM below 4 GiB, as QEMU and Firecracker place an initrd.
 
 import struct
 
-from ..arch.x86_64 import layout, memmap, modes
+from ..arch.x86_64 import memmap, modes
 from . import elf
 from .common import (PAGE_SIZE, BootSpec, GuestWriter, InfoArea, LoaderError, align_down,
                      c_string, format_errors)

@@ -1,5 +1,6 @@
 """`pyvmm run` end to end, as a user runs it."""
 
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,18 @@ def test_closed_stdout_does_not_crash_pyvmm():
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0
     assert b"Traceback" not in stderr
+
+
+def test_post_codes_are_timestamped_in_stats(tmp_path):
+    # mov al,0x42; out 0x80,al; mov al,0x43; out 0x80,al; cli; hlt
+    kernel = tmp_path / "post.bin"
+    kernel.write_bytes(bytes.fromhex("b042e680b043e680faf4"))
+    result = pyvmm("run", str(kernel), "--raw-mode", "real", "--stats")
+    assert result.returncode == 0
+    lines = result.stderr.decode().splitlines()
+    start = lines.index("POST codes (port 0x80): 2 writes")
+    entries = [re.fullmatch(r"\s*\+\s*([\d.]+) ms\s+(0x[0-9a-f]+)", line).groups()
+               for line in lines[start + 1:start + 3]]
+    stamps = [float(stamp) for stamp, _ in entries]
+    assert [value for _, value in entries] == ["0x42", "0x43"]
+    assert 0 <= stamps[0] <= stamps[1]

@@ -1,5 +1,7 @@
 """The platform pyvmm builds: vCPUs with their CPUID, in-kernel interrupt controllers."""
 
+import pytest
+
 from pyvmm import guests
 from pyvmm.arch.x86_64 import cpuid
 from pyvmm.config import VmConfig
@@ -71,3 +73,45 @@ def test_vcpu_threads_are_joined_after_an_smp_run():
     with Machine(hello_config(cpus=2)) as machine:
         machine.run()
     assert threading.active_count() == before
+
+
+def run_guest(name, cpus=1, cmdline="", timeout=60):
+    config = VmConfig(kernel=guests.path(name), serial="buffer", cpus=cpus, cmdline=cmdline,
+                      timeout=timeout)
+    with Machine(config) as machine:
+        result = machine.run()
+    return result, machine.serial_output.decode()
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4])
+def test_boot_cpu_starts_every_ap_through_init_sipi(cpus):
+    result, output = run_guest("smp.bin", cpus=cpus)
+    lines = output.splitlines()
+    assert lines[0] == "bsp 0"
+    assert sorted(line for line in lines if line.endswith(" up")) == [
+        f"cpu {apic_id} up" for apic_id in range(1, cpus)]
+    assert lines[-1] == f"cpus {cpus}"
+    assert result.status == (cpus << 1) | 1
+
+
+def test_i8042_reset_ends_the_run_with_status_0():
+    result, output = run_guest("reset.bin")
+    assert output == "reset\n"
+    assert (result.status, result.reason) == (0, "reset")
+
+
+def test_acpi_tables_are_valid_and_s5_powers_off():
+    result, output = run_guest("acpi.bin")
+    for table in ("XSDT", "FACP", "APIC", "DSDT"):
+        assert f"{table} ok" in output.splitlines()
+    assert "s5 0" in output
+    assert (result.status, result.reason) == (0, "poweroff")
+
+
+def test_fw_cfg_answers_like_qemu():
+    result, output = run_guest("fwcfg.bin", cpus=2, cmdline="a b c")
+    assert "signature QEMU" in output
+    assert f"ram_size {128 << 20:#018x}" in output
+    assert "nb_cpus 2" in output
+    assert "cmdline a b c" in output
+    assert result.status == 1

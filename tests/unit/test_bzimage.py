@@ -97,7 +97,7 @@ def test_zero_page_setup_header_and_loader_fields(memory):
     assert page[header_end:0x290] == bytes(0x290 - header_end)   # past the header: zero
     assert page[:0x1E8] == bytes(0x1E8)                    # no rsdp, no ext_* fields
     assert u8(memory, 0x210) == 0xFF                       # type_of_loader: undefined
-    assert u8(memory, 0x211) == 0x81                       # LOADED_HIGH | CAN_USE_HEAP, no KEEP_SEGMENTS
+    assert u8(memory, 0x211) == 0x81    # LOADED_HIGH | CAN_USE_HEAP; KEEP_SEGMENTS is obsolete
     assert u16(memory, 0x224) == 0xE000 - 0x200            # heap_end_ptr
     assert u32(memory, 0x214) == 0x1000000                 # code32_start = load address
     assert u32(memory, 0x228) == layout.CMDLINE            # cmd_line_ptr

@@ -116,7 +116,8 @@ def test_mmap_entries_are_24_bytes_with_size_20_and_equal_memmap(memory):
     length, addr = info_field(memory, 44), info_field(memory, 48)
     assert length == 24 * len(entries)
     assert layout.BOOT_INFO <= addr < layout.BOOT_INFO + layout.BOOT_INFO_SIZE
-    decoded = [struct.unpack_from("<IQQI", memory.read(addr + 24 * i, 24)) for i in range(len(entries))]
+    decoded = [struct.unpack_from("<IQQI", memory.read(addr + 24 * i, 24))
+               for i in range(len(entries))]
     assert [(base, size, kind) for _s, base, size, kind in decoded] == entries
     assert {size_field for size_field, *_ in decoded} == {20}
 

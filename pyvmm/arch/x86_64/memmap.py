@@ -3,8 +3,8 @@
 The Linux e820 table, the multiboot mmap and the PVH memmap are all built
 from memory_map(), so the kernels see one map however they are booted. It
 agrees with layout.ram_ranges(), which decides the KVM memory slots: every
-RAM entry lies inside a slot, and the reserved entries mark slot memory
-that pyvmm uses for its own tables (EBDA/MP table, ACPI tables).
+entry lies inside a slot; the reserved ones are the EBDA and the BIOS area,
+where pyvmm puts its firmware tables (ACPI, MP table).
 """
 
 from . import layout
