@@ -145,7 +145,7 @@ def lean(vm, n):
     """ioctl, one unpack, bytes(buf[...]) to device.write found in a {port: write} dict.
     No counters, no Bus, no validity checks."""
     fd, ioctl, buf, unpack, stop = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, EXIT_HEADER.unpack_from, vm.stop
-    writes = {bench.BENCH_PORT: vm.device.write}
+    writes = {vm.port: vm.device.write}
     while not stop.requested:
         if ioctl(fd, KVM_RUN, 0) < 0:
             raise OSError("KVM_RUN")
@@ -157,7 +157,7 @@ def lean(vm, n):
 def lean_cached(vm, n):
     """lean, handing 1-byte writes over as a preallocated bytes object (no slice, no bytes())."""
     fd, ioctl, buf, unpack, stop = vm.vcpu.fd, lib.pyvmm_ioctl_value, vm.vcpu.run_buffer, EXIT_HEADER.unpack_from, vm.stop
-    writes = {bench.BENCH_PORT: vm.device.write}
+    writes = {vm.port: vm.device.write}
     while not stop.requested:
         if ioctl(fd, KVM_RUN, 0) < 0:
             raise OSError("KVM_RUN")
@@ -194,6 +194,21 @@ def c_decode_bus(vm, n):
             raise OSError(f"the prototype handles OUT exits only (code {code:#x})")
 
 
+def c_decode_dict(vm, n):
+    """c_decode_bus, dispatching through a {port: device.write} dict instead of Bus.write."""
+    fd, run_exit, stop = vm.vcpu.fd, vm.helpers.lib.run_exit, vm.stop
+    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run)))
+    counters, writes = vm.counters, {vm.port: vm.device.write}
+    while not stop.requested:
+        code = run_exit(fd, run, counters)
+        if code >> 51 == 3:                             # a single OUT
+            size = code >> 48 & 7
+            writes[code >> 32 & 0xFFFF](0, BYTES[code & 0xFF] if size == 1
+                                        else (code & 0xFFFFFFFF).to_bytes(size, "little"))
+        else:
+            raise OSError(f"the prototype handles OUT exits only (code {code:#x})")
+
+
 def pyvmm_loop(vm, n):
     """pyvmm.runloop.VcpuLoop.run itself, on this (the main) thread."""
     VcpuLoop(vm.vcpu, vm.bus, None, vm.stop, vm.stats).run()
@@ -204,20 +219,21 @@ def pyvmm_thread(vm, n):
     pyvmm_thread_like(VcpuLoop(vm.vcpu, vm.bus, None, vm.stop, vm.stats).run)
 
 
-VARIANTS = [c_loop, ioctl_only, decode_stats, lean, lean_cached, lean_bus, c_decode_bus, pyvmm_loop,
-            pyvmm_thread]
+VARIANTS = [c_loop, ioctl_only, decode_stats, lean, lean_cached, lean_bus, c_decode_bus, c_decode_dict,
+            pyvmm_loop, pyvmm_thread]
 
 
 def profile(chunk, cycles, on_thread=False):
-    """{variant name: [ns per exit of each chunk]}; on_thread: all chunks run on one other thread."""
+    """{variant name: [(wall, CPU) ns per exit of each chunk]}; on_thread: all chunks on one other thread."""
     exits = chunk * cycles * len(VARIANTS) + 1000       # the guest never reaches its debug-exit
+    port = bench.bench_port(*bench.patched_image(1))
     path, image = bench.patched_image(exits)
     times = {variant.__name__: [] for variant in VARIANTS}
     config = VmConfig(kernel=path, raw_mode="protected", serial="buffer")
     with Machine(config, image=image, options=LoadOptions(raw_mode="protected")) as machine:
         device = Countdown()
-        machine.add_port_device(bench.BENCH_PORT, 1, device, name="countdown")
-        vm = SimpleNamespace(vcpu=machine.vcpus[0], bus=machine.port_bus, device=device,
+        machine.add_port_device(port, 1, device, name="countdown")
+        vm = SimpleNamespace(vcpu=machine.vcpus[0], bus=machine.port_bus, device=device, port=port,
                              stats=ExitStats(), helpers=build_helpers())
         vm.counters = vm.helpers.ffi.new("uint64_t[]", 64 + 2 * 65536)
 
@@ -227,9 +243,10 @@ def profile(chunk, cycles, on_thread=False):
                 for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                     vm.stop = device.stop = SimpleNamespace(requested=False)
                     device.left = chunk
-                    start = time.monotonic_ns()
+                    start, cpu = time.monotonic_ns(), time.process_time_ns()   # CPU: all threads
                     variant(vm, chunk)
-                    times[variant.__name__].append((time.monotonic_ns() - start) / chunk)
+                    times[variant.__name__].append(((time.monotonic_ns() - start) / chunk,
+                                                    (time.process_time_ns() - cpu) / chunk))
 
         if on_thread:
             pyvmm_thread_like(cycle_all)
@@ -250,16 +267,17 @@ def pyvmm_thread_like(function):
 
 def statement_costs(number=200000):
     """[(statement, ns)] on a fake kvm_run page holding a 1-byte OUT exit, caches warm."""
-    buf = memoryview(bytearray(4096))
-    EXIT_HEADER.pack_into(buf, REASON_OFFSET, EXIT_IO, IO_OUT, 1, bench.BENCH_PORT, 1, 4096 - 8)
+    buf, port = memoryview(bytearray(4096)), 0x560
+
+    EXIT_HEADER.pack_into(buf, REASON_OFFSET, EXIT_IO, IO_OUT, 1, port, 1, 4096 - 8)
     bus, device = Bus.port_io(), bench.NullDevice()
-    bus.register(bench.BENCH_PORT, 1, device)
+    bus.register(port, 1, device)
     stats = ExitStats()
     names = dict(buf=buf, ioctl=lib.pyvmm_ioctl_value, KVM_RUN=KVM_RUN, os=os, unpack=EXIT_HEADER.unpack_from,
                  ro=REASON_OFFSET, reasons=stats.reasons, ports=stats.ports, reason=EXIT_IO, EXIT_IO=EXIT_IO,
-                 IO_OUT=IO_OUT, port=bench.BENCH_PORT, direction=IO_OUT, count=1, size=1, offset=4096 - 8,
+                 IO_OUT=IO_OUT, port=port, direction=IO_OUT, count=1, size=1, offset=4096 - 8,
                  run_size=4096, sizes=(1, 2, 4), data=b"\0", bus_write=bus.write, device=device,
-                 writes={bench.BENCH_PORT: device.write}, BYTES=BYTES, stop=SimpleNamespace(requested=False))
+                 writes={port: device.write}, BYTES=BYTES, stop=SimpleNamespace(requested=False))
     statements = [
         ("stop.requested (loop test)", "stop.requested"),
         ("cffi ioctl call, failing syscall (fd -1)", "ioctl(-1, KVM_RUN, 0)"),
@@ -289,14 +307,15 @@ def main():
     args = parser.parse_args()
 
     times = profile(args.chunk, args.cycles, args.thread)
-    c = statistics.median(times["c_loop"])
+    c_wall, c_cpu = (statistics.median(row[i] for row in times["c_loop"]) for i in (0, 1))
     where = "a vCPU thread, main thread waiting" if args.thread else "the main thread"
-    print(f"per exit: median of {args.cycles} chunks of {args.chunk} exits per variant, one VM, on {where} (us)")
-    print(f"  {'variant':<14}{'median':>8}{'vs C':>7}{'over C':>8}{'quartiles':>17}")
-    for name, values in times.items():
-        q1, median, q3 = statistics.quantiles(values, n=4)
-        print(f"  {name:<14}{median / 1000:8.2f}{median / c:7.3f}{(median - c) / 1000:8.2f}"
-              f"   {q1 / 1000:6.2f} .. {q3 / 1000:5.2f}")
+    print(f"per exit: median of {args.cycles} chunks of {args.chunk} exits per variant, one VM, on {where}")
+    print("(us; CPU = process CPU time, which other load on the host disturbs less than wall time)")
+    print(f"  {'variant':<14}{'wall':>7}{'vs C':>7}{'over C':>8}{'CPU':>9}{'vs C':>7}{'over C':>8}")
+    for name, rows in times.items():
+        wall, cpu = (statistics.median(row[i] for row in rows) for i in (0, 1))
+        print(f"  {name:<14}{wall / 1000:7.2f}{wall / c_wall:7.3f}{(wall - c_wall) / 1000:8.2f}"
+              f"{cpu / 1000:9.2f}{cpu / c_cpu:7.3f}{(cpu - c_cpu) / 1000:8.2f}")
     print("\nhot-path statements alone (timeit, best of 5, caches warm)")
     for name, ns in statement_costs():
         print(f"  {name:<44}{ns:6.0f} ns")

@@ -9,7 +9,9 @@
  *   cmdline <text>               (key 0x15, up to 255 bytes)
  *   files %u                     (key 0x19)
  *   file <key as 0x%08x> <size> <name>   (one per file, at most 64)
- * then outb 0 -> 0xf4 (status 1).  A signature other than "QEMU" prints
+ * then outb 0 -> 0xf4 (status 1).  Built twice: fwcfg.bin (multiboot) and
+ * fwcfg-pvh.elf (-DPVH: an ELF32 booted through PVH, for which QEMU puts
+ * the command line into fw_cfg; for multiboot kernels it does not).  A signature other than "QEMU" prints
  * "no fw_cfg" after the signature line and exits with 0x7f (status 0xff).
  */
 #include "guest32.h"
@@ -18,7 +20,13 @@
 #define CMDLINE_MAX	255
 #define FILE_ENTRY	64		/* be32 size, be16 key, be16 reserved, name[56] */
 
+#ifdef PVH
+	PVH_NOTE main			/* fwcfg-pvh.elf */
+	.globl	_start
+_start:
+#else
 	GUEST32_HEAD main
+#endif
 main:
 	GUEST32_PROLOGUE
 	call	uart_init

@@ -10,7 +10,6 @@
  */
 #include "guest32.h"
 
-#define XEN_ELFNOTE_PHYS32_ENTRY 18
 #define HVM_START_MAGIC	0x336ec578
 
 /* struct hvm_start_info (version 1) */
@@ -33,17 +32,7 @@
 
 #define MOD_HEAD_BYTES	16
 
-	.section .note.Xen, "a", @note
-	.balign	4
-	.long	4			/* n_namesz: "Xen\0" */
-	.long	4			/* n_descsz */
-	.long	XEN_ELFNOTE_PHYS32_ENTRY
-	.asciz	"Xen"
-	.balign	4
-	.long	pvh_entry
-
-	.text
-	.code32
+	PVH_NOTE pvh_entry
 	.globl	_start
 _start:					/* e_entry */
 	GUEST32_PROLOGUE

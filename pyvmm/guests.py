@@ -37,8 +37,11 @@ def _is_stale(built):
         built_time = os.stat(built).st_mtime
     except FileNotFoundError:
         return True
-    with os.scandir(SOURCE_DIR) as entries:
-        return any(entry.is_file() and entry.stat().st_mtime > built_time for entry in entries)
+    for directory, subdirectories, files in os.walk(SOURCE_DIR):
+        subdirectories[:] = [name for name in subdirectories if name != "build"]
+        if any(os.stat(os.path.join(directory, name)).st_mtime > built_time for name in files):
+            return True
+    return False
 
 
 def path(name):

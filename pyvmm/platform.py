@@ -21,6 +21,7 @@ CMOS_PORT = 0x70
 PCI_CONFIG_PORT = 0xCF8
 FW_CFG_PORT = 0x510
 TESTDEV_MMIO = 0xFF000000
+CMDLINE_IN_FW_CFG = ("bzImage", "pvh")
 
 
 class PcPlatform:
@@ -31,7 +32,7 @@ class PcPlatform:
     receives debug-console bytes.
     """
 
-    def __init__(self, config, port_bus, mmio_bus, stop, set_irq, console):
+    def __init__(self, config, port_bus, mmio_bus, stop, set_irq, console, boot_format=None):
         self.stop = stop
         self.i8042 = I8042(on_reset=self._reset)
         self.cmos = Cmos(config.memory, cpus=config.cpus)
@@ -41,7 +42,9 @@ class PcPlatform:
                          set_sci=lambda level: set_irq(acpi_pm.SCI_IRQ, level))
         # The reset control register 0xcf9 sits inside the PCI config ports.
         self.pci = PciConfigAbsent(reset_control=self.pm.reset_control)
-        self.fw_cfg = FwCfg(config.memory, config.cpus, config.cmdline)
+        # QEMU fills fw_cfg's command line only for Linux and PVH kernels.
+        cmdline = config.cmdline if boot_format in CMDLINE_IN_FW_CFG else None
+        self.fw_cfg = FwCfg(config.memory, config.cpus, cmdline)
         self.testdev = PcTestDev(set_irq)
 
         for base, length, device, name in self.i8042.port_ranges():

@@ -119,7 +119,7 @@ class Machine:
         self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")
         self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
         self.platform = PcPlatform(self.config, self.port_bus, self.mmio_bus, self.stop,
-                                   self._set_irq, self.sink.write)
+                                   self._set_irq, self.sink.write, self.boot.format)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
 

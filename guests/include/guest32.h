@@ -47,6 +47,27 @@ mb_header:
 .endm
 
 /*
+ * PVH instead of multiboot (ELF32 guests linked with elf32.ld): a "Xen"
+ * ELF note of type XEN_ELFNOTE_PHYS32_ENTRY holding the 32-bit entry,
+ * where the loader starts us in protected mode with EBX = hvm_start_info.
+ * Leaves the assembler in .text.
+ */
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
+.macro PVH_NOTE entry
+	.pushsection .note.Xen, "a", @note
+	.balign	4
+	.long	4			/* n_namesz: "Xen\0" */
+	.long	4			/* n_descsz */
+	.long	XEN_ELFNOTE_PHYS32_ENTRY
+	.asciz	"Xen"
+	.balign	4
+	.long	\entry
+	.popsection
+	.text
+	.code32
+.endm
+
+/*
  * First thing a guest runs.  pyvmm already gives us IF=0 and a stack, but
  * a multiboot loader promises neither a stack nor DF=0.
  */

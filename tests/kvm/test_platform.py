@@ -113,5 +113,8 @@ def test_fw_cfg_answers_like_qemu():
     assert "signature QEMU" in output
     assert f"ram_size {128 << 20:#018x}" in output
     assert "nb_cpus 2" in output
-    assert "cmdline a b c" in output
+    # As QEMU: the command line is in fw_cfg for Linux and PVH kernels only.
+    assert "cmdline_size 0" in output
     assert result.status == 1
+    _, pvh_output = run_guest("fwcfg-pvh.elf", cmdline="a b c")
+    assert "cmdline a b c" in pvh_output
