@@ -1,4 +1,6 @@
 #include <errno.h>
+#include <stddef.h>
+#include <linux/kvm.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -30,4 +32,9 @@ int pyvmm_install_kick_handler(int signo)
     action.sa_handler = pyvmm_kick;
     sigemptyset(&action.sa_mask);
     return sigaction(signo, &action, NULL) < 0 ? -errno : 0;
+}
+
+unsigned long pyvmm_sync_regs_offset(void)
+{
+    return offsetof(struct kvm_run, s.regs.regs);
 }

@@ -10,4 +10,7 @@ int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
  * sent to a vCPU thread makes its KVM_RUN return -EINTR. */
 int pyvmm_install_kick_handler(int signo);
 
+/* Where KVM_CAP_SYNC_REGS leaves struct kvm_regs inside struct kvm_run. */
+unsigned long pyvmm_sync_regs_offset(void);
+
 #endif

@@ -6,19 +6,22 @@ non-zero status; no traceback ever reaches the terminal.
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
+from . import trace
+from .devices import BusError
 from .kvm import KvmError
-from .linux.errors import AssetError
 from .loader import LoaderError
 from .memory import GuestMemoryError
 from .vmm import InputFileError, Machine, read_kernel
 from .stats import format_post_codes
 from .stop import STATUS_CRASH
 from .terminal import raw_input_mode
+from .user_devices import parse_device_spec
 
 EXIT_USAGE = 2
 EXIT_HOST = 1
@@ -50,8 +53,13 @@ def add_machine_arguments(parser):
     parser.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
                         help="hide CPU features from the guest, e.g. -xsave,-cx16 "
                              "(features that depend on them are hidden too)")
-    parser.add_argument("--stats", action="store_true",
-                        help="print exit counters to stderr at the end")
+    parser.add_argument("--stats", nargs="?", const="text", choices=("text", "json"),
+                        help="print exit counters to stderr at the end (--stats=json for machines)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="write one JSON line per VM exit (read it with `pyvmm stats FILE`)")
+    parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
+                        help="a Python device: PKG.MODULE:CLASS@PORT[-PORT] or "
+                             "...@mmio:ADDR[-ADDR], then ,KEY=VALUE options (repeatable)")
 
 
 def build_parser():
@@ -72,6 +80,10 @@ def build_parser():
     run.add_argument("--load-addr", metavar="ADDR",
                      help="flat binary load address (default 0x7c00 real, 0x100000 otherwise)")
     run.add_argument("--entry", metavar="ADDR", help="flat binary entry point (default: load address)")
+
+    stats = commands.add_parser("stats", help="summarise a --trace file (like perf kvm stat)")
+    stats.add_argument("trace", metavar="FILE")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
 
     linux = commands.add_parser("linux", help="a stock Debian kernel with a busybox initramfs")
     linux_commands = linux.add_subparsers(dest="linux_command", metavar="ACTION")
@@ -102,6 +114,7 @@ def config_from_args(args):
         serial=args.serial,
         timeout=args.timeout,
         stats=args.stats,
+        trace=args.trace,
         masked_features=parse_feature_mask(args.cpu_features),
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
@@ -113,9 +126,16 @@ def _address(text):
     return None if text is None else parse_address(text)
 
 
+class HostProblem(Exception):
+    """The host cannot do what was asked (no /dev/kvm, no network for a fetch)."""
+
+
 def command_linux(args):
-    from .linux import fetch
-    assets = fetch(cache_dir=args.cache_dir, refresh=args.refresh)
+    from .linux import AssetError, fetch   # only this command needs apt and friends
+    try:
+        assets = fetch(cache_dir=args.cache_dir, refresh=args.refresh)
+    except AssetError as error:
+        raise HostProblem(str(error)) from None
     if args.linux_command == "fetch":
         print(f"kernel:    {assets.kernel}\ninitramfs: {assets.initramfs}\nversion:   {assets.version}")
         return 0
@@ -126,16 +146,36 @@ def command_linux(args):
 
 
 def command_run(args):
-    return boot(config_from_args(args))
+    return boot(config_from_args(args), [parse_device_spec(spec) for spec in args.device])
 
 
-def boot(config):
+def command_stats(args):
+    try:
+        summary = trace.summarize(trace.read_trace(args.trace))
+    except OSError as error:
+        raise ConfigError(f"cannot read trace {args.trace}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(json.dumps(summary, indent=1) if args.json else trace.format_summary(summary))
+    return 0
+
+
+def boot(config, devices=()):
     image, options = read_kernel(config)
+    user_devices = [(spec, spec.create()) for spec in devices]
     with Machine(config, image, options) as machine:
+        for spec, device in user_devices:
+            register = machine.add_mmio_device if spec.bus == "mmio" else machine.add_port_device
+            try:
+                register(spec.base, spec.length, device, name=f"{spec.module}:{spec.cls}")
+            except BusError as error:
+                raise ConfigError(f"--device: {error}") from None
         interactive = config.serial == "stdio" and _readable(0)
         with raw_input_mode(0) if interactive else contextlib.nullcontext():
             result = machine.run(stdin_fd=0 if interactive else None)
-        if config.stats:
+        if config.stats == "json":
+            print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
+        elif config.stats:
             print(machine.stats.format(machine.port_bus.name_at, result), file=sys.stderr)
             post = machine.platform.post
             report = format_post_codes(post.history(), machine.started_ns, post.total_writes)
@@ -159,12 +199,12 @@ def _readable(fd):
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        return command_linux(args) if args.command == "linux" else command_run(args)
+        return {"linux": command_linux, "stats": command_stats, "run": command_run}[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError) as error:
         _error(error)
         return EXIT_USAGE
-    except (KvmError, AssetError) as error:
+    except (KvmError, HostProblem) as error:
         _error(error)
         return EXIT_HOST
     except KeyboardInterrupt:

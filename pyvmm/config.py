@@ -48,7 +48,7 @@ class VmConfig:
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None):
+                 masked_features=(), modules=(), initrd=None, trace=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -62,6 +62,7 @@ class VmConfig:
         self.masked_features = set(masked_features)   # CPUID features hidden from the guest
         self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
         self.initrd = initrd                           # path
+        self.trace = trace                             # path of the JSON-lines exit trace
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

@@ -21,26 +21,36 @@ class GuestNotFound(FileNotFoundError):
     pass
 
 
+STAMP = os.path.join(BUILD_DIR, ".built")
+# What make reads: a change to anything else (README, scripts) needs no rebuild.
+MAKE_INPUTS = (".S", ".c", ".h", ".ld", "Makefile")
+
+
 def build():
     """Runs `make` in the source checkout's guests/ (serialised by a lock)."""
     os.makedirs(BUILD_DIR, exist_ok=True)
     with open(os.path.join(BUILD_DIR, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         result = subprocess.run(["make", "-s", "-C", SOURCE_DIR], capture_output=True, text=True)
+        if result.returncode == 0:
+            with open(STAMP, "w"):
+                pass
     if result.returncode:
         raise GuestNotFound(f"building the test guests failed:\n{result.stderr.strip()}")
 
 
 def _is_stale(built):
-    """True when `built` is missing or older than a source file in guests/."""
+    """True when `built` is missing or a make input changed since the last build."""
     try:
-        built_time = os.stat(built).st_mtime
+        built_time = min(os.stat(built).st_mtime, os.stat(STAMP).st_mtime)
     except FileNotFoundError:
         return True
     for directory, subdirectories, files in os.walk(SOURCE_DIR):
         subdirectories[:] = [name for name in subdirectories if name != "build"]
-        if any(os.stat(os.path.join(directory, name)).st_mtime > built_time for name in files):
-            return True
+        for name in files:
+            if name.endswith(MAKE_INPUTS) and \
+                    os.stat(os.path.join(directory, name)).st_mtime > built_time:
+                return True
     return False
 
 

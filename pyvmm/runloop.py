@@ -9,8 +9,10 @@ per exit than reading the fields one by one through cffi.
 """
 
 import struct
+from time import monotonic_ns
 
 from ._kvm import ffi, lib
+from .hooks import ExitEvent, Hooks
 from .kvm import KvmError, exit_reason_name
 from .stop import STATUS_CRASH, STATUS_OK
 
@@ -22,6 +24,8 @@ _REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
 _EXIT_IO = struct.Struct(f"<I{_UNION - _REASON_OFFSET - 4}xBBHIQ")
 _MMIO = struct.Struct("<Q8sIB")         # phys_addr, data, len, is_write
 _MMIO_DATA = _UNION + 8
+_RIP = struct.Struct("<Q")
+_SYNC_RIP = lib.pyvmm_sync_regs_offset() + ffi.offsetof("struct kvm_regs", "rip")
 
 
 def _check_layout():
@@ -40,6 +44,7 @@ EXIT_IO, EXIT_MMIO, EXIT_HLT = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_
 IO_OUT = lib.KVM_EXIT_IO_OUT
 EINTR, EAGAIN = 4, 11
 RFLAGS_IF = 1 << 9
+BYTES = [bytes((value,)) for value in range(256)]   # shared, immutable one-byte payloads
 VALID_IO_SIZES = (1, 2, 4)
 
 SYSTEM_EVENTS = {
@@ -58,8 +63,10 @@ INTERNAL_ERRORS = {
 class VcpuLoop:
     """Runs one vCPU until the VM-wide StopSignal is raised."""
 
-    def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, halt_is_final=lambda vcpu: True):
+    def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, halt_is_final=lambda vcpu: True,
+                 hooks=None):
         self.vcpu = vcpu
+        self.hooks = hooks if hooks is not None else Hooks()
         self.port_bus = port_bus
         self.mmio_bus = mmio_bus
         self.stop = stop
@@ -92,7 +99,24 @@ class VcpuLoop:
         self.answered_round = round_number
 
     def run(self):
-        """The loop; returns when the VM stops. Device errors propagate."""
+        """The loop; returns when the VM stops. Device errors propagate.
+
+        With hooks (or tracing) the observed loop decodes each exit into an
+        ExitEvent; without, the plain loop below pays nothing for them."""
+        if self.hooks:
+            return self._run_observed()
+        return self._run_plain()
+
+    def _interrupted(self, ret):
+        """KVM_RUN returned an error: a kick (answer a probe if one is asked) or a failure."""
+        if ret != -EINTR and ret != -EAGAIN:
+            raise KvmError("KVM_RUN", -ret, f"vCPU {self.vcpu.index}")
+        self.stats.interrupted += 1
+        self.vcpu.run.immediate_exit = 0
+        if self.probe_round != self.answered_round:
+            self._answer_probe()
+
+    def _run_plain(self):
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
         buf = vcpu.run_buffer
         run_size = vcpu.run_size
@@ -103,13 +127,8 @@ class VcpuLoop:
         while not stop.requested:
             ret = enter()
             if ret < 0:
-                if ret == -EINTR or ret == -EAGAIN:
-                    stats.interrupted += 1
-                    vcpu.run.immediate_exit = 0
-                    if self.probe_round != self.answered_round:
-                        self._answer_probe()
-                    continue
-                raise KvmError("KVM_RUN", -ret, f"vCPU {vcpu.index}")
+                self._interrupted(ret)
+                continue
             reason, direction, size, port, count, offset = unpack_exit(buf, header)
             if reason < 64:
                 reasons[reason] += 1
@@ -118,7 +137,10 @@ class VcpuLoop:
                 ports[key] = ports.get(key, 0) + count
                 if count == 1 and size in VALID_IO_SIZES and offset + size <= run_size:
                     if direction == IO_OUT:
-                        port_write(port, bytes(buf[offset:offset + size]))
+                        if size == 1:   # the common case: no slice, no copy
+                            port_write(port, BYTES[buf[offset]])
+                        else:
+                            port_write(port, bytes(buf[offset:offset + size]))
                     else:
                         buf[offset:offset + size] = port_read(port, size)
                 else:
@@ -127,6 +149,84 @@ class VcpuLoop:
                 self._mmio()
             else:
                 self._other(reason)
+
+    # --- the observed loop: hooks and tracing ---------------------------------
+    def _run_observed(self):
+        vcpu, stop, stats = self.vcpu, self.stop, self.stats
+        buf = vcpu.run_buffer
+        vcpu.run.kvm_valid_regs = lib.KVM_SYNC_X86_REGS   # RIP with every exit, no extra ioctl
+        seq = 0
+        while not stop.requested:
+            ret = vcpu.enter()
+            if ret < 0:
+                self._interrupted(ret)
+                continue
+            reason, direction, size, port, count, offset = _EXIT_IO.unpack_from(buf, _REASON_OFFSET)
+            if reason < 64:
+                stats.reasons[reason] += 1
+            seq += 1
+            event = ExitEvent(seq, vcpu.index, monotonic_ns(), exit_reason_name(reason),
+                              _RIP.unpack_from(buf, _SYNC_RIP)[0])
+            if reason == EXIT_IO:
+                self._observe_io(event, direction, size, port, count, offset)
+            elif reason == EXIT_MMIO:
+                self._observe_mmio(event)
+            else:
+                _call_hooks(self.hooks.before, event)
+                self._other(reason)
+                _call_hooks(self.hooks.after, event)
+            if event.stop_request is not None:
+                status, message = event.stop_request
+                stop.request(status, "hook", message, vcpu=vcpu.index)
+
+    def _observe_io(self, event, direction, size, port, count, offset):
+        key = port << 1 | direction
+        self.stats.ports[key] = self.stats.ports.get(key, 0) + count
+        if size not in VALID_IO_SIZES or count < 1 or offset + size * count > self.vcpu.run_size:
+            self._crash("bad-io", f"malformed port I/O exit (port {port:#x}, size {size}, count {count})")
+            return
+        buf = self.vcpu.run_buffer
+        event.port, event.size, event.count = port, size, count
+        writing = direction == IO_OUT
+        event.direction = "out" if writing else "in"
+        if writing:
+            event.data = bytes(buf[offset:offset + size * count])
+        self._perform(event, size * count, self.port_bus, port)
+        if not writing:
+            buf[offset:offset + size * count] = event.data
+
+    def _observe_mmio(self, event):
+        buf = self.vcpu.run_buffer
+        addr, data, length, is_write = _MMIO.unpack_from(buf, _UNION)
+        key = addr << 1 | (1 if is_write else 0)
+        self.stats.mmio[key] = self.stats.mmio.get(key, 0) + 1
+        if not 1 <= length <= 8:
+            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+            return
+        event.address, event.size = addr, length
+        event.direction = "write" if is_write else "read"
+        if is_write:
+            event.data = data[:length]
+        self._perform(event, length, self.mmio_bus, addr)
+        if not is_write:
+            buf[_MMIO_DATA:_MMIO_DATA + length] = event.data
+
+    def _perform(self, event, total, bus, addr):
+        """Before hooks, the bus accesses (one per element), after hooks."""
+        _call_hooks(self.hooks.before, event)
+        started = monotonic_ns()
+        size = event.size
+        if event.is_read:
+            if not event.handled:
+                event.data = b"".join(bus.read(addr, size) for _ in range(event.count))
+        elif not event.handled:
+            _check_length(event, total)
+            for start in range(0, total, size):
+                bus.write(addr, event.data[start:start + size])
+        event.handle_ns = monotonic_ns() - started
+        _call_hooks(self.hooks.after, event)
+        if event.is_read:
+            _check_length(event, total)
 
     def _string_io(self, direction, size, port, count, offset):
         """`rep ins/outs` with count > 1: one bus access per element, in order."""
@@ -194,3 +294,15 @@ class VcpuLoop:
 
     def _crash(self, tag, message):
         self.stop.request(STATUS_CRASH, tag, f"vCPU {self.vcpu.index}: {message}", vcpu=self.vcpu.index)
+
+
+def _call_hooks(hooks, event):
+    for hook in hooks:
+        if hook.wants(event):
+            hook.callback(event)
+
+
+def _check_length(event, total):
+    if event.data is None or len(event.data) != total:
+        raise ValueError(f"exit hook left {0 if event.data is None else len(event.data)} bytes "
+                         f"of data for a {total}-byte access")

@@ -44,6 +44,21 @@ class ExitStats:
         """{(address, "read"|"write"): count}."""
         return {(key >> 1, ("read", "write")[key & 1]): count for key, count in self.mmio.items()}
 
+    def as_dict(self, result=None):
+        """The counters as plain data (`--stats=json`)."""
+        data = {
+            "exits": self.total,
+            "kicks": self.interrupted,
+            "reasons": self.by_reason(),
+            "ports": [{"port": port, "dir": direction, "count": count}
+                      for (port, direction), count in sorted(self.by_port().items())],
+            "mmio": [{"addr": addr, "dir": access, "count": count}
+                     for (addr, access), count in sorted(self.by_mmio().items())],
+        }
+        if result is not None:
+            data["result"] = {"status": result.status, "reason": result.reason}
+        return data
+
     def format(self, port_label=lambda port: "", result=None):
         """The human-readable summary `--stats` prints; `port_label(port)`
         names the device on a port."""

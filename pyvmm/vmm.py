@@ -16,11 +16,13 @@ from .console import InputPump, open_sink
 from .devices import Bus, DebugExit, Serial16550
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
+from .hooks import Hooks
 from .memory import GuestMemory
 from .platform import PcPlatform
 from .runloop import VcpuLoop
 from .stats import ExitStats
 from .stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT, StopSignal
+from .trace import ExitTracer
 
 COM1, COM1_IRQ = 0x3F8, 4
 DEBUG_EXIT_PORT = 0xF4
@@ -89,6 +91,8 @@ class Machine:
         self.vcpus = []
         self.loops = []
         self.started_ns = None
+        self.hooks = Hooks()
+        self.tracer = None
         self._threads = []
         self._input = None
         try:
@@ -155,6 +159,19 @@ class Machine:
     def add_mmio_device(self, base, length, device, name=None):
         self.mmio_bus.register(base, length, device, name=name)
 
+    def add_hook(self, callback, when="after", reasons=None, ports=None, mmio=None):
+        """Calls `callback(event)` around the exits it asks for; see pyvmm.hooks."""
+        return self.hooks.add(callback, when, reasons, ports, mmio)
+
+    def exit_stats(self):
+        """The exit counters so far: readable during a run and after it."""
+        if not self._threads:
+            return self.stats
+        live = ExitStats()
+        for loop in self.loops:
+            live.merge(loop.stats)
+        return live
+
     @property
     def serial_output(self):
         """Everything the guest wrote to the UART (serial="buffer" only)."""
@@ -172,7 +189,11 @@ class Machine:
         _install_kick_handler()
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
-        self.loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats())
+        if self.config.trace and self.tracer is None:
+            self.tracer = ExitTracer(self.config.trace, self.port_bus.name_at, self.mmio_bus.name_at)
+            self.hooks.add(self.tracer, when="after")
+        self.loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
+                               hooks=self.hooks)
                       for vcpu in self.vcpus]
         self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
                                           name=f"pyvmm-vcpu{loop.vcpu.index}")
@@ -259,6 +280,8 @@ class Machine:
             self._input = None
         if self.sink is not None:
             self.sink.close()
+        if self.tracer is not None:
+            self.tracer.close()
         if self.vm is not None:
             self.vm.close()
         if self.memory is not None:

@@ -74,6 +74,21 @@ class Vcpu(FdObject):
     def set_lapic(self, lapic):
         ioctl(self.fd, "KVM_SET_LAPIC", lapic)
 
+    def set_guest_debug(self, control, debugreg=None):
+        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags; `debugreg`
+        the eight DR0-DR7 values for hardware breakpoints."""
+        debug = ffi.new("struct kvm_guest_debug *")
+        debug.control = control
+        for index, value in enumerate(debugreg or ()):
+            debug.arch.debugreg[index] = value
+        ioctl(self.fd, "KVM_SET_GUEST_DEBUG", debug)
+
+    def translate(self, linear_address):
+        """KVM_TRANSLATE: (physical address, valid, writeable) through the guest's page tables."""
+        translation = ffi.new("struct kvm_translation *", {"linear_address": linear_address})
+        ioctl(self.fd, "KVM_TRANSLATE", translation)
+        return translation.physical_address, bool(translation.valid), bool(translation.writeable)
+
     def get_mp_state(self):
         return self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
 
