@@ -187,11 +187,9 @@ int main(int argc, char **argv)
 	IOCTL(vm, KVM_SET_TSS_ADDR, TSS_ADDR);
 	uint64_t identity_map = IDENTITY_MAP;
 	IOCTL(vm, KVM_SET_IDENTITY_MAP_ADDR, &identity_map);
-#ifndef NO_IRQCHIP
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-	IOCTL(vm, KVM_CREATE_IRQCHIP, 0);
+	IOCTL(vm, KVM_CREATE_IRQCHIP, 0);	/* as pyvmm's Machine */
 	IOCTL(vm, KVM_CREATE_PIT2, &pit);
-#endif
 
 	ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (ram == MAP_FAILED)

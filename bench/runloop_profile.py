@@ -5,11 +5,12 @@ A diagnostic for when bench/exit_latency's ratio is over target (pyvmm itself is
 One VM runs bench_exit.bin with a huge N; its exits are handed, in chunks of a few thousand, to
 a series of loop variants in rotation: a C KVM_RUN loop (cffi, same process, same VM),
 stripped-down Python loops that each add a piece of pyvmm.runloop.VcpuLoop.run back, and the
-real VcpuLoop.run on the calling thread and on its own thread as Machine.run does. Run-to-run
-noise on this host is +-30%; alternating chunks inside one VM compares variants under the same
-conditions. Then each hot-path statement is timed alone with timeit (no KVM, warm caches).
+real VcpuLoop.run on the calling thread and on a thread of its own, as Machine.run does, plus
+two prototypes of a faster loop (c_decode_*: KVM_RUN, decoding and counting in one C call).
+Run-to-run noise on this host is +-30%; alternating chunks inside one VM compares variants under
+the same conditions. Then each hot-path statement is timed alone with timeit (no KVM, warm).
 
-usage: python bench/runloop_profile.py [--chunk N] [--cycles C]
+usage: python bench/runloop_profile.py [--chunk N] [--cycles C] [--thread]
 """
 
 import argparse
@@ -95,7 +96,7 @@ def build_helpers():
 
 
 class Countdown:
-    """The no-op device on port 0x510; its n-th write ends the chunk (stop.requested)."""
+    """The no-op device on the benchmark port; its n-th write ends the chunk (stop.requested)."""
 
     def __init__(self):
         self.left, self.stop = 0, None
@@ -267,13 +268,12 @@ def pyvmm_thread_like(function):
 
 def statement_costs(number=200000):
     """[(statement, ns)] on a fake kvm_run page holding a 1-byte OUT exit, caches warm."""
-    buf, port = memoryview(bytearray(4096)), 0x560
-
+    buf, port = memoryview(bytearray(4096)), 0x560     # any port
     EXIT_HEADER.pack_into(buf, REASON_OFFSET, EXIT_IO, IO_OUT, 1, port, 1, 4096 - 8)
     bus, device = Bus.port_io(), bench.NullDevice()
     bus.register(port, 1, device)
     stats = ExitStats()
-    names = dict(buf=buf, ioctl=lib.pyvmm_ioctl_value, KVM_RUN=KVM_RUN, os=os, unpack=EXIT_HEADER.unpack_from,
+    names = dict(buf=buf, ioctl=lib.pyvmm_ioctl_value, KVM_RUN=KVM_RUN, unpack=EXIT_HEADER.unpack_from,
                  ro=REASON_OFFSET, reasons=stats.reasons, ports=stats.ports, reason=EXIT_IO, EXIT_IO=EXIT_IO,
                  IO_OUT=IO_OUT, port=port, direction=IO_OUT, count=1, size=1, offset=4096 - 8,
                  run_size=4096, sizes=(1, 2, 4), data=b"\0", bus_write=bus.write, device=device,

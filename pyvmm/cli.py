@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
@@ -160,7 +161,17 @@ def command_stats(args):
     return 0
 
 
+class Terminated(Exception):
+    """SIGTERM or SIGHUP: unwind (restoring the terminal, closing the VM) and exit."""
+
+
+def _terminate(signo, _frame):
+    raise Terminated(signo)
+
+
 def boot(config, devices=()):
+    for signo in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, _terminate)
     image, options = read_kernel(config)
     user_devices = [(spec, spec.create()) for spec in devices]
     with Machine(config, image, options) as machine:
@@ -209,6 +220,8 @@ def main(argv=None):
         return EXIT_HOST
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Terminated as signo:
+        return 128 + signo.args[0]
     except Exception as error:  # never a traceback: name the bug in one line
         _error(f"internal error: {type(error).__name__}: {error}")
         return STATUS_CRASH

@@ -7,7 +7,6 @@ gcc/as/ld.
 
 import fcntl
 import os
-import subprocess
 
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guests")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests")
@@ -28,6 +27,7 @@ MAKE_INPUTS = (".S", ".c", ".h", ".ld", "Makefile")
 
 def build():
     """Runs `make` in the source checkout's guests/ (serialised by a lock)."""
+    import subprocess   # only a checkout that needs a rebuild pays for it
     os.makedirs(BUILD_DIR, exist_ok=True)
     with open(os.path.join(BUILD_DIR, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -92,3 +92,17 @@ def test_post_codes_are_timestamped_in_stats(tmp_path):
     stamps = [float(stamp) for stamp, _ in entries]
     assert [value for _, value in entries] == ["0x42", "0x43"]
     assert 0 <= stamps[0] <= stamps[1]
+
+
+def test_sigterm_unwinds_cleanly(tmp_path):
+    import signal
+    import time
+    spin = tmp_path / "spin.bin"
+    spin.write_bytes(b"\xeb\xfe")  # jmp .
+    process = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", str(spin), "--raw-mode", "real"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr == b""
