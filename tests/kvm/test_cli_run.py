@@ -106,3 +106,25 @@ def test_sigterm_unwinds_cleanly(tmp_path):
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr == b""
+
+
+def test_terminal_input_is_raw_during_the_run_and_restored_after():
+    import os
+    import pty
+    import termios
+    import time
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", guests.path("echo.bin"),
+                                    "--timeout", "60"],
+                                   stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        # No newline: a cooked terminal would hold these bytes back from the guest.
+        os.write(controller, b"ab\x04")
+        output, stderr = process.communicate(timeout=60)
+        assert (process.returncode, output) == (0, b"ab\nbye\n"), stderr
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        os.close(controller)
+        os.close(terminal)
