@@ -81,6 +81,9 @@ def build_parser():
     run.add_argument("--load-addr", metavar="ADDR",
                      help="flat binary load address (default 0x7c00 real, 0x100000 otherwise)")
     run.add_argument("--entry", metavar="ADDR", help="flat binary entry point (default: load address)")
+    run.add_argument("--gdb", metavar="HOST:PORT",
+                     help="stop before the first instruction and wait for gdb "
+                          "(target remote HOST:PORT); port 0 picks a free port")
 
     stats = commands.add_parser("stats", help="summarise a --trace file (like perf kvm stat)")
     stats.add_argument("trace", metavar="FILE")
@@ -116,6 +119,7 @@ def config_from_args(args):
         timeout=args.timeout,
         stats=args.stats,
         trace=args.trace,
+        gdb=getattr(args, "gdb", None),
         masked_features=parse_feature_mask(args.cpu_features),
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
@@ -181,6 +185,8 @@ def boot(config, devices=()):
                 register(spec.base, spec.length, device, name=f"{spec.module}:{spec.cls}")
             except BusError as error:
                 raise ConfigError(f"--device: {error}") from None
+        if machine.gdb is not None:
+            print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
         interactive = config.serial == "stdio" and _readable(0)
         with raw_input_mode(0) if interactive else contextlib.nullcontext():
             result = machine.run(stdin_fd=0 if interactive else None)

@@ -34,6 +34,16 @@ def parse_address(text):
     return value
 
 
+def parse_endpoint(text):
+    """'HOST:PORT' (or '[IPV6]:PORT') -> (host, port); port 0 picks a free one."""
+    host, found, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not found or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"invalid gdb address {text!r} (use HOST:PORT, e.g. 127.0.0.1:1234)")
+    return host, int(port)
+
+
 def host_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -48,7 +58,7 @@ class VmConfig:
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None):
+                 masked_features=(), modules=(), initrd=None, trace=None, gdb=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -63,6 +73,7 @@ class VmConfig:
         self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
         self.initrd = initrd                           # path
         self.trace = trace                             # path of the JSON-lines exit trace
+        self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -85,4 +96,6 @@ class VmConfig:
         if self.serial not in ("stdio", "null", "buffer") and not (
                 self.serial.startswith("file:") and len(self.serial) > 5):
             raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
+        if self.gdb is not None:
+            parse_endpoint(self.gdb)
         return self

@@ -41,6 +41,7 @@ def _check_layout():
 _check_layout()
 
 EXIT_IO, EXIT_MMIO, EXIT_HLT = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_HLT
+DEBUG_EXITS = (lib.KVM_EXIT_DEBUG, lib.KVM_EXIT_INTERNAL_ERROR)
 IO_OUT = lib.KVM_EXIT_IO_OUT
 EINTR, EAGAIN = 4, 11
 RFLAGS_IF = 1 << 9
@@ -78,6 +79,11 @@ class VcpuLoop:
         self.probe_round = 0
         self.answered_round = 0
         self.dormant = False
+        # A debugger (pyvmm.gdb): debug_handler(loop, reason) gets KVM_EXIT_DEBUG
+        # and emulation failures first, True when it handled the exit;
+        # interrupt_handler(loop) runs after every kick. None: not debugging.
+        self.debug_handler = None
+        self.interrupt_handler = None
 
     def request_probe(self, round_number):
         """Asks the vCPU thread whether its vCPU is dormant: halted with
@@ -115,6 +121,8 @@ class VcpuLoop:
         self.vcpu.run.immediate_exit = 0
         if self.probe_round != self.answered_round:
             self._answer_probe()
+        if self.interrupt_handler is not None:
+            self.interrupt_handler(self)
 
     def _run_plain(self):
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
@@ -255,6 +263,8 @@ class VcpuLoop:
             buf[_MMIO_DATA:_MMIO_DATA + length] = self.mmio_bus.read(addr, length)
 
     def _other(self, reason):
+        if self.debug_handler is not None and reason in DEBUG_EXITS and self.debug_handler(self, reason):
+            return
         run = self.vcpu.run
         index = self.vcpu.index
         if reason == EXIT_HLT:

@@ -14,6 +14,7 @@ from ._kvm import lib
 from .arch.x86_64 import cpuid, lapic, layout, modes, msr
 from .console import InputPump, open_sink
 from .devices import Bus, DebugExit, Serial16550
+from .gdb import GdbStub
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
 from .hooks import Hooks
@@ -95,6 +96,7 @@ class Machine:
         self.tracer = None
         self._threads = []
         self._input = None
+        self.gdb = None
         try:
             if image is None:
                 image, options = read_kernel(config)
@@ -126,6 +128,8 @@ class Machine:
                                    self._set_irq, self.sink.write, self.boot.format)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
+        if self.config.gdb is not None:
+            self.gdb = GdbStub(self, self.config.gdb)     # listens from now on
 
     def _create_vcpus(self):
         """vCPU 0 boots the kernel; the others wait in the in-kernel LAPIC
@@ -195,6 +199,8 @@ class Machine:
         self.loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
                                hooks=self.hooks)
                       for vcpu in self.vcpus]
+        if self.gdb is not None:
+            self.gdb.start(self.loops, self.kick_vcpu)    # vCPUs wait for gdb
         self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
                                           name=f"pyvmm-vcpu{loop.vcpu.index}")
                          for loop in self.loops]
@@ -204,6 +210,8 @@ class Machine:
             self._supervise(timeout)
         finally:
             self._stop_vcpus()
+            if self.gdb is not None:
+                self.gdb.finish(self.stop.result)
             for loop in self.loops:
                 self.stats.merge(loop.stats)
             if self._input is not None:
@@ -255,6 +263,13 @@ class Machine:
             loop.request_probe(round_number)
             self._kick(thread)
 
+    def kick_vcpu(self, index):
+        """Makes vCPU `index` leave KVM_RUN (its loop then calls its interrupt_handler)."""
+        self.vcpus[index].run.immediate_exit = 1
+        threads = self._threads
+        if index < len(threads) and threads[index].is_alive():
+            self._kick(threads[index])
+
     def _kick(self, thread):
         try:
             signal.pthread_kill(thread.ident, KICK_SIGNAL)
@@ -275,6 +290,9 @@ class Machine:
     def close(self):
         if self._threads:
             self._stop_vcpus()
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
         if self._input is not None:
             self._input.stop()
             self._input = None

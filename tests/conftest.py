@@ -26,7 +26,8 @@ def _qemu_missing():
     return None
 
 
-REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing}
+REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing,
+                "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)"}
 
 
 def pytest_runtest_setup(item):
