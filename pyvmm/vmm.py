@@ -14,7 +14,6 @@ from ._kvm import lib
 from .arch.x86_64 import cpuid, lapic, layout, modes, msr
 from .console import InputPump, open_sink
 from .devices import Bus, DebugExit, Serial16550
-from .gdb import GdbStub
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
 from .hooks import Hooks
@@ -129,6 +128,7 @@ class Machine:
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
         if self.config.gdb is not None:
+            from .gdb import GdbStub   # only a debugged run pays for the stub's imports
             self.gdb = GdbStub(self, self.config.gdb)     # listens from now on
 
     def _create_vcpus(self):
