@@ -58,7 +58,7 @@ class VmConfig:
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None, gdb=None):
+                 masked_features=(), modules=(), initrd=None, trace=None, exit_path="python", gdb=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -73,6 +73,7 @@ class VmConfig:
         self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
         self.initrd = initrd                           # path
         self.trace = trace                             # path of the JSON-lines exit trace
+        self.exit_path = exit_path                     # python (reference loop) | fast (C)
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
 
     def __repr__(self):
@@ -89,6 +90,8 @@ class VmConfig:
                               f"({host_memory() >> 20}M)")
         if not 1 <= self.cpus <= MAX_CPUS:
             raise ConfigError(f"--cpus must be between 1 and {MAX_CPUS}")
+        if self.exit_path not in ("python", "fast"):
+            raise ConfigError(f"unknown exit path {self.exit_path!r} (use python or fast)")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError("--timeout must be a positive number of seconds")
         if self.raw_mode not in (None, "real", "protected", "long"):

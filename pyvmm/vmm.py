@@ -196,8 +196,13 @@ class Machine:
         if self.config.trace and self.tracer is None:
             self.tracer = ExitTracer(self.config.trace, self.port_bus.name_at, self.mmio_bus.name_at)
             self.hooks.add(self.tracer, when="after")
-        self.loops = [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
-                               hooks=self.hooks)
+        loop_class = VcpuLoop
+        if self.config.exit_path == "fast":
+            from .fastpath import FastLoop
+            if FastLoop.supported(self):   # hooks and tracing need the Python loop
+                loop_class = FastLoop
+        self.loops = [loop_class(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
+                                 hooks=self.hooks)
                       for vcpu in self.vcpus]
         if self.gdb is not None:
             self.gdb.start(self.loops, self.kick_vcpu)    # vCPUs wait for gdb

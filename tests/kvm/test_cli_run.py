@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from pyvmm import guests
 
 
@@ -128,3 +130,10 @@ def test_terminal_input_is_raw_during_the_run_and_restored_after():
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+@pytest.mark.parametrize("exit_path", ["python", "fast"])
+def test_both_exit_paths_boot_hello(exit_path):
+    result = pyvmm("run", "--exit-path", exit_path, "--stats=json")
+    assert (result.returncode, result.stdout) == (0, b"Hello from a pyvmm guest!\n")
+    assert '"reason": "halt"' in result.stderr.decode()

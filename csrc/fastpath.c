@@ -1,0 +1,161 @@
+/*
+ * The C fast path of the vCPU run loop; see fastpath.h for what it handles.
+ *
+ * Safety rules, all checked on every exit before anything is read or
+ * written on the guest's behalf:
+ *   - io.count must be 1 (string I/O goes to Python) and io.size 1, 2 or 4;
+ *   - io.data_offset + io.size must lie inside the run_size bytes mapped at
+ *     `run` (computed without overflow);
+ *   - the port must match a configured register exactly (UART) or the whole
+ *     access must lie inside a configured sink range;
+ *   - the TX buffer is appended to only below PYVMM_FAST_TXBUF, under the
+ *     UART lock, and only while Python's published flag allows it.
+ * Anything else is left untouched in kvm_run for Python.
+ */
+
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "fastpath.h"
+
+#define UART_THR 0
+#define UART_LSR 5
+
+int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart)
+{
+    uart->tx_simple = 0;
+    uart->lsr = -1;
+    uart->len = 0;
+    uart->full = 0;
+    return -pthread_mutex_init(&uart->lock, NULL);
+}
+
+void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int lsr)
+{
+    pthread_mutex_lock(&uart->lock);
+    uart->tx_simple = tx_simple ? 1 : 0;
+    /* read without the lock by the LSR fast path: an atomic store */
+    __atomic_store_n(&uart->lsr, (lsr >= 0 && lsr <= 0xff) ? lsr : -1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&uart->lock);
+}
+
+uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap)
+{
+    uint32_t n;
+
+    pthread_mutex_lock(&uart->lock);
+    n = uart->len < cap ? uart->len : cap;
+    if (n > PYVMM_FAST_TXBUF)           /* cannot happen; never trust a length */
+        n = 0;
+    memcpy(out, uart->buf, n);
+    if (n < uart->len && uart->len <= PYVMM_FAST_TXBUF)
+        memmove(uart->buf, uart->buf + n, uart->len - n);
+    uart->len = uart->len <= PYVMM_FAST_TXBUF ? uart->len - n : 0;
+    pthread_mutex_unlock(&uart->lock);
+    return n;
+}
+
+/* A 1-byte THR write: buffered when Python allows it and there is room. */
+static int uart_thr(struct pyvmm_fast *s, unsigned char value)
+{
+    struct pyvmm_fast_uart *uart = s->uart;
+    int done = 0;
+
+    pthread_mutex_lock(&uart->lock);
+    if (uart->tx_simple) {
+        if (uart->len < PYVMM_FAST_TXBUF) {
+            uart->buf[uart->len++] = value;
+            done = 1;
+        } else {
+            uart->full++;
+        }
+    }
+    pthread_mutex_unlock(&uart->lock);
+    return done;
+}
+
+static int handle_io(struct pyvmm_fast *s, struct kvm_run *run)
+{
+    uint32_t size = run->io.size;
+    uint32_t port = run->io.port;
+    int out = run->io.direction == KVM_EXIT_IO_OUT;
+    uint64_t offset = run->io.data_offset;
+    unsigned char *data;
+    uint32_t i;
+
+    if (run->io.count != 1 || (size != 1 && size != 2 && size != 4))
+        return 0;
+    if (s->run_size < size || offset > s->run_size - size)
+        return 0;
+    data = (unsigned char *)run + offset;
+
+    if (s->uart != NULL && size == 1) {
+        if (out && port == s->uart_base + UART_THR) {
+            if (!uart_thr(s, data[0]))
+                return 0;
+            s->thr_out++;
+            return 1;
+        }
+        if (!out && port == (uint32_t)s->uart_base + UART_LSR) {
+            int lsr = __atomic_load_n(&s->uart->lsr, __ATOMIC_ACQUIRE);
+            if (lsr < 0 || lsr > 0xff)
+                return 0;
+            data[0] = (unsigned char)lsr;
+            s->lsr_in++;
+            return 1;
+        }
+    }
+    for (i = 0; i < s->nsinks && i < PYVMM_FAST_MAX_SINKS; i++) {
+        struct pyvmm_fast_sink *sink = &s->sinks[i];
+        uint32_t length = sink->length;
+
+        if (length > PYVMM_FAST_SINK_PORTS)
+            continue;
+        if (port < sink->base || port + size > (uint32_t)sink->base + length)
+            continue;
+        if (!out)
+            memset(data, sink->fill, size);
+        s->sink_counts[i][port - sink->base][out]++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Counts the exit in kvm_run and handles it if it can: 1 handled, 0 for Python. */
+static int handle_exit(struct pyvmm_fast *s)
+{
+    struct kvm_run *run = s->run;
+    uint32_t reason = run->exit_reason;
+
+    if (reason < PYVMM_FAST_REASONS)
+        s->exits[reason]++;
+    else
+        s->exits_other++;
+    if (reason != KVM_EXIT_IO || !handle_io(s, run))
+        return 0;
+    s->fast++;
+    return 1;
+}
+
+int pyvmm_fast_handle_exit(struct pyvmm_fast *state)
+{
+    return handle_exit(state);
+}
+
+int pyvmm_fast_run(struct pyvmm_fast *s)
+{
+    uint32_t handled = 0;
+
+    for (;;) {
+        if (s->stop != NULL && __atomic_load_n(s->stop, __ATOMIC_ACQUIRE))
+            return PYVMM_FAST_STOP;
+        if (s->budget != 0 && handled >= s->budget)
+            return PYVMM_FAST_BUDGET;
+        if (ioctl(s->vcpu_fd, KVM_RUN, 0) < 0)
+            return -errno;
+        if (!handle_exit(s))
+            return PYVMM_FAST_EXIT;
+        handled++;
+    }
+}

@@ -1,0 +1,57 @@
+"""cdef for fastpath.c: the C run loop that handles the hot exits (see fastpath.h)."""
+
+INCLUDES = """
+#include "fastpath.h"
+"""
+
+TYPES = """
+#define PYVMM_FAST_TXBUF ...
+#define PYVMM_FAST_MAX_SINKS ...
+#define PYVMM_FAST_SINK_PORTS ...
+#define PYVMM_FAST_REASONS ...
+#define PYVMM_FAST_STOP ...
+#define PYVMM_FAST_EXIT ...
+#define PYVMM_FAST_BUDGET ...
+
+struct pyvmm_fast_uart {
+    int tx_simple;
+    int lsr;
+    uint32_t len;
+    uint64_t full;
+    ...;
+};
+
+struct pyvmm_fast_sink {
+    uint16_t base;
+    uint16_t length;
+    uint8_t fill;
+    ...;
+};
+
+struct pyvmm_fast {
+    int vcpu_fd;
+    struct kvm_run *run;
+    uint64_t run_size;
+    struct pyvmm_fast_uart *uart;
+    uint16_t uart_base;
+    const int *stop;
+    uint32_t budget;
+    uint32_t nsinks;
+    struct pyvmm_fast_sink sinks[8];
+    uint64_t exits[64];
+    uint64_t exits_other;
+    uint64_t fast;
+    uint64_t thr_out;
+    uint64_t lsr_in;
+    uint64_t sink_counts[8][8][2];
+    ...;
+};
+"""
+
+FUNCTIONS = """
+int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart);
+void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int lsr);
+uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap);
+int pyvmm_fast_run(struct pyvmm_fast *state);
+int pyvmm_fast_handle_exit(struct pyvmm_fast *state);
+"""

@@ -1,0 +1,206 @@
+"""The C fast path (pyvmm.fastpath.FastLoop) against the Python loop, guest by guest.
+
+Each tiny guest that ends by itself runs once on VcpuLoop and once on
+FastLoop; the serial output, the result, the UART's registers and counters,
+the exit counters and the test devices' logs must be identical. Counters
+that depend on timing (LSR polls in a TSC-timed wait) are compared without
+the polls.
+"""
+
+import struct
+
+import pytest
+
+from pyvmm import guests
+from pyvmm.config import VmConfig
+from pyvmm.fastpath import FastLoop, Sink
+from pyvmm.loader import LoadOptions
+from pyvmm.vmm import Machine, read_kernel
+
+COM1, LSR_PORT = 0x3F8, 0x3FD
+UART_COUNTERS = ("bytes_transmitted", "bytes_received", "input_bytes_dropped", "overruns")
+
+
+class Recorder:
+    """tests/kvm/test_exits.py's device: logs every access, answers reads from a table."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("read", offset, size))
+        value = self.answers.get(offset, 0)
+        return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def write(self, offset, data):
+        self.log.append(("write", offset, bytes(data)))
+
+
+def exits_devices():
+    return [("port", 0x500, 0x10, Recorder({0x1: 0xA1, 0x2: 0xB2B1, 0x4: 0xC4C3C2C1, 0xD: 0x7E, 0xF: 2})),
+            ("mmio", 0xD0000000, 0x1000, Recorder({0x10: 0xD4D3D2D1, 0x20: 0xE1}))]
+
+
+def flood_image(count):
+    with open(guests.path("serial_flood.bin"), "rb") as f:
+        image = bytearray(f.read())
+    struct.pack_into("<I", image, 0x24, count)
+    return bytes(image)
+
+
+def run(name, fast, stdin=b"", devices=None, image=None, raw_mode=None, timeout=30, **config):
+    """Runs guest `name` on the Python or the fast loop; returns everything observable."""
+    if raw_mode is None:
+        raw_mode = {"real.bin": "real", "long.bin": "long"}.get(name)
+    devices = devices() if devices else []
+    vm_config = VmConfig(kernel=guests.path(name), serial="buffer", raw_mode=raw_mode, timeout=timeout,
+                         **config)
+    kernel, options = read_kernel(vm_config)
+    with Machine(vm_config, image or kernel, options) as machine:
+        for bus, base, length, device in devices:
+            getattr(machine, f"add_{bus}_device")(base, length, device)
+        if stdin:
+            machine.serial.feed(stdin)
+        if fast:
+            machine.config.exit_path = "fast"
+            result = machine.run()
+            assert all(type(loop) is FastLoop and loop.state is not None for loop in machine.loops)
+        else:
+            result = machine.run()
+            assert all(type(loop) is not FastLoop for loop in machine.loops)
+        stats = machine.stats
+        return {
+            "result": (result.status, result.reason, result.message),
+            "output": machine.serial_output,
+            "uart": machine.serial.register_snapshot(),
+            "counters": {name: getattr(machine.serial, name) for name in UART_COUNTERS},
+            "reasons": stats.by_reason(),
+            "ports": stats.by_port(),
+            "mmio": stats.by_mmio(),
+            "devices": [device.log for _, _, _, device in devices if hasattr(device, "log")],
+            "fast_bytes": sum(loop.share.flushed for loop in machine.loops[:1]
+                              if getattr(loop, "share", None) is not None),
+        }
+
+
+def without_polls(observed):
+    """The record minus what timing decides: LSR polls and the exit totals they add to."""
+    observed = dict(observed)
+    observed["ports"] = {key: count for key, count in observed["ports"].items() if key[0] != LSR_PORT}
+    observed.pop("reasons")
+    return observed
+
+
+GUESTS = [
+    # name, options, whether every counter is timing-independent
+    ("hello.bin", {}, True),
+    ("status.bin", {"stdin": b"4242\n"}, False),
+    ("echo.bin", {"stdin": b"fast path\r\nsecond line\x04ignored"}, False),
+    ("compute.elf", {}, True),
+    ("real.bin", {}, True),
+    ("prot.bin", {}, True),
+    ("long.bin", {}, True),
+    ("exits.bin", {"devices": exits_devices}, True),
+    ("fwcfg.bin", {"cpus": 2, "cmdline": "a b c"}, True),
+    ("acpi.bin", {}, True),
+    ("serial_flood.bin", {"image": flood_image(3000)}, True),
+]
+
+
+@pytest.mark.parametrize("name, options, exact", GUESTS, ids=[guest[0] for guest in GUESTS])
+def test_fast_loop_matches_python_loop(name, options, exact):
+    python = run(name, fast=False, **options)
+    fast = run(name, fast=True, **options)
+    if name not in ("exits.bin", "status.bin"):
+        assert fast["fast_bytes"] > 0, "the fast path handled no UART output"
+    python.pop("fast_bytes"), fast.pop("fast_bytes")
+    if not exact:
+        python, fast = without_polls(python), without_polls(fast)
+    assert fast == python
+
+
+def test_smp_guest_matches_with_two_cpus():
+    # The boot CPU waits for the AP in TSC-timed loops: compare what does not depend on timing.
+    python = run("smp.bin", fast=False, cpus=2)
+    fast = run("smp.bin", fast=True, cpus=2)
+    for key in ("result", "output", "uart", "counters"):
+        assert fast[key] == python[key]
+    assert fast["output"] == b"bsp 0\ncpu 1 up\ncpus 2\n"
+
+
+def test_rtc_guest_matches_up_to_the_clock():
+    python = run("rtc.bin", fast=False)
+    fast = run("rtc.bin", fast=True)
+    for key in ("result", "uart", "counters"):
+        assert fast[key] == python[key]
+    # Date and time lines may differ by the second that passed between the runs.
+    keys = [line.split()[0] for line in python["output"].splitlines()]
+    assert [line.split()[0] for line in fast["output"].splitlines()] == keys
+
+
+def test_flood_output_is_complete_and_in_order():
+    count = 20000
+    observed = run("serial_flood.bin", fast=True, image=flood_image(count))
+    line = b"0123456789abcdef" * 3 + b"0123456789abcde\n"
+    assert observed["output"] == (line * (count // 64 + 1))[:count]
+    assert observed["counters"]["bytes_transmitted"] == count
+    assert observed["ports"][(COM1, "out")] == count + 1          # + the divisor latch write
+    assert observed["ports"][(LSR_PORT, "in")] >= count
+    assert observed["reasons"]["io"] == sum(observed["ports"].values())
+    assert observed["fast_bytes"] == count
+    assert observed["result"][:2] == (1, "debug-exit")
+
+
+def test_sink_ports_are_handled_in_c_with_the_python_result():
+    # bench_exit.bin writes N bytes to port 0x560; a Sink there is handled in C.
+    with open(guests.path("bench_exit.bin"), "rb") as f:
+        image = bytearray(f.read())
+    struct.pack_into("<I", image, 0x24, 500)
+    devices = lambda: [("port", 0x560, 1, Sink())]   # noqa: E731
+    python = run("bench_exit.bin", fast=False, image=bytes(image), devices=devices)
+    fast = run("bench_exit.bin", fast=True, image=bytes(image), devices=devices)
+    assert fast == python
+    assert fast["ports"][(0x560, "out")] == 500
+
+
+def test_hooks_select_the_python_loop():
+    config = VmConfig(kernel=guests.path("hello.bin"), serial="buffer", timeout=20)
+    seen = []
+    with Machine(config) as machine:
+        machine.add_hook(lambda event: seen.append(event.port), reasons={"io"})
+        assert not FastLoop.supported(machine)
+        machine.config.exit_path = "fast"
+        result = machine.run()
+        assert type(machine.loops[0]) is not FastLoop
+        assert machine.serial_output == b"Hello from a pyvmm guest!\n"
+    assert result.reason == "halt" and seen.count(COM1) == 27
+
+
+def test_input_fed_during_the_run_reaches_a_polling_guest():
+    # echo.bin polls LSR in C while no input is there; input fed from another
+    # thread must make the published LSR stale-free (the lock wrapper republishes).
+    import threading
+
+    config = VmConfig(kernel=guests.path("echo.bin"), serial="buffer", timeout=30)
+    with Machine(config) as machine:
+        feeder = threading.Timer(0.3, machine.serial.feed, args=(b"late input\x04",))
+        feeder.start()
+        machine.config.exit_path = "fast"
+        result = machine.run()
+        feeder.join()
+        assert machine.serial_output == b"late input\nbye\n"
+        assert result.reason == "halt"
+        assert machine.stats.by_port()[(LSR_PORT, "in")] > 20     # it polled, in C
+
+
+def test_timeout_stops_a_guest_spinning_in_fast_exits():
+    # N = 2^32 - 1 bytes: far more than the timeout allows.
+    config = VmConfig(kernel=guests.path("serial_flood.bin"), serial="null", raw_mode="protected",
+                      timeout=0.5)
+    with Machine(config, flood_image(0xFFFFFFFF), LoadOptions(raw_mode="protected")) as machine:
+        machine.config.exit_path = "fast"
+        result = machine.run()
+        assert (result.status, result.reason) == (124, "timeout")
+        assert machine.serial.bytes_transmitted > 0
+        assert machine.stats.by_port()[(COM1, "out")] == machine.serial.bytes_transmitted + 1

@@ -1,0 +1,294 @@
+"""The fast path without KVM: the UART state Python publishes, and the C exit
+handler's checks on a fake `struct kvm_run`."""
+
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pyvmm._kvm import ffi, lib
+from pyvmm.devices.serial import Serial16550
+from pyvmm.fastpath import FastLoop, Sink, UartShare, available, stop_flag
+from pyvmm.stats import ExitStats
+from pyvmm.stop import StopSignal
+
+pytestmark = pytest.mark.skipif(not available(), reason="pyvmm._kvm was built without csrc/fastpath.c")
+
+RUN_SIZE = 3 * 4096
+HEADER = ffi.sizeof("struct kvm_run")
+BASE = 0x3F8
+SINK_BASE, SINK_LENGTH, SINK_FILL = 0x560, 4, 0xA5
+
+
+def expected_state(serial):
+    """What the C side may do, derived from the public register snapshot only."""
+    regs = serial.register_snapshot()
+    tx_simple = not (regs["LCR"] & 0x80 or regs["MCR"] & 0x10 or regs["IER"] & 0x02)
+    return tx_simple, (0x60 if regs["LSR"] == 0x60 else -1)
+
+
+def published(share):
+    return bool(share.uart.tx_simple), share.uart.lsr
+
+
+def snapshot(serial):
+    return serial.register_snapshot(), serial.bytes_transmitted, serial.bytes_received
+
+
+# Operations a guest (register reads and writes) or the host (feed, reset) can do.
+operations = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 7), st.integers(0, 255)),
+    st.tuples(st.just("read"), st.integers(0, 7)),
+    st.tuples(st.just("feed"), st.binary(min_size=1, max_size=20)),
+    st.tuples(st.just("reset")),
+), max_size=40)
+
+
+def apply(serial, operation):
+    kind = operation[0]
+    if kind == "write":
+        serial.write(operation[1], bytes((operation[2],)))
+    elif kind == "read":
+        serial.read(operation[1], 1)
+    elif kind == "feed":
+        serial.feed(operation[1])
+    else:
+        serial.reset()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=operations)
+def test_published_state_follows_every_register_change(ops):
+    serial = Serial16550(output=lambda data: None)
+    share = UartShare.for_serial(serial)
+    assert published(share) == expected_state(serial) == (True, 0x60)
+    for operation in ops:
+        apply(serial, operation)
+        assert published(share) == expected_state(serial)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=operations)
+def test_what_c_answers_is_what_python_would_do(ops):
+    """When the published state allows a fast LSR read or THR write, the Python
+    model gives the same answer and ends in the same state as the C path + flush."""
+    out_python, out_fast = [], []
+    python = Serial16550(output=out_python.append)
+    fast = Serial16550(output=out_fast.append)
+    share = UartShare.for_serial(fast)
+    for operation in ops:
+        apply(python, operation)
+        apply(fast, operation)
+        tx_simple, lsr = published(share)
+        if lsr >= 0:
+            before = snapshot(python)
+            assert python.read(5, 1) == bytes((lsr,))
+            assert snapshot(python) == before                  # no side effect: C may answer it
+        if tx_simple:
+            python.write(0, b"Z")
+            state = fake_state(share)
+            write_io(state, 1, 1, BASE, 1, HEADER, b"Z")
+            assert _handle(state) == 1
+            share.flush()
+        assert snapshot(fast) == snapshot(python)
+        assert b"".join(out_fast) == b"".join(out_python)
+        assert fast.irq_level == python.irq_level
+
+
+def test_flush_moves_bytes_in_order_and_counts_them():
+    out = []
+    serial = Serial16550(output=out.append)
+    share = UartShare.for_serial(serial)
+    state = fake_state(share)
+    for value in b"hello":
+        write_io(state, 1, 1, BASE, 1, HEADER, bytes((value,)))
+        assert _handle(state) == 1
+    assert share.uart.len == 5 and serial.bytes_transmitted == 0
+    share.flush()
+    assert out == [b"hello"] and serial.bytes_transmitted == 5 and share.uart.len == 0
+    assert state.thr_out == 5 and state.fast == 5 and state.exits[lib.KVM_EXIT_IO] == 5
+
+
+def test_a_full_buffer_sends_the_write_to_python():
+    serial = Serial16550(output=lambda data: None)
+    share = UartShare.for_serial(serial)
+    state = fake_state(share)
+    for _ in range(lib.PYVMM_FAST_TXBUF):
+        write_io(state, 1, 1, BASE, 1, HEADER, b"x")
+        assert _handle(state) == 1
+    write_io(state, 1, 1, BASE, 1, HEADER, b"y")
+    assert _handle(state) == 0
+    assert share.uart.full == 1
+    share.flush()
+    assert serial.bytes_transmitted == lib.PYVMM_FAST_TXBUF
+    assert _handle(state) == 1
+
+
+def test_divisor_latch_and_loopback_and_thr_interrupt_are_not_simple():
+    serial = Serial16550()
+    share = UartShare.for_serial(serial)
+    for offset, value in ((3, 0x80), (4, 0x10), (1, 0x02)):
+        serial.write(offset, bytes((value,)))
+        assert published(share)[0] is False
+        serial.write(offset, b"\x00")
+        assert published(share)[0] is True
+
+
+def test_input_from_another_thread_withdraws_the_lsr_answer():
+    serial = Serial16550()
+    share = UartShare.for_serial(serial)
+    assert published(share) == (True, 0x60)
+    thread = threading.Thread(target=serial.feed, args=(b"k",))
+    thread.start()
+    thread.join()
+    assert published(share) == (True, -1)
+    assert serial.read(0, 1) == b"k"
+    assert published(share) == (True, 0x60)
+
+
+def test_the_share_is_installed_once_and_the_lock_still_excludes():
+    serial = Serial16550()
+    share = UartShare.for_serial(serial)
+    assert UartShare.for_serial(serial) is share
+    with serial._lock:
+        assert share.inner.locked()
+        assert not share.inner.acquire(blocking=False)
+    assert not share.inner.locked()
+
+
+def test_stop_flag_follows_the_stop_signal():
+    stop = StopSignal()
+    flag = stop_flag(stop)
+    assert stop_flag(stop) is flag and flag[0] == 0
+    stop.request(3, "test")
+    assert flag[0] == 1 and stop.requested and stop.result.status == 3
+    late = StopSignal()
+    late.request(0, "halt")
+    assert stop_flag(late)[0] == 1
+
+
+# --- the C checks on a fake kvm_run ---------------------------------------------------
+
+class FakeState:
+    """A pyvmm_fast state over a bytearray standing in for the kvm_run mapping."""
+
+    def __init__(self, share=None, sinks=()):
+        self.buffer = bytearray(RUN_SIZE)
+        self.run = ffi.from_buffer("struct kvm_run *", self.buffer)
+        self.state = ffi.new("struct pyvmm_fast *")
+        self.state.vcpu_fd = -1
+        self.state.run = self.run
+        self.state.run_size = RUN_SIZE
+        if share is not None:
+            self.state.uart = share.uart
+            self.state.uart_base = BASE
+        for index, (base, length, fill) in enumerate(sinks):
+            self.state.sinks[index].base = base
+            self.state.sinks[index].length = length
+            self.state.sinks[index].fill = fill
+        self.state.nsinks = len(sinks)
+
+    def __getattr__(self, name):
+        return getattr(self.state, name)
+
+
+def fake_state(share=None, sinks=()):
+    return FakeState(share, sinks)
+
+
+def write_io(fake, direction, size, port, count, offset, data=b""):
+    run = fake.run
+    run.exit_reason = lib.KVM_EXIT_IO
+    run.io.direction, run.io.size, run.io.port = direction, size, port
+    run.io.count, run.io.data_offset = count, offset
+    if HEADER <= offset < RUN_SIZE:
+        end = min(RUN_SIZE, offset + len(data))
+        fake.buffer[offset:end] = data[:end - offset]
+
+
+def _handle(fake):
+    return lib.pyvmm_fast_handle_exit(fake.state)
+
+
+@settings(max_examples=500, deadline=None)
+@given(direction=st.integers(0, 1), size=st.sampled_from([0, 1, 2, 3, 4, 8, 255]),
+       port=st.one_of(st.sampled_from([BASE, BASE + 5, BASE + 1, SINK_BASE, SINK_BASE + 3,
+                                       SINK_BASE + 2, SINK_BASE - 1, SINK_BASE + 4]),
+                      st.integers(0, 0xFFFF)),
+       count=st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
+       offset=st.one_of(st.integers(HEADER, RUN_SIZE + 8), st.sampled_from([RUN_SIZE - 1, RUN_SIZE - 4,
+                                                                            2**63, 2**64 - 1])),
+       tx_simple=st.booleans(), lsr=st.sampled_from([0x60, -1]))
+def test_c_handles_exactly_the_valid_fast_exits_and_writes_nothing_else(
+        direction, size, port, count, offset, tx_simple, lsr):
+    serial = Serial16550()
+    share = UartShare.for_serial(serial)
+    lib.pyvmm_fast_uart_publish(share.uart, tx_simple, lsr)
+    fake = fake_state(share, sinks=[(SINK_BASE, SINK_LENGTH, SINK_FILL)])
+    write_io(fake, direction, size, port, count, offset, b"\x42" * 8)
+    before = bytes(fake.buffer)
+    handled = _handle(fake)
+
+    valid = count == 1 and size in (1, 2, 4) and offset + size <= RUN_SIZE
+    out = direction == 1
+    thr = valid and out and size == 1 and port == BASE and tx_simple
+    lsr_read = valid and not out and size == 1 and port == BASE + 5 and lsr == 0x60
+    sink = valid and SINK_BASE <= port and port + size <= SINK_BASE + SINK_LENGTH
+    assert handled == int(thr or lsr_read or sink)
+    changed = [i for i in range(RUN_SIZE) if fake.buffer[i] != before[i]]
+    if lsr_read:
+        assert changed in ([], [offset]) and fake.buffer[offset] == 0x60
+    elif sink and not out:
+        assert all(offset <= i < offset + size for i in changed)
+        assert fake.buffer[offset:offset + size] == bytes((SINK_FILL,)) * size
+    else:
+        assert changed == []
+    assert share.uart.len == int(thr)
+    assert fake.state.exits[lib.KVM_EXIT_IO] == 1 and fake.state.fast == handled
+    if sink:
+        assert fake.state.sink_counts[0][port - SINK_BASE][direction] == 1
+
+
+def test_other_exit_reasons_go_to_python_and_are_counted():
+    fake = fake_state()
+    for reason in (lib.KVM_EXIT_HLT, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_SHUTDOWN, 200):
+        fake.run.exit_reason = reason
+        assert _handle(fake) == 0
+    assert fake.state.exits[lib.KVM_EXIT_HLT] == 1 and fake.state.exits_other == 1
+    assert fake.state.fast == 0
+
+
+def test_sink_device_answers_like_the_c_path():
+    sink = Sink(fill=0x1FF)
+    assert sink.fill == 0xFF
+    assert sink.read(0, 4) == b"\xff" * 4
+    assert sink.write(0, b"\x00") is None
+
+
+def test_fast_loop_merges_the_c_counters_into_exit_stats():
+    class NoVcpu:
+        index, fd, run_size = 0, -1, RUN_SIZE
+
+        def __init__(self):
+            self.buffer = bytearray(RUN_SIZE)
+            self.run = ffi.from_buffer("struct kvm_run *", self.buffer)
+            self.run_buffer = memoryview(self.buffer)
+
+    from pyvmm.devices import Bus
+    bus = Bus.port_io()
+    serial = Serial16550()
+    bus.register(BASE, 8, serial)
+    bus.register(SINK_BASE, 2, Sink())
+    stats = ExitStats()
+    loop = FastLoop(NoVcpu(), bus, Bus.mmio(), StopSignal(), stats)
+    assert loop.uart_base == BASE and loop.sinks == [(SINK_BASE, 2)]
+    state = loop.state
+    state.exits[lib.KVM_EXIT_IO] = 7
+    state.exits[lib.KVM_EXIT_HLT] = 1
+    state.fast, state.thr_out, state.lsr_in = 6, 2, 3
+    state.sink_counts[0][1][1] = 1
+    loop._collect()
+    assert stats.by_reason() == {"io": 7, "hlt": 1}
+    assert stats.by_port() == {(BASE, "out"): 2, (BASE + 5, "in"): 3, (SINK_BASE + 1, "out"): 1}
+    loop._collect()                                  # counters were reset: nothing counted twice
+    assert stats.total == 8
