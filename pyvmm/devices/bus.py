@@ -12,10 +12,12 @@ A device is any plain Python object with two methods:
 
 `offset` is relative to the base of the range the device was registered on.
 The bus guarantees ``0 <= offset`` and ``offset + size <= length`` of that
-range, so a device never sees an access that leaves its range.  Sizes are
-1, 2, 4 or 8: string port I/O (``rep insb`` ...) is split by the run loop into
-single accesses of the element size before it reaches the bus.  Multi-byte
-values are little-endian, as on x86.
+range, so a device never sees an access that leaves its range.  Port I/O
+sizes are 1, 2 or 4: string port I/O (``rep insb`` ...) is split by the run
+loop into single accesses of the element size before it reaches the bus.
+MMIO sizes are 1 to 8, and not only powers of two: KVM splits an access that
+crosses a page boundary, so an 8-byte read at 0xffd of a page arrives as a
+3-byte and a 5-byte access.  Multi-byte values are little-endian, as on x86.
 
 Accesses that hit no device, or that straddle the boundary of a registered
 range, are "unhandled": a read returns all-ones (what an ISA bus with nothing

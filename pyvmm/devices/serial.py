@@ -25,6 +25,10 @@ UART Linux guests are used to), with these deliberate simplifications:
 * In loopback mode MSR's delta bits track changes of the looped-back MCR
   outputs, as the datasheet describes (QEMU reports the lines but no
   deltas there).
+* FCR's clear bits (1 and 2) act even while FCR bit 0 leaves the FIFOs off
+  (the datasheet ignores them then; QEMU acts on them too), and an RX clear
+  keeps host input that the guest has not read (see _clear_rx).
+* reset() also resets the scratch register and the divisor latch, as QEMU's.
 
 Threading: one lock guards all device state.  The vCPU thread calls
 read()/write() while a host input thread calls feed().  The `output` and
