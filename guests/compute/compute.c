@@ -106,9 +106,9 @@ static uint64_t sum_cubes(uint64_t n)
 	return sum;
 }
 
-void compute_main(void);
+void guest_main(void);
 
-void compute_main(void)
+void guest_main(void)
 {
 	uint64_t h = fnv1a_pattern(PATTERN_LEN);
 	uint64_t s = sum_cubes(CUBES_N);

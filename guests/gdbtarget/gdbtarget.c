@@ -4,7 +4,7 @@
  * line by line.
  *
  *   - add_square() is the function to break at;
- *   - the loop in gdbtarget_main() calls it for i = 1..10 (steps);
+ *   - the loop in guest_main() calls it for i = 1..10 (steps);
  *   - `total` ends as 385 (1^2 + ... + 10^2), `counter` as 10;
  *   - while `spin` is non-zero the guest spins (a debugger sets it to
  *     test Ctrl-C, then clears it);
@@ -23,7 +23,7 @@ volatile uint64_t total;
 volatile uint32_t spin;
 volatile uint8_t exit_code = 42;
 
-void gdbtarget_main(void);
+void guest_main(void);
 uint64_t add_square(uint64_t sum, uint64_t i);
 
 static inline void outb(uint16_t port, uint8_t v)
@@ -38,7 +38,7 @@ __attribute__((noinline)) uint64_t add_square(uint64_t sum, uint64_t i)
 	return sum + square;
 }
 
-void gdbtarget_main(void)
+void guest_main(void)
 {
 	uint64_t sum = 0;
 

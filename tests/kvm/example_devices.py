@@ -1,5 +1,5 @@
-"""A user device for the `--device` tests: importable as example_devices when
-tests/kvm is on the path (the tests put it there)."""
+"""Test devices shared by the KVM tests (pytest puts tests/kvm on sys.path),
+and the user device of the `--device` tests (which put it on PYTHONPATH)."""
 
 
 class Scratch:
@@ -14,3 +14,19 @@ class Scratch:
 
     def write(self, offset, data):
         self.bytes[offset:offset + len(data)] = data[:max(0, len(self.bytes) - offset)]
+
+
+class Recorder:
+    """A test device that logs every access and answers reads from a table."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("read", offset, size))
+        value = self.answers.get(offset, 0)
+        return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def write(self, offset, data):
+        self.log.append(("write", offset, bytes(data)))

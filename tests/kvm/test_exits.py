@@ -1,26 +1,11 @@
 """The exits guest drives every exit path of the run loop; each is checked here."""
 
 import pytest
+from example_devices import Recorder
 
 from pyvmm.stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT
 
 PORT_BASE, MMIO_BASE = 0x500, 0xD0000000
-
-
-class Recorder:
-    """A test device that logs every access and answers reads from a table."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.log = []
-
-    def read(self, offset, size):
-        self.log.append(("read", offset, size))
-        value = self.answers.get(offset, 0)
-        return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-
-    def write(self, offset, data):
-        self.log.append(("write", offset, bytes(data)))
 
 
 def run_exits(boot, ending, timeout=20):

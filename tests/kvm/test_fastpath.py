@@ -10,6 +10,7 @@ the polls.
 import struct
 
 import pytest
+from example_devices import Recorder
 
 from pyvmm import guests
 from pyvmm.config import VmConfig
@@ -19,22 +20,6 @@ from pyvmm.vmm import Machine, read_kernel
 
 COM1, LSR_PORT = 0x3F8, 0x3FD
 UART_COUNTERS = ("bytes_transmitted", "bytes_received", "input_bytes_dropped", "overruns")
-
-
-class Recorder:
-    """tests/kvm/test_exits.py's device: logs every access, answers reads from a table."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.log = []
-
-    def read(self, offset, size):
-        self.log.append(("read", offset, size))
-        value = self.answers.get(offset, 0)
-        return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-
-    def write(self, offset, data):
-        self.log.append(("write", offset, bytes(data)))
 
 
 def exits_devices():

@@ -99,12 +99,12 @@ def test_break_inspect_step_finish_and_run_to_the_end(pyvmm, target, symbols):
     out = gdb(target, vm.port, "info registers rip", "break add_square", "continue",
               "info registers rip", "print counter", "print i", "next", "stepi",
               "info registers rip", "finish", "next", "print counter", "delete", "continue")
-    assert "_start () at gdbtarget/start.S" in out             # stopped before the first instruction
+    assert "_start () at lib/start64.S" in out             # stopped before the first instruction
     assert re.search(r"rip\s+0x200000\s+0x200000 <_start>", out), out
     assert "Breakpoint 1, add_square (sum=0, i=1) at gdbtarget/gdbtarget.c:36" in out, out
     rip = re.findall(r"rip\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+ <add_square\+(\d+)>", out)
     assert len(rip) == 2, out
-    assert symbols["add_square"] < int(rip[0][0], 16) < int(rip[1][0], 16) < symbols["gdbtarget_main"]
+    assert symbols["add_square"] < int(rip[0][0], 16) < int(rip[1][0], 16) < symbols["guest_main"]
     assert "$1 = 0\n$2 = 1\n" in out                            # counter, i
     assert re.search(r"\n38\s+return sum \+ square;", out)        # next
     assert "Value returned is $3 = 1" in out                    # finish
@@ -133,12 +133,12 @@ def test_hardware_breakpoints_and_breakpoints_kept_inserted(pyvmm, target):
 @needs_gdb
 def test_memory_registers_and_an_unmapped_address(pyvmm, target):
     vm = pyvmm()
-    out = gdb(target, vm.port, "break gdbtarget_main", "continue", "set var exit_code = 7",
+    out = gdb(target, vm.port, "break guest_main", "continue", "set var exit_code = 7",
               "print exit_code", "x/2i $pc", "print *(char *)0x7fff00000000", "p/x $cr0",
               "p/x $efer", "p/x $cs", "info registers eflags", "p $xmm0.uint128", "p $st0",
               "delete", "continue")
     assert "$1 = 7 '\\a'" in out
-    assert "=> 0x" in out and "<gdbtarget_main+" in out
+    assert "=> 0x" in out and "<guest_main+" in out
     assert "Cannot access memory at address 0x7fff00000000" in out
     assert "$2 = 0x80000011" in out             # PE, ET, PG
     assert "$3 = 0x500" in out                  # LME, LMA
@@ -151,7 +151,7 @@ def test_memory_registers_and_an_unmapped_address(pyvmm, target):
 @needs_gdb
 def test_software_watchpoints_single_step(pyvmm, target):
     vm = pyvmm()
-    out = gdb(target, vm.port, "set can-use-hw-watchpoints 0", "break gdbtarget_main", "continue",
+    out = gdb(target, vm.port, "set can-use-hw-watchpoints 0", "break guest_main", "continue",
               "watch counter", "continue", "continue", "delete", "continue")
     assert "Old value = 0\nNew value = 1\n" in out and "Old value = 1\nNew value = 2\n" in out
     assert "exited with code 0125" in out
@@ -165,7 +165,7 @@ def test_interrupt_stops_a_spinning_guest(pyvmm, target, tmp_path):
                       "threading.Timer(1.0, lambda: gdb.post_event(\n"
                       "    lambda: gdb.execute('interrupt'))).start()\n")
     vm = pyvmm()
-    out = gdb(target, vm.port, "break gdbtarget_main", "continue", "delete", "set var spin = 1",
+    out = gdb(target, vm.port, "break guest_main", "continue", "delete", "set var spin = 1",
               f"source {script}", "continue", "print spin", "print counter > 10",
               "set var spin = 0", "continue")
     assert "Program received signal SIGINT, Interrupt." in out, out
@@ -269,7 +269,7 @@ def test_interrupt_byte_while_the_guest_spins(pyvmm, symbols):
     assert raw.request(b"QStartNoAckMode") == b"OK"          # from here on: no acks
     raw.send(frame(b"qSupported:hwbreak+"))
     assert raw.next_event()[0] == "packet"
-    main = symbols["gdbtarget_main"]
+    main = symbols["guest_main"]
     raw.send(frame(b"Z1,%x,1" % main))
     assert raw.next_event() == ("packet", b"OK")
     raw.send(frame(b"vCont;c"))

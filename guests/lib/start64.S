@@ -1,7 +1,7 @@
 /*
- * Entry of compute.elf (long mode, linked at 0x200000).  Gives the C code
- * its own stack and a zeroed .bss rather than trusting the loader for
- * either, then calls compute_main.
+ * Entry of the 64-bit C guests (compute.elf, gdbtarget.elf; long mode,
+ * linked at 0x200000).  Gives the C code its own stack and a zeroed .bss
+ * rather than trusting the loader for either, then calls guest_main.
  */
 	.code64
 	.section .text.entry, "ax"
@@ -16,8 +16,8 @@ _start:
 	shr	$3, %ecx		/* elf64.ld keeps both ends 8-aligned */
 	xor	%eax, %eax
 	rep stosq
-	call	compute_main
-1:	cli				/* compute_main should not return */
+	call	guest_main
+1:	cli				/* guest_main should not return */
 	hlt
 	jmp	1b
 
