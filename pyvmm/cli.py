@@ -11,18 +11,18 @@ import os
 import signal
 import sys
 
+from . import trace
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
-from . import trace
 from .devices import BusError
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
-from .vmm import InputFileError, Machine, read_kernel
 from .stats import format_post_codes
 from .stop import STATUS_CRASH
 from .terminal import raw_input_mode
 from .user_devices import parse_device_spec
+from .vmm import InputFileError, Machine, read_kernel
 
 EXIT_USAGE = 2
 EXIT_HOST = 1
@@ -151,7 +151,7 @@ def command_linux(args):
     config = config_from_args(args)
     config.kernel, config.initrd = assets.kernel, assets.initramfs
     config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
-    return boot(config)
+    return boot(config, [parse_device_spec(spec) for spec in args.device])
 
 
 def command_run(args):

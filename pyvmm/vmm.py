@@ -127,9 +127,18 @@ class Machine:
                                    self._set_irq, self.sink.write, self.boot.format)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
+        if self.config.trace:
+            self._open_trace(self.config.trace)
         if self.config.gdb is not None:
             from .gdb import GdbStub   # only a debugged run pays for the stub's imports
             self.gdb = GdbStub(self, self.config.gdb)     # listens from now on
+
+    def _open_trace(self, path):
+        try:
+            self.tracer = ExitTracer(path, self.port_bus.name_at, self.mmio_bus.name_at)
+        except OSError as error:
+            raise InputFileError(f"cannot write trace {path}: {error.strerror or error}") from None
+        self.hooks.add(self.tracer, when="after")
 
     def _create_vcpus(self):
         """vCPU 0 boots the kernel; the others wait in the in-kernel LAPIC
@@ -193,9 +202,6 @@ class Machine:
         _install_kick_handler()
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
-        if self.config.trace and self.tracer is None:
-            self.tracer = ExitTracer(self.config.trace, self.port_bus.name_at, self.mmio_bus.name_at)
-            self.hooks.add(self.tracer, when="after")
         loop_class = VcpuLoop
         if self.config.exit_path == "fast":
             from .fastpath import FastLoop

@@ -146,3 +146,9 @@ def test_bad_device_specs_are_one_line_errors(spec, message):
     assert result.returncode == 2, stderr
     assert stderr.count("\n") == 1 and stderr.startswith("pyvmm: error: --device")
     assert message in stderr
+
+
+def test_unwritable_trace_is_a_usage_error(tmp_path):
+    result = pyvmm("run", "--trace", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.decode() == f"pyvmm: error: cannot write trace {tmp_path}: Is a directory\n"
