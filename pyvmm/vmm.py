@@ -118,7 +118,11 @@ class Machine:
         self.vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         self.vm.add_memory(self.memory)
 
-        self.sink = open_sink(self.config.serial)
+        try:
+            self.sink = open_sink(self.config.serial)
+        except OSError as error:
+            raise InputFileError(f"cannot write serial output {self.config.serial[5:]}: "
+                                 f"{error.strerror or error}") from None
         self.serial = Serial16550(output=self.sink.write, irq=self._serial_irq)
         self.debug_exit = DebugExit(self._debug_exit)
         self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")

@@ -152,3 +152,10 @@ def test_unwritable_trace_is_a_usage_error(tmp_path):
     result = pyvmm("run", "--trace", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.decode() == f"pyvmm: error: cannot write trace {tmp_path}: Is a directory\n"
+
+
+def test_unwritable_serial_file_is_a_usage_error(tmp_path):
+    result = pyvmm("run", "--serial", f"file:{tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.decode() == \
+        f"pyvmm: error: cannot write serial output {tmp_path}: Is a directory\n"
