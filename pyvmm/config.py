@@ -6,7 +6,7 @@ import re
 from .arch.x86_64 import layout
 
 DEFAULT_MEMORY = 128 << 20
-MAX_CPUS = 255
+MAX_CPUS = 254             # the IOAPIC needs the last 8-bit APIC ID (MP table, MADT)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

@@ -40,6 +40,7 @@ def elf_file(tmp_path):
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "--cpus", "many"], "invalid int value"),
     (["run", "--cpus", "0"], "--cpus"),
+    (["run", "--cpus", "255"], "between 1 and 254"),
     (["run", "--memory", "lots"], "invalid size"),
     (["run", "--memory", "0"], "too small"),
     (["run", "--memory", "100T"], "more than this host has"),
