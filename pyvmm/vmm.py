@@ -5,6 +5,7 @@ vCPU run loops -> buses -> devices. This is the only module where the KVM
 layer and the devices meet.
 """
 
+import functools
 import signal
 import threading
 from time import monotonic, monotonic_ns
@@ -123,7 +124,8 @@ class Machine:
         except OSError as error:
             raise InputFileError(f"cannot write serial output {self.config.serial[5:]}: "
                                  f"{error.strerror or error}") from None
-        self.serial = Serial16550(output=self.sink.write, irq=self._serial_irq)
+        self.serial = Serial16550(output=self.sink.write,
+                                  irq=functools.partial(self._set_irq, COM1_IRQ))
         self.debug_exit = DebugExit(self._debug_exit)
         self.port_bus.register(COM1, 8, self.serial, name="serial (COM1)")
         self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
@@ -159,9 +161,6 @@ class Machine:
             if cpuid.has_feature(entries, "xsave"):
                 vcpu.set_xcrs({0: cpuid.boot_xcr0(entries)})
             self.vcpus.append(vcpu)
-
-    def _serial_irq(self, level):
-        self.vm.irq_line(COM1_IRQ, 1 if level else 0)
 
     def _set_irq(self, line, level):
         self.vm.irq_line(line, 1 if level else 0)
