@@ -17,6 +17,14 @@
  * Every other exit is left in kvm_run for Python, which handles it exactly
  * as the Python loop does. Nothing here allocates or makes a syscall other
  * than KVM_RUN; every field the guest controls is bounds-checked.
+ *
+ * Coalesced writes: KVM appends writes to registered zones to the VM's
+ * coalesced-MMIO ring instead of exiting. After every KVM_RUN the loop
+ * drains the ring, oldest first, before it looks at the exit: THR bytes
+ * (while transmission is simple) go to the TX buffer here; at the first
+ * entry C cannot handle it returns PYVMM_FAST_RING, and Python pops the
+ * rest one by one (pyvmm_fast_ring_pop) before the exit is handled
+ * (pyvmm_fast_pending). So every device sees its accesses in order.
  */
 
 #include <pthread.h>
@@ -32,6 +40,8 @@
 #define PYVMM_FAST_STOP 0               /* the stop flag is set; no exit pending */
 #define PYVMM_FAST_EXIT 1               /* an exit for Python is in kvm_run */
 #define PYVMM_FAST_BUDGET 2             /* `budget` exits handled in C; none pending */
+#define PYVMM_FAST_RING 3               /* ring entries need Python; then pyvmm_fast_pending() */
+#define PYVMM_FAST_HANDLED 4            /* pyvmm_fast_pending(): nothing left for Python */
 
 /* Published UART state and its TX buffer: one per UART, shared by the vCPUs. */
 struct pyvmm_fast_uart {
@@ -41,6 +51,18 @@ struct pyvmm_fast_uart {
     uint32_t len;                       /* bytes waiting in buf */
     uint64_t full;                      /* THR writes passed to Python: buffer full */
     unsigned char buf[PYVMM_FAST_TXBUF];
+};
+
+/* The VM's coalesced-write ring (one page of a vCPU's mapping), shared by
+ * the vCPUs and the supervisor: consumers take `lock`. */
+struct pyvmm_fast_ring {
+    pthread_mutex_t lock;
+    struct kvm_coalesced_mmio_ring *ring;
+    uint32_t max;                       /* entries the page holds */
+    int python_holds;                   /* Python is handling a popped entry: C waits its turn */
+    struct pyvmm_fast_uart *uart;       /* THR entries for this UART are taken in C; may be NULL */
+    uint16_t uart_base;
+    uint64_t thr_out;                   /* THR entries taken in C (Python zeroes it) */
 };
 
 struct pyvmm_fast_sink {
@@ -57,6 +79,8 @@ struct pyvmm_fast {
     uint64_t run_size;                  /* bytes mapped at run */
     struct pyvmm_fast_uart *uart;       /* NULL: no UART acceleration */
     uint16_t uart_base;
+    struct pyvmm_fast_ring *ring;       /* NULL: no coalesced zones */
+    int run_errno;                      /* KVM_RUN's errno behind a PYVMM_FAST_RING, or 0 */
     const int *stop;                    /* non-zero: return PYVMM_FAST_STOP; may be NULL */
     uint32_t budget;                    /* 0: unlimited */
     uint32_t nsinks;
@@ -77,10 +101,23 @@ void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int ls
 /* Moves up to `cap` buffered bytes (oldest first) to `out`; returns how many. */
 uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap);
 
+/* Points the ring at `page` (page_size bytes, the coalesced-MMIO page of a
+ * vCPU mapping); initialises the lock. */
+int pyvmm_fast_ring_init(struct pyvmm_fast_ring *ring, void *page, uint32_t page_size);
+/* Takes the entries C handles, then pops the oldest other entry into `out`
+ * and returns 1 (Python then holds the ring until pyvmm_fast_ring_release),
+ * or returns 0 when the ring is empty. */
+int pyvmm_fast_ring_pop(struct pyvmm_fast_ring *ring, struct kvm_coalesced_mmio *out);
+void pyvmm_fast_ring_release(struct pyvmm_fast_ring *ring);
+
 /* Runs the vCPU until an exit needs Python, the budget is spent, the stop
  * flag is set (PYVMM_FAST_* above), or KVM_RUN fails (-errno, e.g. -EINTR
  * after a kick). */
 int pyvmm_fast_run(struct pyvmm_fast *state);
+
+/* After PYVMM_FAST_RING and the ring drained: -errno if that KVM_RUN failed,
+ * PYVMM_FAST_HANDLED if C handled its exit, PYVMM_FAST_EXIT if Python must. */
+int pyvmm_fast_pending(struct pyvmm_fast *state);
 
 /* The same checks the loop applies, on the exit currently in `state->run`,
  * without entering the guest: 1 if handled in C, 0 if left for Python.

@@ -56,9 +56,10 @@ def add_machine_arguments(parser):
                              "(features that depend on them are hidden too)")
     parser.add_argument("--stats", nargs="?", const="text", choices=("text", "json"),
                         help="print exit counters to stderr at the end (--stats=json for machines)")
-    parser.add_argument("--exit-path", choices=("python", "fast"), default="python",
-                        help="run loop: the Python reference loop (default), or hot exits "
-                             "(UART transmit, LSR polls) handled in C")
+    parser.add_argument("--exit-path", choices=("python", "fast"), default="fast",
+                        help="run loop: hot exits (UART transmit, LSR polls) handled in C and "
+                             "write-only ports coalesced (fast, the default), or the Python "
+                             "reference loop, one trip through Python per exit (python)")
     parser.add_argument("--trace", metavar="FILE",
                         help="write one JSON line per VM exit (read it with `pyvmm stats FILE`)")
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",

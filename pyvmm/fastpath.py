@@ -5,61 +5,61 @@ exit. FastLoop keeps everything about it but the loop itself: one C call
 (`pyvmm_fast_run`) runs KVM_RUN until an exit needs Python, and handles in C
 only the exits whose outcome Python published in advance:
 
-* 1-byte writes to the UART's THR while transmission is "simple" (DLAB=0,
-  no loopback, THR-empty interrupt disabled: then a THR write only appends
-  the byte to the output and counts it). C appends the byte to a buffer
-  shared by the VM's vCPUs; Python moves it into the UART's output and
-  counters (`flush`) before it handles any other exit, so the output keeps
-  its order, and at least every `budget` fast exits or after every kick.
-* 1-byte reads of the UART's LSR while reading it has no side effect
-  (receiver empty, no error bits): C answers the published value (0x60).
+* 1-byte writes to the UART's THR while a THR write is plain output (DLAB
+  off, no loopback, THR-empty interrupt disabled). C appends the byte to a
+  buffer shared by the VM's vCPUs; Python hands it to the UART
+  (`Serial16550.transmit`) before it handles any other exit, so output keeps
+  its order, and at least every `budget` fast exits, after every kick and
+  at every supervisor flush.
+* 1-byte reads of the UART's LSR while reading it has no side effect: C
+  answers the published value.
 * port I/O to `Sink` devices (drop writes, read a constant): benchmarks.
+
+Coalesced writes (FastPath). Writes that need no answer and no immediate
+effect do not exit at all: KVM appends them to the VM's coalesced ring.
+Zones are registered for the UART's THR while a THR write is plain output
+(registered and unregistered as that changes), and for every device range
+a device lists in `posted_writes` (debugcon, POST, the CMOS index port, or
+a user's device). The ring is drained, oldest entry first, before any exit
+is handled, by the C loop for THR bytes and by `FastPath.drain` for the
+rest; and by the supervisor at every flush, so a guest that writes and
+then spins without exits is still heard. A posted write thus reaches its
+device late but in order, before the device's next access. Counters: ring
+writes count per port like exits do, and in `ExitStats.coalesced`.
 
 Everything else stays in kvm_run and goes through the inherited Python
 handlers (`port_bus`, `_string_io`, `_mmio`, `_other`), in order. Probes,
 kicks, crashes and the debugger work as in VcpuLoop.
 
-Publishing. The UART model (devices/serial.py) knows nothing of this. The
-published state is recomputed whenever the UART's lock is released, by
-wrapping that lock (`_PublishingLock`): every register write Python handles,
-host input arriving through `feed()` from another thread, a reset. The
-wrapper takes the same underlying lock, so installing it while another
-thread holds the lock is safe.
+Publishing. The UART model knows nothing of this: it calls its
+`state_listener` after every access and host event, with its lock held,
+and UartShare republishes what C may do from the model's public answers.
 
-Machine selects it for `--exit-path fast` (VmConfig.exit_path = "fast")
-when no hook or trace needs the Python loop.
+Machine selects FastLoop for the default `--exit-path fast` when no hook or
+trace needs the Python loop.
 
 Counters: C counts every exit by reason and the fast ones by port; they are
 merged into `stats` when the C call returns without a pending exit (budget,
 kick, stop) and when the loop ends, so `Machine.exit_stats()` during a run
 lags by at most one budget or probe interval. Final figures are exact.
-
-Not done: a coalesced-PIO zone on THR (KVM_REGISTER_COALESCED_MMIO, pio=1)
-would save the THR write's exit. It needs the VM-wide ring drained, under the
-UART lock, before every exit is handled (C and Python), the zone registered
-only while transmission is simple (and unregistered before the publishing
-lock is released, and when the fast loops end, so a Python loop never runs
-with it), and every ring entry treated as a data byte written before the
-register write that ended simplicity. Not worth its risk here: the LSR poll
-still exits for every byte (port reads cannot be answered in the kernel).
 """
 
 import sys
+import threading
 
 from ._kvm import ffi, lib
-from .devices.serial import IER_THRI, LCR_DLAB, LSR_TEMT, LSR_THRE, MCR_LOOP, REGISTER_COUNT, Serial16550
+from .devices.serial import REGISTER_COUNT, Serial16550
 from .runloop import _EXIT_IO, _REASON_OFFSET, BYTES, EXIT_IO, EXIT_MMIO, IO_OUT, VALID_IO_SIZES, VcpuLoop
+from .stats import ExitStats
 
 # Fast exits before the C loop returns to Python anyway: bounds how long
 # buffered output and the exit counters wait (4096 exits, about 40 ms).
 DEFAULT_BUDGET = 4096
-# LSR while idle: transmitter empty, no data, no errors. Only this value is
-# answered in C: any other has side effects (errors clear on read).
-LSR_IDLE = LSR_THRE | LSR_TEMT
 THR_OFFSET, LSR_OFFSET = 0, 5
 
 if hasattr(lib, "pyvmm_fast_run"):
     FAST_STOP, FAST_EXIT, FAST_BUDGET = lib.PYVMM_FAST_STOP, lib.PYVMM_FAST_EXIT, lib.PYVMM_FAST_BUDGET
+    FAST_RING, FAST_HANDLED = lib.PYVMM_FAST_RING, lib.PYVMM_FAST_HANDLED
     TXBUF, MAX_SINKS, SINK_PORTS = lib.PYVMM_FAST_TXBUF, lib.PYVMM_FAST_MAX_SINKS, lib.PYVMM_FAST_SINK_PORTS
     REASONS = lib.PYVMM_FAST_REASONS
 
@@ -89,89 +89,54 @@ class Sink:
 
 # --- the UART's published state -------------------------------------------------------
 
-def uart_fast_state(serial):
-    """(tx_simple, lsr) for the C side, from the UART's registers; the caller
-    holds the UART's lock. lsr is -1 unless an LSR read has no side effect."""
-    tx_simple = not (serial._lcr & LCR_DLAB or serial._mcr & MCR_LOOP or serial._ier & IER_THRI)
-    idle = not serial._rx and not serial._lsr_errors
-    return tx_simple, (LSR_IDLE if idle else -1)
-
-
-class _PublishingLock:
-    """The UART's lock, publishing the fast-path state on every release."""
-
-    __slots__ = ("inner", "publish")
-
-    def __init__(self, inner, publish):
-        self.inner = inner
-        self.publish = publish
-
-    def acquire(self, blocking=True, timeout=-1):
-        return self.inner.acquire(blocking, timeout)
-
-    def release(self):
-        try:
-            self.publish()
-        finally:
-            self.inner.release()
-
-    def locked(self):
-        return self.inner.locked()
-
-    def __enter__(self):
-        return self.inner.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
 class UartShare:
-    """One UART's C-side state (flags and TX buffer), shared by the vCPUs.
+    """One UART's C-side state (what C may do, and its TX buffer), shared by
+    the vCPUs. Installs itself as the UART's state listener until close().
 
-    Created once per Serial16550 (`for_serial`) and kept on it."""
+    `on_plain_output(bool)` (optional) hears, with the UART's lock held,
+    whenever a THR write starts or stops being plain output."""
 
-    def __init__(self, serial):
-        uart_fast_state(serial)                     # raises AttributeError if the model changed
+    def __init__(self, serial, on_plain_output=None):
+        if serial.state_listener is not None:
+            raise ValueError("the UART already has a state listener")
         self.serial = serial
         self.uart = ffi.new("struct pyvmm_fast_uart *")
         if lib.pyvmm_fast_uart_init(self.uart) < 0:
             raise OSError("cannot initialise the fast-path UART lock")
         self._out = ffi.new("unsigned char[]", TXBUF)
         self._out_buffer = ffi.buffer(self._out)
-        self.inner = serial._lock
+        self.on_plain_output = on_plain_output
+        self.plain_output = None
         self.flushed = 0                            # bytes moved to the UART, for tests
-        serial._lock = _PublishingLock(self.inner, self.publish)
-        with serial._lock:                          # waits for a holder of the old lock, publishes
-            pass
-
-    @classmethod
-    def for_serial(cls, serial):
-        share = getattr(serial, "_pyvmm_fast_share", None)
-        if share is None:
-            share = cls(serial)
-            serial._pyvmm_fast_share = share
-        return share
+        with serial._lock:
+            serial.state_listener = self.publish
+            self.publish()
 
     def publish(self):
-        """Called with the UART's lock held."""
-        tx_simple, lsr = uart_fast_state(self.serial)
-        lib.pyvmm_fast_uart_publish(self.uart, tx_simple, lsr)
+        """The UART's state listener (its lock is held)."""
+        serial = self.serial
+        plain = serial.thr_write_is_plain_output()
+        lsr = serial.lsr_without_side_effects()
+        lib.pyvmm_fast_uart_publish(self.uart, plain, -1 if lsr is None else lsr)
+        if plain != self.plain_output:
+            self.plain_output = plain
+            if self.on_plain_output is not None:
+                self.on_plain_output(plain)
 
     def flush(self):
-        """Moves the bytes C buffered into the UART, as its THR writes would have:
-        counted, sent to its output, THR empty again."""
-        serial = self.serial
-        with self.inner:
-            count = lib.pyvmm_fast_uart_take(self.uart, self._out, TXBUF)
-            if not count:
-                return
-            serial.bytes_transmitted += count
-            output = serial._output
-            if output is not None:
-                output(self._out_buffer[0:count])
-            serial._thr_pending = True
-            serial._update_irq()
+        """Hands the bytes C buffered to the UART, as their THR writes would have."""
+        count = lib.pyvmm_fast_uart_take(self.uart, self._out, TXBUF)
+        if count:
+            self.serial.transmit(self._out_buffer[0:count])
             self.flushed += count
+
+    def close(self):
+        """Flushes, and stops listening to the UART."""
+        self.flush()
+        with self.serial._lock:
+            if self.serial.state_listener == self.publish:
+                self.serial.state_listener = None
+        lib.pyvmm_fast_uart_publish(self.uart, 0, -1)
 
 
 # --- the stop flag -------------------------------------------------------------------
@@ -197,6 +162,138 @@ def stop_flag(stop):
     return flag
 
 
+# --- what the VM's fast loops share ---------------------------------------------------
+
+class FastPath:
+    """The VM-wide side of the fast path: the UART share, the Sink ranges, and
+    (given the Vm) the coalesced ring with its zones. Close it after the
+    vCPU threads end: it unregisters the zones and delivers what is left."""
+
+    def __init__(self, port_bus, mmio_bus, vm=None):
+        self.port_bus, self.mmio_bus, self.vm = port_bus, mmio_bus, vm
+        self.stats = ExitStats()                    # ring writes (no exits), by port / address
+        self.share = None
+        self.uart_base = None
+        self.sinks = []                             # (base, length, fill)
+        self.ring = None
+        self.zones = []                             # (addr, size, pio) registered now
+        self.lock = threading.Lock()                # one Python drainer at a time
+        self._thr_zone = None
+        self._thr_counted = 0
+        for base, length, _name in port_bus.ranges():
+            device = port_bus.device_at(base)
+            if isinstance(device, Serial16550) and length == REGISTER_COUNT and self.share is None:
+                self.uart_base = base
+            elif isinstance(device, Sink) and length <= SINK_PORTS and len(self.sinks) < MAX_SINKS:
+                self.sinks.append((base, length, device.fill))
+        try:
+            if vm is not None:
+                self._open_ring(vm)
+            if self.uart_base is not None:
+                self.share = UartShare(port_bus.device_at(self.uart_base),
+                                       self._thr_zone_follows if self.ring is not None else None)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_ring(self, vm):
+        page = vm.coalesced_ring()
+        if page is None or not vm.kvm.check_extension(lib.KVM_CAP_COALESCED_PIO):
+            return
+        ring = ffi.new("struct pyvmm_fast_ring *")
+        if lib.pyvmm_fast_ring_init(ring, page[0], page[1]) < 0:
+            raise OSError("cannot initialise the coalesced ring lock")
+        self.ring = ring
+        self._entry = ffi.new("struct kvm_coalesced_mmio *")
+        if self.uart_base is not None:
+            self._thr_zone = (self.uart_base + THR_OFFSET, 1, True)
+        for bus, pio in ((self.port_bus, True), (self.mmio_bus, False)):
+            for base, length, _name in bus.ranges():
+                for offset, size in getattr(bus.device_at(base), "posted_writes", ()):
+                    if 0 <= offset and 0 < size and offset + size <= length:
+                        self._register((base + offset, size, pio))
+
+    def _register(self, zone):
+        self.vm.register_coalesced(*zone)
+        self.zones.append(zone)
+
+    def _unregister(self, zone):
+        self.zones.remove(zone)
+        self.vm.unregister_coalesced(*zone)
+
+    def _thr_zone_follows(self, plain_output):
+        """THR writes are coalesced exactly while they are plain output."""
+        zone = self._thr_zone
+        if plain_output and zone not in self.zones:
+            self._register(zone)
+        elif not plain_output and zone in self.zones:
+            self._unregister(zone)
+
+    def attach(self, state):
+        """Points a vCPU's C state at the shared parts."""
+        if self.share is not None:
+            state.uart = self.share.uart
+            state.uart_base = self.uart_base
+        for index, (base, length, fill) in enumerate(self.sinks):
+            sink = state.sinks[index]
+            sink.base, sink.length, sink.fill = base, length, fill
+        state.nsinks = len(self.sinks)
+        if self.ring is not None:
+            self.ring.uart = state.uart
+            self.ring.uart_base = state.uart_base
+            state.ring = self.ring
+
+    def drain(self):
+        """Delivers the ring's writes, oldest first (C takes THR bytes itself)."""
+        ring = self.ring
+        if ring is None:
+            return
+        entry, share = self._entry, self.share
+        ports, mmio = self.stats.ports, self.stats.mmio
+        with self.lock:
+            try:
+                while lib.pyvmm_fast_ring_pop(ring, entry):
+                    if share is not None and share.uart.len:    # THR bytes C took come first
+                        share.flush()
+                    address, data = entry.phys_addr, bytes(ffi.buffer(entry.data, entry.len))
+                    key = address << 1 | 1
+                    self.stats.coalesced += 1
+                    if entry.pio:
+                        ports[key] = ports.get(key, 0) + 1
+                        self.port_bus.write(address, data)
+                    else:
+                        mmio[key] = mmio.get(key, 0) + 1
+                        self.mmio_bus.write(address, data)
+            finally:
+                lib.pyvmm_fast_ring_release(ring)
+            self._count_c_ring_writes()
+
+    def _count_c_ring_writes(self):
+        taken = self.ring.thr_out                   # only C increments it
+        if taken != self._thr_counted:
+            key = (self.uart_base + THR_OFFSET) << 1 | 1
+            self.stats.ports[key] = self.stats.ports.get(key, 0) + taken - self._thr_counted
+            self.stats.coalesced += taken - self._thr_counted
+            self._thr_counted = taken
+
+    def flush(self):
+        """Delivers everything buffered: ring writes and THR bytes."""
+        self.drain()
+        if self.share is not None:
+            self.share.flush()
+
+    def close(self):
+        """Unregisters the zones, then delivers what the ring and buffer hold."""
+        if self.vm is not None and self.vm.fd >= 0:
+            for zone in list(self.zones):
+                self._unregister(zone)
+        self.zones.clear()
+        self.flush()
+        if self.share is not None:
+            self.share.close()
+        self.ring = None
+
+
 # --- the loop ------------------------------------------------------------------------
 
 class FastLoop(VcpuLoop):
@@ -211,14 +308,26 @@ class FastLoop(VcpuLoop):
         return available() and (machine is None or not machine.hooks)
 
     def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, halt_is_final=lambda vcpu: True,
-                 hooks=None):
+                 hooks=None, fast=None):
         super().__init__(vcpu, port_bus, mmio_bus, stop, stats, halt_is_final, hooks)
         self.state = None
-        self.share = None
-        self.uart_base = None
-        self.sinks = []
+        self.fast = fast
         if available() and not self.hooks:
+            if self.fast is None:                   # a loop of its own: no ring
+                self.fast = FastPath(port_bus, mmio_bus)
             self._setup()
+
+    @property
+    def share(self):
+        return None if self.fast is None else self.fast.share
+
+    @property
+    def uart_base(self):
+        return None if self.share is None else self.fast.uart_base
+
+    @property
+    def sinks(self):
+        return [] if self.fast is None else [(base, length) for base, length, _ in self.fast.sinks]
 
     def _setup(self):
         vcpu = self.vcpu
@@ -229,27 +338,12 @@ class FastLoop(VcpuLoop):
         self._stop_flag = stop_flag(self.stop)          # kept alive with the state
         state.stop = self._stop_flag
         state.budget = self.budget
-        for base, length, _name in self.port_bus.ranges():
-            device = self.port_bus.device_at(base)
-            if isinstance(device, Serial16550) and length == REGISTER_COUNT and self.share is None:
-                try:
-                    self.share = UartShare.for_serial(device)
-                except AttributeError:                  # the UART model changed: no acceleration
-                    continue
-                self.uart_base = base
-                state.uart = self.share.uart
-                state.uart_base = base
-            elif isinstance(device, Sink) and length <= SINK_PORTS and len(self.sinks) < MAX_SINKS:
-                sink = state.sinks[len(self.sinks)]
-                sink.base, sink.length, sink.fill = base, length, device.fill
-                self.sinks.append((base, length))
-        state.nsinks = len(self.sinks)
+        self.fast.attach(state)
         self.state = state
 
     def _collect(self):
-        """Flushes the UART buffer and merges the C counters into stats."""
-        if self.share is not None:
-            self.share.flush()
+        """Delivers buffered writes and merges the C counters into stats."""
+        self.fast.flush()
         state, stats = self.state, self.stats
         reasons, ports = stats.reasons, stats.ports
         counts = ffi.unpack(state.exits, REASONS)
@@ -288,12 +382,17 @@ class FastLoop(VcpuLoop):
         port_read, port_write = self.port_bus.read, self.port_bus.write
         ports = stats.ports
         unpack_exit, header = _EXIT_IO.unpack_from, _REASON_OFFSET
-        fast_run = lib.pyvmm_fast_run
+        fast_run, pending, drain = lib.pyvmm_fast_run, lib.pyvmm_fast_pending, self.fast.drain
         share = self.share
         uart = share.uart if share is not None else None
         try:
             while not stop.requested:
                 ret = fast_run(state)
+                if ret == FAST_RING:                # the guest's earlier writes first
+                    drain()
+                    ret = pending(state)
+                    if ret == FAST_HANDLED:
+                        continue
                 if ret != FAST_EXIT:
                     self._collect()
                     if ret < 0:

@@ -94,6 +94,7 @@ class Machine:
         self.started_ns = None
         self.hooks = Hooks()
         self.tracer = None
+        self.fast = None
         self._threads = []
         self._input = None
         self.gdb = None
@@ -184,6 +185,8 @@ class Machine:
         if not self._threads:
             return self.stats
         live = ExitStats()
+        if self.fast is not None:
+            live.merge(self.fast.stats)
         for loop in self.loops:
             live.merge(loop.stats)
         return live
@@ -205,14 +208,7 @@ class Machine:
         _install_kick_handler()
         if stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
-        loop_class = VcpuLoop
-        if self.config.exit_path == "fast":
-            from .fastpath import FastLoop
-            if FastLoop.supported(self):   # hooks and tracing need the Python loop
-                loop_class = FastLoop
-        self.loops = [loop_class(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
-                                 hooks=self.hooks)
-                      for vcpu in self.vcpus]
+        self.loops = self._make_loops()
         if self.gdb is not None:
             self.gdb.start(self.loops, self.kick_vcpu)    # vCPUs wait for gdb
         self._threads = [threading.Thread(target=self._run_vcpu, args=(loop,),
@@ -226,6 +222,10 @@ class Machine:
             self._stop_vcpus()
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
+            if self.fast is not None:
+                self.fast.close()       # delivers the writes still in the ring
+                self.stats.merge(self.fast.stats)
+                self.fast = None
             for loop in self.loops:
                 self.stats.merge(loop.stats)
             if self._input is not None:
@@ -233,6 +233,17 @@ class Machine:
                 self._input = None
             self.sink.flush()
         return self.stop.result
+
+    def _make_loops(self):
+        if self.config.exit_path == "fast":
+            from .fastpath import FastLoop, FastPath
+            if FastLoop.supported(self):   # hooks and tracing need the Python loop
+                self.fast = FastPath(self.port_bus, self.mmio_bus, self.vm)
+                return [FastLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
+                                 fast=self.fast)
+                        for vcpu in self.vcpus]
+        return [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(), hooks=self.hooks)
+                for vcpu in self.vcpus]
 
     def _run_vcpu(self, loop):
         try:
@@ -254,6 +265,8 @@ class Machine:
                 self.stop.request(STATUS_TIMEOUT, "timeout", f"timed out after {timeout:g} s")
                 break
             if now >= next_flush:
+                if self.fast is not None:
+                    self.fast.flush()   # writes a guest spinning without exits left buffered
                 self.sink.flush()
                 next_flush = now + FLUSH_INTERVAL
             if now >= next_probe:
@@ -304,6 +317,9 @@ class Machine:
     def close(self):
         if self._threads:
             self._stop_vcpus()
+        if self.fast is not None:
+            self.fast.close()
+            self.fast = None
         if self.gdb is not None:
             self.gdb.close()
             self.gdb = None

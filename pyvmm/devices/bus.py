@@ -19,6 +19,15 @@ MMIO sizes are 1 to 8, and not only powers of two: KVM splits an access that
 crosses a page boundary, so an 8-byte read at 0xffd of a page arrives as a
 3-byte and a 5-byte access.  Multi-byte values are little-endian, as on x86.
 
+Posted writes (optional): a device may list ``posted_writes``, pairs of
+(offset, length) inside its range where a write has no effect but on the
+device's own state or output stream: no interrupt, no answer, nothing
+another device or the VM must see at once.  The fast path (pyvmm.fastpath)
+lets KVM queue such writes in its coalesced ring instead of exiting, and
+delivers them later, in order, before any exit is handled, so the device
+still sees every access in guest order; only their timing moves.  The
+Python loop ignores the attribute.
+
 Accesses that hit no device, or that straddle the boundary of a registered
 range, are "unhandled": a read returns all-ones (what an ISA bus with nothing
 driving it returns), a write is dropped, and both are counted.  The guest can

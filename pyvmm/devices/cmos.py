@@ -97,6 +97,10 @@ DEFAULT_LOW_RAM_LIMIT = 0xC000_0000
 
 
 class Cmos:
+    # Writing the index port only selects a register (see devices/bus.py,
+    # "posted writes"); the data port's next access sees it.
+    posted_writes = ((0, 1),)
+
     def __init__(
         self,
         ram_size: int,

@@ -22,6 +22,9 @@ _ONE_BYTE = tuple(bytes((value,)) for value in range(256))
 
 
 class DebugConsole:
+    # A write only prints (see devices/bus.py, "posted writes").
+    posted_writes = ((0, 1),)
+
     def __init__(self, output: Callable[[bytes], None], readback: int = READBACK) -> None:
         self._output = output
         self._readback = bytes((readback & 0xFF,))

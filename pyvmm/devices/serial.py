@@ -34,6 +34,12 @@ Threading: one lock guards all device state.  The vCPU thread calls
 read()/write() while a host input thread calls feed().  The `output` and
 `irq` callables run with the lock held, in whichever thread caused the
 event, so they must not call back into this device.
+
+Fast paths: `state_listener` (if set) is called with the lock held after
+every access and host event that may change state; from it,
+`thr_write_is_plain_output()` and `lsr_without_side_effects()` tell what a
+THR write or an LSR read would do, so a fast path can do the same without
+calling the model, and hand THR bytes back later with `transmit()`.
 """
 
 from __future__ import annotations
@@ -130,6 +136,7 @@ class Serial16550:
         self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
         self._backlog: deque[int] = deque()  # host input not yet in the receiver
         self._irq_level = False
+        self.state_listener: Optional[Callable[[], None]] = None
         self.bytes_transmitted = 0  # bytes the guest wrote to THR
         self.bytes_received = 0  # bytes the guest read from RBR
         self.input_bytes_dropped = 0  # host bytes refused because the backlog was full
@@ -176,16 +183,22 @@ class Serial16550:
         # QEMU's UART only implements 1-byte accesses; wider ones are split.
         with self._lock:
             if size == 1:
-                return _ONE_BYTE[self._read_register(offset)]
-            return bytes([self._read_register(offset + i) for i in range(size)])
+                value = _ONE_BYTE[self._read_register(offset)]
+            else:
+                value = bytes([self._read_register(offset + i) for i in range(size)])
+            if self.state_listener is not None:
+                self.state_listener()
+            return value
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:
             if len(data) == 1:
                 self._write_register(offset, data[0])
-                return
-            for i, value in enumerate(data):
-                self._write_register(offset + i, value)
+            else:
+                for i, value in enumerate(data):
+                    self._write_register(offset + i, value)
+            if self.state_listener is not None:
+                self.state_listener()
 
     def _read_register(self, offset: int) -> int:
         if 0 <= offset < REGISTER_COUNT:
@@ -208,6 +221,8 @@ class Serial16550:
             self._backlog.extend(data)
             self._refill_rx()
             self._update_irq()
+            if self.state_listener is not None:
+                self.state_listener()
 
     def pending_input(self) -> int:
         """Host bytes queued but not yet in the receiver."""
@@ -233,6 +248,34 @@ class Serial16550:
             self._reset_registers()
             self._refill_rx()
             self._update_irq()
+            if self.state_listener is not None:
+                self.state_listener()
+
+    # ----------------------------------------------------------- fast paths
+
+    def thr_write_is_plain_output(self) -> bool:
+        """Whether a THR write now only sends its byte to `output` (DLAB off,
+        no loopback, THR-empty interrupt disabled).  Call with the lock held
+        (from `state_listener`)."""
+        return not (self._lcr & LCR_DLAB or self._mcr & MCR_LOOP or self._ier & IER_THRI)
+
+    def lsr_without_side_effects(self) -> Optional[int]:
+        """LSR's value if reading it now changes nothing (no error bits to
+        clear), else None.  Call with the lock held."""
+        return None if self._lsr_errors else self._lsr_value()
+
+    def transmit(self, data: bytes) -> None:
+        """THR writes a fast path took while `thr_write_is_plain_output()`,
+        delivered late, in order: counted and sent to `output`, as each write
+        would have been."""
+        with self._lock:
+            self.bytes_transmitted += len(data)
+            if self._output is not None:
+                self._output(data)
+            self._thr_pending = True
+            self._update_irq()
+            if self.state_listener is not None:
+                self.state_listener()
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""

@@ -1,14 +1,20 @@
 """Vm: one KVM virtual machine (memory slots, vCPUs, in-kernel devices)."""
 
+import mmap
 import os
 
-from .._kvm import ffi
+from .._kvm import ffi, lib
 from ._ioctl import FdObject, ioctl, ioctl_value
+from .eventfd import IoEventFd, IrqFd
 from .vcpu import Vcpu
 
 
 class Vm(FdObject):
     """A VM file descriptor. Owns the vCPUs it creates and closes them with it."""
+
+    # The open IrqFd and IoEventFd objects, closed with the VM. A tuple
+    # replaced on each change, so one may close itself while _release iterates.
+    eventfds = ()
 
     def __init__(self, kvm, fd):
         self.kvm = kvm
@@ -51,6 +57,49 @@ class Vm(FdObject):
     def irq_line(self, irq, level):
         ioctl(self.fd, "KVM_IRQ_LINE", ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
 
+    def register_coalesced(self, addr, size, pio=False):
+        """KVM_REGISTER_COALESCED_MMIO: writes inside [addr, addr+size) (port
+        I/O if `pio`) go to the ring instead of exiting (see coalesced_ring)."""
+        ioctl(self.fd, "KVM_REGISTER_COALESCED_MMIO", self._zone(addr, size, pio),
+              f"{'port' if pio else 'MMIO'} {addr:#x}+{size}")
+
+    def unregister_coalesced(self, addr, size, pio=False):
+        ioctl(self.fd, "KVM_UNREGISTER_COALESCED_MMIO", self._zone(addr, size, pio),
+              f"{'port' if pio else 'MMIO'} {addr:#x}+{size}")
+
+    @staticmethod
+    def _zone(addr, size, pio):
+        return ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size, "pio": int(pio)})
+
+    def coalesced_ring(self):
+        """(pointer, bytes) of the coalesced-write ring page, mapped with
+        each vCPU's kvm_run; None without vCPUs or without the capability."""
+        offset = self.kvm.check_extension(lib.KVM_CAP_COALESCED_MMIO)
+        if not offset or not self.vcpus:
+            return None
+        page = mmap.PAGESIZE
+        vcpu = self.vcpus[0]
+        if vcpu.run_size < (offset + 1) * page:
+            return None
+        return ffi.cast("char *", vcpu.run) + offset * page, page
+
+    def irqfd(self, gsi):
+        """An IrqFd: its signal() raises an edge on `gsi` with no ioctl (closed with the VM)."""
+        return self._adopt(IrqFd(self, gsi))
+
+    def ioeventfd(self, addr, length, pio=True, datamatch=None):
+        """An IoEventFd: guest writes of `length` bytes at `addr` (matching
+        `datamatch` if given) bump it instead of exiting (closed with the VM)."""
+        return self._adopt(IoEventFd(self, addr, length, pio, datamatch))
+
+    def _adopt(self, eventfd):
+        self.eventfds += (eventfd,)
+        return eventfd
+
+    def _forget(self, eventfd):
+        """Called by an eventfd's close(): the VM no longer has to close it."""
+        self.eventfds = tuple(owned for owned in self.eventfds if owned is not eventfd)
+
     def create_vcpu(self, index):
         fd = ioctl_value(self.fd, "KVM_CREATE_VCPU", index, f"vCPU {index}")
         try:
@@ -62,6 +111,8 @@ class Vm(FdObject):
         return vcpu
 
     def _release(self):
+        for eventfd in self.eventfds:   # first: deassigning needs the VM fd open
+            eventfd.close()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()

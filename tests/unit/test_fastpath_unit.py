@@ -24,7 +24,7 @@ def expected_state(serial):
     """What the C side may do, derived from the public register snapshot only."""
     regs = serial.register_snapshot()
     tx_simple = not (regs["LCR"] & 0x80 or regs["MCR"] & 0x10 or regs["IER"] & 0x02)
-    return tx_simple, (0x60 if regs["LSR"] == 0x60 else -1)
+    return tx_simple, (-1 if regs["LSR"] & 0x1E else regs["LSR"])     # error bits clear on read
 
 
 def published(share):
@@ -60,7 +60,7 @@ def apply(serial, operation):
 @given(ops=operations)
 def test_published_state_follows_every_register_change(ops):
     serial = Serial16550(output=lambda data: None)
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     assert published(share) == expected_state(serial) == (True, 0x60)
     for operation in ops:
         apply(serial, operation)
@@ -75,7 +75,7 @@ def test_what_c_answers_is_what_python_would_do(ops):
     out_python, out_fast = [], []
     python = Serial16550(output=out_python.append)
     fast = Serial16550(output=out_fast.append)
-    share = UartShare.for_serial(fast)
+    share = UartShare(fast)
     for operation in ops:
         apply(python, operation)
         apply(fast, operation)
@@ -98,7 +98,7 @@ def test_what_c_answers_is_what_python_would_do(ops):
 def test_flush_moves_bytes_in_order_and_counts_them():
     out = []
     serial = Serial16550(output=out.append)
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     state = fake_state(share)
     for value in b"hello":
         write_io(state, 1, 1, BASE, 1, HEADER, bytes((value,)))
@@ -111,7 +111,7 @@ def test_flush_moves_bytes_in_order_and_counts_them():
 
 def test_a_full_buffer_sends_the_write_to_python():
     serial = Serial16550(output=lambda data: None)
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     state = fake_state(share)
     for _ in range(lib.PYVMM_FAST_TXBUF):
         write_io(state, 1, 1, BASE, 1, HEADER, b"x")
@@ -126,7 +126,7 @@ def test_a_full_buffer_sends_the_write_to_python():
 
 def test_divisor_latch_and_loopback_and_thr_interrupt_are_not_simple():
     serial = Serial16550()
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     for offset, value in ((3, 0x80), (4, 0x10), (1, 0x02)):
         serial.write(offset, bytes((value,)))
         assert published(share)[0] is False
@@ -134,26 +134,37 @@ def test_divisor_latch_and_loopback_and_thr_interrupt_are_not_simple():
         assert published(share)[0] is True
 
 
-def test_input_from_another_thread_withdraws_the_lsr_answer():
+def test_input_from_another_thread_updates_the_lsr_answer():
     serial = Serial16550()
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     assert published(share) == (True, 0x60)
     thread = threading.Thread(target=serial.feed, args=(b"k",))
     thread.start()
     thread.join()
-    assert published(share) == (True, -1)
+    assert published(share) == (True, 0x61)          # data ready
     assert serial.read(0, 1) == b"k"
     assert published(share) == (True, 0x60)
 
 
-def test_the_share_is_installed_once_and_the_lock_still_excludes():
+def test_one_share_per_uart_and_close_detaches_it():
     serial = Serial16550()
-    share = UartShare.for_serial(serial)
-    assert UartShare.for_serial(serial) is share
-    with serial._lock:
-        assert share.inner.locked()
-        assert not share.inner.acquire(blocking=False)
-    assert not share.inner.locked()
+    share = UartShare(serial)
+    with pytest.raises(ValueError):
+        UartShare(serial)
+    share.close()
+    assert serial.state_listener is None and published(share) == (False, -1)
+    serial.write(3, b"\x80")                          # no longer heard
+    assert published(share) == (False, -1)
+    assert UartShare(serial).plain_output is False   # DLAB set
+
+
+def test_the_plain_output_callback_hears_only_changes():
+    heard = []
+    serial = Serial16550()
+    UartShare(serial, on_plain_output=heard.append)
+    for offset, value in ((1, 0x02), (1, 0x03), (1, 0x00), (7, 0x55), (3, 0x80), (3, 0x03)):
+        serial.write(offset, bytes((value,)))
+    assert heard == [True, False, True, False, True]
 
 
 def test_stop_flag_follows_the_stop_signal():
@@ -222,7 +233,7 @@ def _handle(fake):
 def test_c_handles_exactly_the_valid_fast_exits_and_writes_nothing_else(
         direction, size, port, count, offset, tx_simple, lsr):
     serial = Serial16550()
-    share = UartShare.for_serial(serial)
+    share = UartShare(serial)
     lib.pyvmm_fast_uart_publish(share.uart, tx_simple, lsr)
     fake = fake_state(share, sinks=[(SINK_BASE, SINK_LENGTH, SINK_FILL)])
     write_io(fake, direction, size, port, count, offset, b"\x42" * 8)
