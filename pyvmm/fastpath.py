@@ -27,6 +27,10 @@ then spins without exits is still heard. A posted write thus reaches its
 device late but in order, before the device's next access. Counters: ring
 writes count per port like exits do, and in `ExitStats.coalesced`.
 
+Doorbells (pyvmm.doorbells): writes of a fixed value that a device lists in
+`doorbells` go to a KVM ioeventfd instead of exiting, and reach the device
+from a thread of their own, always before its next access.
+
 Everything else stays in kvm_run and goes through the inherited Python
 handlers (`port_bus`, `_string_io`, `_mmio`, `_other`), in order. Probes,
 kicks, crashes and the debugger work as in VcpuLoop.
@@ -49,6 +53,7 @@ import threading
 
 from ._kvm import ffi, lib
 from .devices.serial import REGISTER_COUNT, Serial16550
+from .doorbells import Doorbells
 from .runloop import _EXIT_IO, _REASON_OFFSET, BYTES, EXIT_IO, EXIT_MMIO, IO_OUT, VALID_IO_SIZES, VcpuLoop
 from .stats import ExitStats
 
@@ -166,12 +171,15 @@ def stop_flag(stop):
 
 class FastPath:
     """The VM-wide side of the fast path: the UART share, the Sink ranges, and
-    (given the Vm) the coalesced ring with its zones. Close it after the
-    vCPU threads end: it unregisters the zones and delivers what is left."""
+    (given the Vm) the coalesced ring with its zones and the devices'
+    doorbells (pyvmm.doorbells). Close it after the vCPU threads end: it
+    unregisters the zones and delivers what is left. `on_error(message)`
+    hears a device that failed on the doorbell thread."""
 
-    def __init__(self, port_bus, mmio_bus, vm=None):
+    def __init__(self, port_bus, mmio_bus, vm=None, on_error=None):
         self.port_bus, self.mmio_bus, self.vm = port_bus, mmio_bus, vm
         self.stats = ExitStats()                    # ring writes (no exits), by port / address
+        self.doorbells = None
         self.share = None
         self.uart_base = None
         self.sinks = []                             # (base, length, fill)
@@ -189,6 +197,7 @@ class FastPath:
         try:
             if vm is not None:
                 self._open_ring(vm)
+                self.doorbells = Doorbells(vm, port_bus, mmio_bus, on_error)
             if self.uart_base is not None:
                 self.share = UartShare(port_bus.device_at(self.uart_base),
                                        self._thr_zone_follows if self.ring is not None else None)
@@ -282,8 +291,18 @@ class FastPath:
         if self.share is not None:
             self.share.flush()
 
+    def counts(self):
+        """ExitStats of the writes delivered without an exit (ring and doorbells)."""
+        counts = ExitStats()
+        counts.merge(self.stats)
+        if self.doorbells is not None:
+            counts.merge(self.doorbells.stats)
+        return counts
+
     def close(self):
         """Unregisters the zones, then delivers what the ring and buffer hold."""
+        if self.doorbells is not None:
+            self.doorbells.close()
         if self.vm is not None and self.vm.fd >= 0:
             for zone in list(self.zones):
                 self._unregister(zone)

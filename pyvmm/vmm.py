@@ -186,7 +186,7 @@ class Machine:
             return self.stats
         live = ExitStats()
         if self.fast is not None:
-            live.merge(self.fast.stats)
+            live.merge(self.fast.counts())
         for loop in self.loops:
             live.merge(loop.stats)
         return live
@@ -223,8 +223,11 @@ class Machine:
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
-                self.fast.close()       # delivers the writes still in the ring
-                self.stats.merge(self.fast.stats)
+                try:
+                    self.fast.close()   # delivers the writes still queued
+                except Exception as error:   # a device bug: never a traceback
+                    self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
+                self.stats.merge(self.fast.counts())
                 self.fast = None
             for loop in self.loops:
                 self.stats.merge(loop.stats)
@@ -238,12 +241,15 @@ class Machine:
         if self.config.exit_path == "fast":
             from .fastpath import FastLoop, FastPath
             if FastLoop.supported(self):   # hooks and tracing need the Python loop
-                self.fast = FastPath(self.port_bus, self.mmio_bus, self.vm)
+                self.fast = FastPath(self.port_bus, self.mmio_bus, self.vm, self._device_failed)
                 return [FastLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(),
                                  fast=self.fast)
                         for vcpu in self.vcpus]
         return [VcpuLoop(vcpu, self.port_bus, self.mmio_bus, self.stop, ExitStats(), hooks=self.hooks)
                 for vcpu in self.vcpus]
+
+    def _device_failed(self, message):
+        self.stop.request(STATUS_CRASH, "internal-error", message)
 
     def _run_vcpu(self, loop):
         try:

@@ -140,6 +140,30 @@ class Bus:
         self._bases = [r.base for r in self._ranges]
         self._last_hit = None
 
+    def interpose(self, base: int, before: Callable[[], None]) -> Callable[[], None]:
+        """Calls `before()` ahead of every access to the range at `base`, until
+        the returned function is called (the fast path delivers a device's
+        doorbell writes this way before its next access)."""
+        entry = next((r for r in self._ranges if r.base == base), None)
+        if entry is None:
+            raise BusError(f"bus {self.name!r}: no range at {base:#x} to interpose on")
+        read, write = entry.read, entry.write
+
+        def read_after(offset: int, size: int) -> bytes:
+            before()
+            return read(offset, size)
+
+        def write_after(offset: int, data: bytes) -> None:
+            before()
+            write(offset, data)
+
+        entry.read, entry.write = read_after, write_after
+
+        def restore() -> None:
+            entry.read, entry.write = read, write
+
+        return restore
+
     def ranges(self) -> list[tuple[int, int, str]]:
         """(base, length, name) of every registered range, sorted by base."""
         return [(r.base, r.end - r.base, r.name) for r in self._ranges]
