@@ -332,3 +332,28 @@ def test_random_accesses_never_raise_and_reach_only_the_containing_device(data):
             assert bus.unhandled_reads + bus.unhandled_writes == unhandled_before + 1
             if payload is None:
                 assert result == b"\xff" * size
+
+
+def test_interpose_runs_before_every_access_until_restored():
+    calls = []
+
+    class Device:
+        def read(self, offset, size):
+            calls.append(("read", offset))
+            return bytes(size)
+
+        def write(self, offset, data):
+            calls.append(("write", offset))
+
+    bus = Bus.port_io()
+    bus.register(0x600, 4, Device())
+    restore = bus.interpose(0x600, lambda: calls.append("before"))
+    bus.write(0x601, b"\x01")
+    assert bus.read(0x602, 2) == b"\x00\x00"
+    assert calls == ["before", ("write", 1), "before", ("read", 2)]
+    restore()
+    calls.clear()
+    bus.write(0x600, b"\x01")
+    assert calls == [("write", 0)]
+    with pytest.raises(BusError):
+        bus.interpose(0x601, lambda: None)          # not the base of a range
