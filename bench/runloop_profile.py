@@ -230,7 +230,7 @@ def profile(chunk, cycles, on_thread=False):
     port = bench.bench_port(*bench.patched_image(1))
     path, image = bench.patched_image(exits)
     times = {variant.__name__: [] for variant in VARIANTS}
-    config = VmConfig(kernel=path, raw_mode="protected", serial="buffer")
+    config = VmConfig(kernel=path, raw_mode="protected", serial="buffer", exit_path="python")
     with Machine(config, image=image, options=LoadOptions(raw_mode="protected")) as machine:
         device = Countdown()
         machine.add_port_device(port, 1, device, name="countdown")

@@ -17,10 +17,10 @@ only the exits whose outcome Python published in advance:
 
 Coalesced writes (FastPath). Writes that need no answer and no immediate
 effect do not exit at all: KVM appends them to the VM's coalesced ring.
-Zones are registered for the UART's THR while a THR write is plain output
-(registered and unregistered as that changes), and for every device range
-a device lists in `posted_writes` (debugcon, POST, the CMOS index port, or
-a user's device). The ring is drained, oldest entry first, before any exit
+Zones are registered for every device range a device lists in
+`posted_writes` (debugcon, POST, the CMOS index port, or a user's device),
+and for the UART's THR once the guest sends output in volume while a THR
+write is plain output (removed when that ends; see coalesce_busy_uart). The ring is drained, oldest entry first, before any exit
 is handled, by the C loop for THR bytes and by `FastPath.drain` for the
 rest; and by the supervisor at every flush, so a guest that writes and
 then spins without exits is still heard. A posted write thus reaches its
@@ -61,6 +61,12 @@ from .stats import ExitStats
 # buffered output and the exit counters wait (4096 exits, about 40 ms).
 DEFAULT_BUDGET = 4096
 THR_OFFSET, LSR_OFFSET = 0, 5
+# Fast THR writes between two visits to Python (budget, kick) that make the
+# UART "busy": its THR writes are then coalesced (FastPath.coalesce_busy_uart).
+THR_VOLUME = 64
+# Times the THR zone is removed (the guest left plain output) before THR
+# writes stop being coalesced for the run: see FastPath._thr_zone_follows.
+THR_ZONE_REMOVALS = 8
 
 if hasattr(lib, "pyvmm_fast_run"):
     FAST_STOP, FAST_EXIT, FAST_BUDGET = lib.PYVMM_FAST_STOP, lib.PYVMM_FAST_EXIT, lib.PYVMM_FAST_BUDGET
@@ -113,7 +119,7 @@ class UartShare:
         self.on_plain_output = on_plain_output
         self.plain_output = None
         self.flushed = 0                            # bytes moved to the UART, for tests
-        with serial._lock:
+        with serial.lock:
             serial.state_listener = self.publish
             self.publish()
 
@@ -138,7 +144,7 @@ class UartShare:
     def close(self):
         """Flushes, and stops listening to the UART."""
         self.flush()
-        with self.serial._lock:
+        with self.serial.lock:
             if self.serial.state_listener == self.publish:
                 self.serial.state_listener = None
         lib.pyvmm_fast_uart_publish(self.uart, 0, -1)
@@ -187,6 +193,7 @@ class FastPath:
         self.zones = []                             # (addr, size, pio) registered now
         self.lock = threading.Lock()                # one Python drainer at a time
         self._thr_zone = None
+        self._thr_zone_removals = 0
         self._thr_counted = 0
         for base, length, _name in port_bus.ranges():
             device = port_bus.device_at(base)
@@ -231,12 +238,29 @@ class FastPath:
         self.vm.unregister_coalesced(*zone)
 
     def _thr_zone_follows(self, plain_output):
-        """THR writes are coalesced exactly while they are plain output."""
-        zone = self._thr_zone
-        if plain_output and zone not in self.zones:
-            self._register(zone)
-        elif not plain_output and zone in self.zones:
-            self._unregister(zone)
+        """The THR zone goes as soon as THR writes stop being plain output
+        (called with the UART's lock held)."""
+        if not plain_output and self._thr_zone in self.zones:
+            self._unregister(self._thr_zone)
+            self._thr_zone_removals += 1
+
+    def coalesce_busy_uart(self):
+        """Registers the THR zone once the guest sends output in volume (a
+        loop saw THR_VOLUME fast THR writes between two visits to Python)
+        while THR writes are plain output.
+
+        Lazily, because removing a zone waits for KVM's SRCU grace period
+        (about 7 ms on kvm_pvm): a guest that only sets its UART up and
+        prints a line would pay it when it next sets the divisor. And at
+        most THR_ZONE_REMOVALS times: an interrupt-driven driver, which
+        enables the THR-empty interrupt per burst, keeps its THR writes
+        exiting (handled in C while plain) after that."""
+        zone, share = self._thr_zone, self.share
+        if zone is None or zone in self.zones or self._thr_zone_removals >= THR_ZONE_REMOVALS:
+            return
+        with share.serial.lock:
+            if share.plain_output:
+                self._register(zone)
 
     def attach(self, state):
         """Points a vCPU's C state at the shared parts."""
@@ -299,11 +323,15 @@ class FastPath:
             counts.merge(self.doorbells.stats)
         return counts
 
-    def close(self):
-        """Unregisters the zones, then delivers what the ring and buffer hold."""
+    def close(self, vm_ending=False):
+        """Unregisters the zones, then delivers what the ring and buffer hold.
+
+        vm_ending: the VM never runs again (a Machine runs once), so the zones
+        and ioeventfds are left to its teardown: undoing each one waits for
+        an SRCU grace period in KVM (about 7 ms on kvm_pvm)."""
         if self.doorbells is not None:
-            self.doorbells.close()
-        if self.vm is not None and self.vm.fd >= 0:
+            self.doorbells.close(vm_ending)
+        if self.vm is not None and self.vm.fd >= 0 and not vm_ending:
             for zone in list(self.zones):
                 self._unregister(zone)
         self.zones.clear()
@@ -375,6 +403,8 @@ class FastLoop(VcpuLoop):
             return
         state.fast = 0
         if self.uart_base is not None:
+            if state.thr_out >= THR_VOLUME:
+                self.fast.coalesce_busy_uart()
             for key, field in (((self.uart_base + THR_OFFSET) << 1 | 1, "thr_out"),
                                ((self.uart_base + LSR_OFFSET) << 1, "lsr_in")):
                 count = getattr(state, field)

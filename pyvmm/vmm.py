@@ -224,7 +224,7 @@ class Machine:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
                 try:
-                    self.fast.close()   # delivers the writes still queued
+                    self.fast.close(vm_ending=True)   # delivers the writes still queued
                 except Exception as error:   # a device bug: never a traceback
                     self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
                 self.stats.merge(self.fast.counts())

@@ -253,6 +253,11 @@ class Serial16550:
 
     # ----------------------------------------------------------- fast paths
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The device lock, for a fast path that must act on a state it read."""
+        return self._lock
+
     def thr_write_is_plain_output(self) -> bool:
         """Whether a THR write now only sends its byte to `output` (DLAB off,
         no loopback, THR-empty interrupt disabled).  Call with the lock held

@@ -33,10 +33,13 @@ class FdObject:
         """Frees what the subclass holds besides its fd (called once, before it)."""
 
     def close(self):
+        """Idempotent; the fd is closed even if _release fails."""
         if self.fd >= 0:
-            self._release()
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self._release()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
     def __enter__(self):
         return self

@@ -10,7 +10,7 @@ its eventfd and its registration: close() deassigns, then closes the fd.
 import os
 
 from .._kvm import ffi, lib
-from ._ioctl import ioctl
+from ._ioctl import FdObject, ioctl
 
 # KVM takes any GSI and silently drops an interrupt on one with no route;
 # past the routing table's classic size a GSI is certainly a mistake.
@@ -20,7 +20,7 @@ ADDRESS_SPACE = 1 << 64
 IOEVENTFD_LENGTHS = (1, 2, 4, 8)
 
 
-class EventFd:
+class EventFd(FdObject):
     """A non-blocking eventfd: signal() adds to its counter, take() drains it."""
 
     def __init__(self):
@@ -44,23 +44,6 @@ class EventFd:
         except BlockingIOError:
             return 0
 
-    def _release(self):
-        """Undoes what a subclass registered (called once, before the fd closes)."""
-
-    def close(self):
-        """Idempotent; the fd is closed even if undoing the registration fails."""
-        if self.fd >= 0:
-            try:
-                self._release()
-            finally:
-                os.close(self.fd)
-                self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class _VmEventFd(EventFd):
@@ -84,6 +67,15 @@ class _VmEventFd(EventFd):
         if self.vm is not None and self.vm.fd >= 0:
             self.vm._forget(self)
             ioctl(self.vm.fd, self.IOCTL, self._request(self.DEASSIGN), self.where)
+
+    def abandon(self):
+        """Closes the eventfd without deassigning it, for a VM being destroyed:
+        KVM drops the assignment with the VM, and a deassign would first wait
+        for an SRCU grace period (about 7 ms on kvm_pvm)."""
+        if self.vm is not None:
+            self.vm._forget(self)
+            self.vm = None
+        self.close()
 
 
 class IrqFd(_VmEventFd):

@@ -111,8 +111,8 @@ class Vm(FdObject):
         return vcpu
 
     def _release(self):
-        for eventfd in self.eventfds:   # first: deassigning needs the VM fd open
-            eventfd.close()
+        for eventfd in self.eventfds:   # the VM goes, and its assignments with it
+            eventfd.abandon()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.devices.serial import Serial16550
-from pyvmm.fastpath import FastLoop, Sink, UartShare, available, stop_flag
+from pyvmm.fastpath import THR_ZONE_REMOVALS, FastLoop, FastPath, Sink, UartShare, available, stop_flag
 from pyvmm.stats import ExitStats
 from pyvmm.stop import StopSignal
 
@@ -303,3 +303,66 @@ def test_fast_loop_merges_the_c_counters_into_exit_stats():
     assert stats.by_port() == {(BASE, "out"): 2, (BASE + 5, "in"): 3, (SINK_BASE + 1, "out"): 1}
     loop._collect()                                  # counters were reset: nothing counted twice
     assert stats.total == 8
+
+
+class ZoneRecorder:
+    """A Vm stand-in for FastPath: a ring page in host memory, zone calls logged."""
+
+    class Kvm:
+        @staticmethod
+        def check_extension(capability):
+            return 1
+
+    fd = 3
+
+    def __init__(self):
+        self.kvm = self.Kvm()
+        self.page = ffi.new("char[]", 4096)
+        self.zones = set()
+        self.removals = 0
+
+    def coalesced_ring(self):
+        return self.page, 4096
+
+    def register_coalesced(self, addr, size, pio=False):
+        self.zones.add((addr, size, pio))
+
+    def unregister_coalesced(self, addr, size, pio=False):
+        self.zones.remove((addr, size, pio))
+        self.removals += 1
+
+
+def fast_path_with_uart():
+    from pyvmm.devices import Bus, DebugConsole
+    port_bus = Bus.port_io()
+    serial = Serial16550()
+    port_bus.register(BASE, 8, serial)
+    port_bus.register(0xE9, 1, DebugConsole(lambda data: None))
+    vm = ZoneRecorder()
+    return FastPath(port_bus, Bus.mmio(), vm), serial, vm
+
+
+def test_posted_write_zones_are_registered_and_the_thr_zone_waits_for_volume():
+    fast, serial, vm = fast_path_with_uart()
+    assert vm.zones == {(0xE9, 1, True)}
+    fast.coalesce_busy_uart()
+    assert (BASE, 1, True) in vm.zones
+    fast.close()
+    assert vm.zones == set()
+
+
+def test_the_thr_zone_follows_plain_output_and_stops_after_its_removal_budget():
+    fast, serial, vm = fast_path_with_uart()
+    thr = (BASE, 1, True)
+    for removal in range(THR_ZONE_REMOVALS + 3):
+        fast.coalesce_busy_uart()
+        registered = thr in vm.zones
+        assert registered == (removal < THR_ZONE_REMOVALS)
+        serial.write(1, b"\x02")                  # THR-empty interrupt on: no longer plain
+        assert thr not in vm.zones
+        fast.coalesce_busy_uart()                  # not while the interrupt is on
+        assert thr not in vm.zones
+        serial.write(1, b"\x00")
+    assert vm.removals == THR_ZONE_REMOVALS
+    fast.close(vm_ending=True)
+    assert vm.zones == {(0xE9, 1, True)}          # left to the VM's teardown
