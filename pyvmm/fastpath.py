@@ -286,6 +286,8 @@ class FastPath:
         with self.lock:
             try:
                 while lib.pyvmm_fast_ring_pop(ring, entry):
+                    if not entry.len:                           # never from KVM: nothing to write
+                        continue
                     if share is not None and share.uart.len:    # THR bytes C took come first
                         share.flush()
                     address, data = entry.phys_addr, bytes(ffi.buffer(entry.data, entry.len))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pyvmm._kvm import ffi, lib
+from pyvmm.devices import Bus
 from pyvmm.devices.serial import Serial16550
 from pyvmm.fastpath import THR_ZONE_REMOVALS, FastLoop, FastPath, Sink, UartShare, available, stop_flag
 from pyvmm.stats import ExitStats
@@ -366,3 +367,111 @@ def test_the_thr_zone_follows_plain_output_and_stops_after_its_removal_budget():
     assert vm.removals == THR_ZONE_REMOVALS
     fast.close(vm_ending=True)
     assert vm.zones == {(0xE9, 1, True)}          # left to the VM's teardown
+
+
+# --- the coalesced ring, filled by hand -------------------------------------------------
+
+RING_HEADER = ffi.sizeof("struct kvm_coalesced_mmio_ring")
+RING_ENTRY = ffi.sizeof("struct kvm_coalesced_mmio")
+RING_SLOTS = (4096 - RING_HEADER) // RING_ENTRY
+
+
+def ring_of(vm):
+    return ffi.cast("struct kvm_coalesced_mmio_ring *", vm.page)
+
+
+def push(ring, address, data, pio=1):
+    """What KVM does for a write in a zone; False when the ring is full (KVM would exit)."""
+    last = ring.last
+    if (last + 1) % RING_SLOTS == ring.first:
+        return False
+    entry = ring.coalesced_mmio[last]
+    entry.phys_addr, entry.len, entry.pio = address, len(data), pio
+    ffi.memmove(entry.data, data, len(data))
+    ring.last = (last + 1) % RING_SLOTS
+    return True
+
+
+def platform(output):
+    """The UART, debugcon, POST and CMOS on a port bus, all printing to `output`."""
+    from pyvmm.devices import Bus, Cmos, DebugConsole, PostCode
+    bus = Bus.port_io()
+    serial = Serial16550(output=output.append)
+    bus.register(BASE, 8, serial)
+    bus.register(0xE9, 1, DebugConsole(output.append))
+    post = PostCode(now=lambda: 0)
+    bus.register(0x80, 1, post)
+    cmos = Cmos(128 << 20)
+    bus.register(0x70, 2, cmos)
+    return bus, serial, post, cmos
+
+
+def observed(output, serial, post, cmos):
+    return (b"".join(output), serial.bytes_transmitted, serial.irq_level, serial.register_snapshot(),
+            [value for _, value in post.history()], cmos.read(1, 1))
+
+
+ring_operations = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.sampled_from([BASE, 0xE9, 0x80, 0x70]), st.integers(0, 255)),
+    st.tuples(st.just("exit"), st.sampled_from([(1, 0x00), (1, 0x02), (3, 0x80), (3, 0x03), (4, 0x10),
+                                                 (4, 0x00)])),
+    st.tuples(st.just("drain")),
+    st.tuples(st.just("busy")),
+), max_size=400)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ring_operations)
+def test_ring_writes_reach_devices_as_direct_writes_would(ops):
+    """Writes through the ring (C takes THR bytes while plain output, Python the
+    rest), drained at exits and flushes, end exactly as the same writes made
+    directly in order: one output stream shared by the UART and debugcon,
+    UART registers and interrupt line, POST history, CMOS index."""
+    reference_out, ring_out = [], []
+    reference_bus, *reference = platform(reference_out)
+    bus, serial, post, cmos = platform(ring_out)
+    vm = ZoneRecorder()
+    fast = FastPath(bus, Bus.mmio(), vm)
+    fast.attach(ffi.new("struct pyvmm_fast *"))
+    ring = ring_of(vm)
+    pushed = 0
+    for op in ops:
+        if op[0] == "write":
+            _, port, value = op
+            reference_bus.write(port, bytes((value,)))
+            if (port, 1, True) in vm.zones and push(ring, port, bytes((value,))):
+                pushed += 1
+            else:
+                fast.flush()                        # an exit: the ring is drained first
+                bus.write(port, bytes((value,)))
+        elif op[0] == "exit":                       # a UART register write, handled after a drain
+            _, (offset, value) = op
+            reference_bus.write(BASE + offset, bytes((value,)))
+            fast.flush()
+            bus.write(BASE + offset, bytes((value,)))
+        elif op[0] == "drain":
+            fast.flush()
+        else:
+            fast.coalesce_busy_uart()
+    fast.close()
+    assert observed(ring_out, serial, post, cmos) == observed(reference_out, *reference)
+    assert fast.stats.coalesced == pushed and ring.first == ring.last
+
+
+def test_ring_indices_out_of_range_are_dropped_not_followed():
+    output = []
+    bus, serial, post, cmos = platform(output)
+    vm = ZoneRecorder()
+    fast = FastPath(bus, Bus.mmio(), vm)
+    ring = ring_of(vm)
+    push(ring, 0xE9, b"a")
+    ring.last = RING_SLOTS + 5                     # a ring page nobody should trust
+    fast.flush()
+    assert output == [] and ring.first == 0 and ring.last == RING_SLOTS + 5
+    ring.last, ring.first = 1, 0
+    long_entry = ring.coalesced_mmio[0]
+    long_entry.len = 200                           # clipped to the 8 data bytes
+    fast.flush()
+    assert output == [] and bus.unhandled_writes == 1   # an 8-byte write: wider than debugcon
+    assert ring.first == ring.last == 1
+    fast.close()
