@@ -21,7 +21,7 @@
  * Coalesced writes: KVM appends writes to registered zones to the VM's
  * coalesced-MMIO ring instead of exiting. After every KVM_RUN the loop
  * drains the ring, oldest first, before it looks at the exit: THR bytes
- * (while transmission is simple) go to the TX buffer here; at the first
+ * (while a THR write is plain output) go to the TX buffer here; at the first
  * entry C cannot handle it returns PYVMM_FAST_RING, and Python pops the
  * rest one by one (pyvmm_fast_ring_pop) before the exit is handled
  * (pyvmm_fast_pending). So every device sees its accesses in order.
@@ -62,7 +62,7 @@ struct pyvmm_fast_ring {
     int python_holds;                   /* Python is handling a popped entry: C waits its turn */
     struct pyvmm_fast_uart *uart;       /* THR entries for this UART are taken in C; may be NULL */
     uint16_t uart_base;
-    uint64_t thr_out;                   /* THR entries taken in C (Python zeroes it) */
+    uint64_t thr_out;                   /* THR entries taken in C (only C writes it) */
 };
 
 struct pyvmm_fast_sink {

@@ -20,10 +20,11 @@ effect do not exit at all: KVM appends them to the VM's coalesced ring.
 Zones are registered for every device range a device lists in
 `posted_writes` (debugcon, POST, the CMOS index port, or a user's device),
 and for the UART's THR once the guest sends output in volume while a THR
-write is plain output (removed when that ends; see coalesce_busy_uart). The ring is drained, oldest entry first, before any exit
-is handled, by the C loop for THR bytes and by `FastPath.drain` for the
-rest; and by the supervisor at every flush, so a guest that writes and
-then spins without exits is still heard. A posted write thus reaches its
+write is plain output (removed when that ends; see coalesce_busy_uart).
+The ring is drained, oldest entry first, before any exit is handled, by
+the C loop for THR bytes and by `FastPath.drain` for the rest; and by the
+supervisor at every flush, so a guest that writes and then spins without
+exits is still heard. A posted write thus reaches its
 device late but in order, before the device's next access. Counters: ring
 writes count per port like exits do, and in `ExitStats.coalesced`.
 
@@ -197,7 +198,7 @@ class FastPath:
         self._thr_counted = 0
         for base, length, _name in port_bus.ranges():
             device = port_bus.device_at(base)
-            if isinstance(device, Serial16550) and length == REGISTER_COUNT and self.share is None:
+            if isinstance(device, Serial16550) and length == REGISTER_COUNT and self.uart_base is None:
                 self.uart_base = base
             elif isinstance(device, Sink) and length <= SINK_PORTS and len(self.sinks) < MAX_SINKS:
                 self.sinks.append((base, length, device.fill))
