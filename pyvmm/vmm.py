@@ -223,10 +223,7 @@ class Machine:
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
-                try:
-                    self.fast.close(vm_ending=True)   # delivers the writes still queued
-                except Exception as error:   # a device bug: never a traceback
-                    self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
+                self._flush_fast_path(close=True)
                 self.stats.merge(self.fast.counts())
                 self.fast = None
             for loop in self.loops:
@@ -251,6 +248,14 @@ class Machine:
     def _device_failed(self, message):
         self.stop.request(STATUS_CRASH, "internal-error", message)
 
+    def _flush_fast_path(self, close=False):
+        """Delivers the writes a guest left queued (one spinning without exits,
+        or at the end: then the zones stay for the VM's teardown)."""
+        try:
+            self.fast.close(vm_ending=True) if close else self.fast.flush()
+        except Exception as error:   # a device bug: end the run, never a traceback
+            self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
+
     def _run_vcpu(self, loop):
         try:
             loop.run()
@@ -272,7 +277,7 @@ class Machine:
                 break
             if now >= next_flush:
                 if self.fast is not None:
-                    self.fast.flush()   # writes a guest spinning without exits left buffered
+                    self._flush_fast_path()
                 self.sink.flush()
                 next_flush = now + FLUSH_INTERVAL
             if now >= next_probe:

@@ -113,3 +113,22 @@ def test_the_doorbell_thread_and_eventfds_end_with_the_machine():
         run("bench_exit.bin", "fast", BellRecorder(((0, 1, 0),)), 0x560, image=bench_image(10))
     assert not [t for t in threading.enumerate() if t.name == "pyvmm-doorbells"]
     assert len(os.listdir("/proc/self/fd")) == before_fds
+
+
+class FailingConsole:
+    """A posted-write device whose write raises: reached only through the ring."""
+
+    posted_writes = ((0, 1),)
+
+    def read(self, offset, size):
+        return bytes(size)
+
+    def write(self, offset, data):
+        raise RuntimeError("posted write bug")
+
+
+def test_a_device_failing_on_a_posted_write_ends_the_run_cleanly():
+    # bench_exit.bin's writes to 0x560 land in the ring; the first drain calls the device.
+    result, _ = run("bench_exit.bin", "fast", FailingConsole(), 0x560, image=bench_image(50))
+    assert result.reason == "internal-error"
+    assert "RuntimeError: posted write bug" in result.message
