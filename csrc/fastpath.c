@@ -26,17 +26,17 @@
 
 int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart)
 {
-    uart->tx_simple = 0;
+    uart->thr_plain = 0;
     uart->lsr = -1;
     uart->len = 0;
     uart->full = 0;
     return -pthread_mutex_init(&uart->lock, NULL);
 }
 
-void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int lsr)
+void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int thr_plain, int lsr)
 {
     pthread_mutex_lock(&uart->lock);
-    uart->tx_simple = tx_simple ? 1 : 0;
+    uart->thr_plain = thr_plain ? 1 : 0;
     /* read without the lock by the LSR fast path: an atomic store */
     __atomic_store_n(&uart->lsr, (lsr >= 0 && lsr <= 0xff) ? lsr : -1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&uart->lock);
@@ -64,7 +64,7 @@ static int uart_thr(struct pyvmm_fast_uart *uart, unsigned char value)
     int done = 0;
 
     pthread_mutex_lock(&uart->lock);
-    if (uart->tx_simple) {
+    if (uart->thr_plain) {
         if (uart->len < PYVMM_FAST_TXBUF) {
             uart->buf[uart->len++] = value;
             done = 1;

@@ -6,17 +6,18 @@
  *
  * pyvmm_fast_run() loops on KVM_RUN and handles in C only the exits whose
  * outcome Python published in advance:
- *   - a 1-byte OUT to the UART's THR while Python says transmission is
- *     "simple" (DLAB=0, no loopback, THR-empty interrupt disabled): the byte
+ *   - a 1-byte OUT to the UART's THR while Python says a THR write is plain
+ *     output (DLAB=0, no loopback, THR-empty interrupt disabled): the byte
  *     is appended to a TX buffer shared by the VM's vCPUs, which Python
- *     drains into the UART's output and counters;
+ *     hands to the UART (Serial16550.transmit);
  *   - a 1-byte IN from the UART's LSR while Python published its value
- *     (only when reading it has no side effect: receiver empty, no errors);
+ *     (only when reading it has no side effect: no error bits to clear);
  *   - port I/O to "sink" ranges (a device that drops writes and reads a
  *     constant byte), for benchmarks.
  * Every other exit is left in kvm_run for Python, which handles it exactly
  * as the Python loop does. Nothing here allocates or makes a syscall other
- * than KVM_RUN; every field the guest controls is bounds-checked.
+ * than KVM_RUN (and a futex wait when another thread holds a lock); every
+ * field the guest controls is bounds-checked.
  *
  * Coalesced writes: KVM appends writes to registered zones to the VM's
  * coalesced-MMIO ring instead of exiting. After every KVM_RUN the loop
@@ -46,7 +47,7 @@
 /* Published UART state and its TX buffer: one per UART, shared by the vCPUs. */
 struct pyvmm_fast_uart {
     pthread_mutex_t lock;               /* guards everything below */
-    int tx_simple;                      /* THR writes may be buffered here */
+    int thr_plain;                      /* THR writes may be buffered here */
     int lsr;                            /* LSR value to answer, or -1: ask Python */
     uint32_t len;                       /* bytes waiting in buf */
     uint64_t full;                      /* THR writes passed to Python: buffer full */
@@ -94,10 +95,10 @@ struct pyvmm_fast {
     uint64_t sink_counts[PYVMM_FAST_MAX_SINKS][PYVMM_FAST_SINK_PORTS][2];  /* [sink][offset][dir] */
 };
 
-/* Initialises the lock; everything else starts zeroed (tx_simple 0, lsr -1). */
+/* Initialises the lock; everything else starts zeroed (thr_plain 0, lsr -1). */
 int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart);
-/* Publishes what the fast path may do: tx_simple 0/1, lsr 0..255 or -1. */
-void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int lsr);
+/* Publishes what the fast path may do: thr_plain 0/1, lsr 0..255 or -1. */
+void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int thr_plain, int lsr);
 /* Moves up to `cap` buffered bytes (oldest first) to `out`; returns how many. */
 uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap);
 

@@ -16,7 +16,7 @@ TYPES = """
 #define PYVMM_FAST_HANDLED ...
 
 struct pyvmm_fast_uart {
-    int tx_simple;
+    int thr_plain;
     int lsr;
     uint32_t len;
     uint64_t full;
@@ -64,7 +64,7 @@ struct pyvmm_fast {
 
 FUNCTIONS = """
 int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart);
-void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int tx_simple, int lsr);
+void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int thr_plain, int lsr);
 uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap);
 int pyvmm_fast_ring_init(struct pyvmm_fast_ring *ring, void *page, uint32_t page_size);
 int pyvmm_fast_ring_pop(struct pyvmm_fast_ring *ring, struct kvm_coalesced_mmio *out);

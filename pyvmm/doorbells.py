@@ -27,8 +27,9 @@ from .stats import ExitStats
 class Doorbell:
     """One doorbell register: its ioeventfd and the write it stands for."""
 
-    def __init__(self, eventfd, device, offset, value, key):
-        self.eventfd, self.device, self.offset, self.value, self.key = eventfd, device, offset, value, key
+    def __init__(self, eventfd, device, offset, value, address, pio):
+        self.eventfd, self.device, self.offset, self.value = eventfd, device, offset, value
+        self.address, self.pio = address, pio
 
 
 class Doorbells:
@@ -69,24 +70,19 @@ class Doorbells:
                 continue                    # outside its range, or a value that cannot match
             address = base + offset
             eventfd = vm.ioeventfd(address, size, pio=pio, datamatch=value)
-            bells.append(Doorbell(eventfd, device, offset, value.to_bytes(size, "little"),
-                                  (address << 1 | 1, pio)))
+            bells.append(Doorbell(eventfd, device, offset, value.to_bytes(size, "little"), address, pio))
         if bells:
             self.bells += bells
             self._restore.append(bus.interpose(base, lambda: self.deliver(bells)))
 
     def deliver(self, bells=None):
         """Hands each doorbell's counted writes to its device."""
-        counts, stats = self.stats.ports, self.stats
         with self.lock:
             for bell in self.bells if bells is None else bells:
                 rings = bell.eventfd.take()
                 if not rings:
                     continue
-                key, pio = bell.key
-                table = counts if pio else stats.mmio
-                table[key] = table.get(key, 0) + rings
-                stats.coalesced += rings
+                self.stats.count_unexited_writes(bell.address, bell.pio, rings)
                 for _ in range(rings):
                     bell.device.write(bell.offset, bell.value)
 
@@ -119,7 +115,10 @@ class Doorbells:
             self.deliver()                  # what was counted before the unassignment
         finally:
             for bell in self.bells:
-                bell.eventfd.abandon() if vm_ending else bell.eventfd.close()
+                if vm_ending:
+                    bell.eventfd.abandon()
+                else:
+                    bell.eventfd.close()
             self.bells = []
             if self._wake is not None:
                 self._wake.close()

@@ -282,8 +282,7 @@ class FastPath:
         ring = self.ring
         if ring is None:
             return
-        entry, share = self._entry, self.share
-        ports, mmio = self.stats.ports, self.stats.mmio
+        entry, share, count = self._entry, self.share, self.stats.count_unexited_writes
         with self.lock:
             try:
                 while lib.pyvmm_fast_ring_pop(ring, entry):
@@ -292,14 +291,8 @@ class FastPath:
                     if share is not None and share.uart.len:    # THR bytes C took come first
                         share.flush()
                     address, data = entry.phys_addr, bytes(ffi.buffer(entry.data, entry.len))
-                    key = address << 1 | 1
-                    self.stats.coalesced += 1
-                    if entry.pio:
-                        ports[key] = ports.get(key, 0) + 1
-                        self.port_bus.write(address, data)
-                    else:
-                        mmio[key] = mmio.get(key, 0) + 1
-                        self.mmio_bus.write(address, data)
+                    count(address, entry.pio)
+                    (self.port_bus if entry.pio else self.mmio_bus).write(address, data)
             finally:
                 lib.pyvmm_fast_ring_release(ring)
             self._count_c_ring_writes()
@@ -307,9 +300,7 @@ class FastPath:
     def _count_c_ring_writes(self):
         taken = self.ring.thr_out                   # only C increments it
         if taken != self._thr_counted:
-            key = (self.uart_base + THR_OFFSET) << 1 | 1
-            self.stats.ports[key] = self.stats.ports.get(key, 0) + taken - self._thr_counted
-            self.stats.coalesced += taken - self._thr_counted
+            self.stats.count_unexited_writes(self.uart_base + THR_OFFSET, True, taken - self._thr_counted)
             self._thr_counted = taken
 
     def flush(self):

@@ -22,6 +22,12 @@ class ExitStats:
         self.interrupted = 0
         self.coalesced = 0
 
+    def count_unexited_writes(self, address, pio, writes=1):
+        """Writes that reached a device without an exit (coalesced ring, ioeventfd)."""
+        table, key = (self.ports if pio else self.mmio), address << 1 | 1
+        table[key] = table.get(key, 0) + writes
+        self.coalesced += writes
+
     def merge(self, other):
         for reason, count in enumerate(other.reasons):
             self.reasons[reason] += count

@@ -252,7 +252,10 @@ class Machine:
         """Delivers the writes a guest left queued (one spinning without exits,
         or at the end: then the zones stay for the VM's teardown)."""
         try:
-            self.fast.close(vm_ending=True) if close else self.fast.flush()
+            if close:
+                self.fast.close(vm_ending=True)
+            else:
+                self.fast.flush()
         except Exception as error:   # a device bug: end the run, never a traceback
             self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
 

@@ -24,12 +24,12 @@ SINK_BASE, SINK_LENGTH, SINK_FILL = 0x560, 4, 0xA5
 def expected_state(serial):
     """What the C side may do, derived from the public register snapshot only."""
     regs = serial.register_snapshot()
-    tx_simple = not (regs["LCR"] & 0x80 or regs["MCR"] & 0x10 or regs["IER"] & 0x02)
-    return tx_simple, (-1 if regs["LSR"] & 0x1E else regs["LSR"])     # error bits clear on read
+    thr_plain = not (regs["LCR"] & 0x80 or regs["MCR"] & 0x10 or regs["IER"] & 0x02)
+    return thr_plain, (-1 if regs["LSR"] & 0x1E else regs["LSR"])     # error bits clear on read
 
 
 def published(share):
-    return bool(share.uart.tx_simple), share.uart.lsr
+    return bool(share.uart.thr_plain), share.uart.lsr
 
 
 def snapshot(serial):
@@ -80,12 +80,12 @@ def test_what_c_answers_is_what_python_would_do(ops):
     for operation in ops:
         apply(python, operation)
         apply(fast, operation)
-        tx_simple, lsr = published(share)
+        thr_plain, lsr = published(share)
         if lsr >= 0:
             before = snapshot(python)
             assert python.read(5, 1) == bytes((lsr,))
             assert snapshot(python) == before                  # no side effect: C may answer it
-        if tx_simple:
+        if thr_plain:
             python.write(0, b"Z")
             state = fake_state(share)
             write_io(state, 1, 1, BASE, 1, HEADER, b"Z")
@@ -230,12 +230,12 @@ def _handle(fake):
        count=st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
        offset=st.one_of(st.integers(HEADER, RUN_SIZE + 8), st.sampled_from([RUN_SIZE - 1, RUN_SIZE - 4,
                                                                             2**63, 2**64 - 1])),
-       tx_simple=st.booleans(), lsr=st.sampled_from([0x60, -1]))
+       thr_plain=st.booleans(), lsr=st.sampled_from([0x60, -1]))
 def test_c_handles_exactly_the_valid_fast_exits_and_writes_nothing_else(
-        direction, size, port, count, offset, tx_simple, lsr):
+        direction, size, port, count, offset, thr_plain, lsr):
     serial = Serial16550()
     share = UartShare(serial)
-    lib.pyvmm_fast_uart_publish(share.uart, tx_simple, lsr)
+    lib.pyvmm_fast_uart_publish(share.uart, thr_plain, lsr)
     fake = fake_state(share, sinks=[(SINK_BASE, SINK_LENGTH, SINK_FILL)])
     write_io(fake, direction, size, port, count, offset, b"\x42" * 8)
     before = bytes(fake.buffer)
@@ -243,7 +243,7 @@ def test_c_handles_exactly_the_valid_fast_exits_and_writes_nothing_else(
 
     valid = count == 1 and size in (1, 2, 4) and offset + size <= RUN_SIZE
     out = direction == 1
-    thr = valid and out and size == 1 and port == BASE and tx_simple
+    thr = valid and out and size == 1 and port == BASE and thr_plain
     lsr_read = valid and not out and size == 1 and port == BASE + 5 and lsr == 0x60
     sink = valid and SINK_BASE <= port and port + size <= SINK_BASE + SINK_LENGTH
     assert handled == int(thr or lsr_read or sink)
