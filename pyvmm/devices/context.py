@@ -1,0 +1,263 @@
+"""What a device gets besides its registers: an interrupt line, guest memory,
+and a worker thread of its own. The same for pyvmm's devices and a user's.
+
+A device that defines `attach(context)` is handed a DeviceContext once, when
+it is added to a machine and before the guest runs:
+
+    class Dma:
+        def attach(self, context):
+            self.context = context
+        def write(self, offset, data):          # on the vCPU thread
+            self.context.worker.call(self._copy) # the work goes elsewhere
+        def _copy(self):                        # on the device's worker thread
+            data = self.context.memory.read(self.source, self.length)
+            self.context.memory.write(self.destination, data)
+            self.context.irq.pulse()
+
+context.irq     an InterruptLine (None when the device was given no IRQ):
+                set(level), high(), low(), pulse(); a level-triggered line,
+                as an ISA IRQ or a PCI INTx pin is.
+context.memory  guest RAM by guest-physical address: read(addr, n),
+                write(addr, data), view(addr, n) (a zero-copy memoryview),
+                read_u16/u32/u64, write_u16/u32/u64, contains(addr, n). Every
+                access is checked against guest RAM and raises
+                GuestMemoryError outside it; nothing else is reachable.
+context.worker  the device's own thread (started on first use): call(fn,
+                *args) runs fn there soon, call_later(seconds, fn, *args)
+                later (cancel() on the handle), watch(fd, fn) calls fn()
+                whenever fd is readable. Callbacks run one at a time, in
+                order; an exception in one ends the run as a device failure
+                naming the device. The thread ends when the machine closes.
+context.fail(message)  ends the run as a device failure (status 125).
+
+Threads: register accesses arrive on the vCPU threads, callbacks on the
+worker; a device that uses both takes its own lock. Nothing here knows KVM:
+the machine backs the line with KVM (pyvmm.machine), a test backs it with
+a recorder, and `pyvmm.testing` runs devices with a context and no VM.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import threading
+from time import monotonic
+from typing import Any, Callable, Optional
+
+
+class InterruptLine:
+    """A level-triggered interrupt line driven by one device.
+
+    `drive(level)` is what actually moves the line (KVM_IRQ_LINE, an irqfd,
+    a test's recorder); it is called only when the level changes, under the
+    line's lock, so it sees the levels in the order the device set them.
+    """
+
+    def __init__(self, drive: Callable[[bool], None], name: str = "") -> None:
+        self._drive = drive
+        self.name = name
+        self.level = False
+        self._lock = threading.Lock()
+
+    def set(self, level: bool) -> None:
+        level = bool(level)
+        with self._lock:
+            if level != self.level:
+                self.level = level
+                self._drive(level)
+
+    def high(self) -> None:
+        self.set(True)
+
+    def low(self) -> None:
+        self.set(False)
+
+    def pulse(self) -> None:
+        """An edge: high, then low (an edge-triggered interrupt)."""
+        with self._lock:
+            if not self.level:
+                self._drive(True)
+            self._drive(False)
+            self.level = False
+
+    def __repr__(self) -> str:
+        return f"InterruptLine({self.name!r}, level={int(self.level)})"
+
+
+class Timer:
+    """A call_later handle: cancel() before it runs and it never does."""
+
+    __slots__ = ("when", "fn", "args", "cancelled")
+
+    def __init__(self, when: float, fn: Callable, args: tuple) -> None:
+        self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class DeviceWorker:
+    """One thread running a device's callbacks in order, off the vCPU threads.
+
+    call() and call_later() may be used from any thread, the worker's
+    included; watch()/unwatch() too. `on_error(exception)` hears a callback
+    that raised; the worker stops then (what the device left half done is
+    not run again).
+    """
+
+    def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None) -> None:
+        self.name = name
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._calls: list = []                # (fn, args), in order
+        self._timers: list = []               # heap of (when, seq, Timer)
+        self._seq = itertools.count()
+        self._watches: dict = {}              # fd -> fn
+        self._selector = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._selector.register(self._wake, selectors.EVENT_READ)
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name=f"pyvmm-dev-{name}", daemon=True)
+        self._thread.start()
+
+    # --- from any thread --------------------------------------------------------
+    def call(self, fn: Callable, *args: Any) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._calls.append((fn, args))
+        self._poke()
+
+    def call_later(self, delay: float, fn: Callable, *args: Any) -> Timer:
+        timer = Timer(monotonic() + max(0.0, delay), fn, args)
+        with self._lock:
+            if not self._closing:
+                heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        self._poke()
+        return timer
+
+    def watch(self, fd: int, fn: Callable[[], None]) -> None:
+        """fn() on the worker whenever fd is readable (until unwatch(fd))."""
+        with self._lock:
+            if self._closing:
+                return
+            if fd in self._watches:
+                self._selector.modify(fd, selectors.EVENT_READ)
+            else:
+                self._selector.register(fd, selectors.EVENT_READ)
+            self._watches[fd] = fn
+        self._poke()
+
+    def unwatch(self, fd: int) -> None:
+        with self._lock:
+            if self._watches.pop(fd, None) is not None and not self._closing:
+                self._selector.unregister(fd)
+        self._poke()
+
+    @property
+    def on_worker(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def close(self) -> None:
+        """Stops the thread (callbacks not yet run are dropped) and joins it,
+        unless called from a callback: the thread then ends after it."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._poke()
+        if not self.on_worker:
+            self._thread.join()
+
+    # --- the thread ------------------------------------------------------------
+    def _poke(self) -> None:
+        with self._lock:              # the eventfd is closed under this lock
+            if self._wake >= 0:
+                os.eventfd_write(self._wake, 1)
+
+    def _next_timeout(self) -> Optional[float]:
+        with self._lock:
+            if self._calls:
+                return 0.0
+            if not self._timers:
+                return None
+            return max(0.0, self._timers[0][0] - monotonic())
+
+    def _due(self) -> list:
+        now = monotonic()
+        with self._lock:
+            due, self._calls = self._calls, []
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if not timer.cancelled:
+                    due.append((timer.fn, timer.args))
+        return due
+
+    def _loop(self) -> None:
+        try:
+            while not self._closing:
+                for key, _events in self._selector.select(self._next_timeout()):
+                    if key.fd == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    fn = self._watches.get(key.fd)
+                    if fn is not None and not self._closing:
+                        fn()
+                for fn, args in self._due():
+                    if self._closing:
+                        break
+                    fn(*args)
+        except BaseException as error:  # a device bug: report it, never a traceback
+            with self._lock:
+                self._closing = True
+            if self.on_error is not None:
+                self.on_error(error)
+        finally:
+            with self._lock:
+                self._selector.close()
+                os.close(self._wake)
+                self._wake = -1
+
+
+class DeviceContext:
+    """A device's view of the machine (see the module docstring).
+
+    `on_failure(message)` ends the run; the machine passes its own. The
+    worker is created on first use, named after the device.
+    """
+
+    def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
+                 on_failure: Optional[Callable[[str], None]] = None) -> None:
+        self.name = name
+        self.memory = memory
+        self.irq = irq
+        self._on_failure = on_failure
+        self._worker: Optional[DeviceWorker] = None
+        self._lock = threading.Lock()
+
+    @property
+    def worker(self) -> DeviceWorker:
+        with self._lock:
+            if self._worker is None:
+                self._worker = DeviceWorker(self.name, self._worker_failed)
+            return self._worker
+
+    def fail(self, message: str) -> None:
+        """Ends the run as a failure of this device (status 125)."""
+        if self._on_failure is not None:
+            self._on_failure(f"device {self.name}: {message}")
+
+    def _worker_failed(self, error: BaseException) -> None:
+        self.fail(f"{type(error).__name__}: {error}")
+
+    def close(self) -> None:
+        """Stops the worker, if one was started."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()

@@ -1,0 +1,120 @@
+"""The device context: interrupt line, worker thread, failure reporting."""
+
+import os
+import threading
+import time
+
+from pyvmm.devices.context import DeviceContext, DeviceWorker, InterruptLine
+from pyvmm.memory import GuestMemory
+
+
+def test_interrupt_line_drives_only_changes():
+    levels = []
+    line = InterruptLine(levels.append, "irq5")
+    line.high()
+    line.high()
+    line.low()
+    line.low()
+    line.set(1)
+    assert levels == [True, False, True]
+    assert line.level
+
+
+def test_pulse_is_an_edge_from_either_level():
+    levels = []
+    line = InterruptLine(levels.append)
+    line.pulse()
+    line.high()
+    line.pulse()
+    assert levels == [True, False, True, False]
+    assert not line.level
+
+
+def _wait(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_worker_runs_calls_in_order_off_the_calling_thread():
+    seen = []
+    worker = DeviceWorker("t")
+    try:
+        for value in range(100):
+            worker.call(lambda v=value: seen.append((v, threading.current_thread().name)))
+        _wait(lambda: len(seen) == 100)
+        assert [v for v, _ in seen] == list(range(100))
+        assert {name for _, name in seen} == {"pyvmm-dev-t"}
+    finally:
+        worker.close()
+
+
+def test_call_later_runs_in_time_order_and_cancel_holds():
+    seen = []
+    worker = DeviceWorker("timers")
+    try:
+        worker.call_later(0.03, seen.append, "late")
+        cancelled = worker.call_later(0.01, seen.append, "never")
+        worker.call_later(0.0, seen.append, "now")
+        cancelled.cancel()
+        _wait(lambda: "late" in seen)
+        time.sleep(0.02)
+        assert seen == ["now", "late"]
+    finally:
+        worker.close()
+
+
+def test_watch_calls_back_while_readable_and_stops_after_unwatch():
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    seen = []
+
+    def drain():
+        seen.append(os.eventfd_read(fd))
+
+    worker = DeviceWorker("watch")
+    try:
+        worker.watch(fd, drain)
+        os.eventfd_write(fd, 3)
+        _wait(lambda: seen == [3])
+        worker.unwatch(fd)
+        os.eventfd_write(fd, 1)
+        time.sleep(0.05)
+        assert seen == [3]
+    finally:
+        worker.close()
+        os.close(fd)
+
+
+def test_a_raising_callback_fails_the_device_by_name():
+    failures = []
+    context = DeviceContext("virtio-blk", memory=None, on_failure=failures.append)
+    context.worker.call(lambda: 1 / 0)
+    _wait(lambda: failures)
+    assert failures == ["device virtio-blk: ZeroDivisionError: division by zero"]
+    context.close()
+
+
+def test_close_from_a_callback_and_twice_leaks_no_thread():
+    before = threading.active_count()
+    for _ in range(20):
+        context = DeviceContext("d", memory=None)
+        done = threading.Event()
+
+        def stop_self(context=context, done=done):
+            context.worker.close()
+            done.set()
+
+        context.worker.call(stop_self)
+        assert done.wait(5)
+        context.close()
+        context.close()
+    _wait(lambda: threading.active_count() == before)
+
+
+def test_context_memory_is_bounds_checked_guest_ram():
+    with GuestMemory([(0, 1 << 20)]) as memory:
+        context = DeviceContext("dma", memory)
+        context.memory.write(0x1000, b"abc")
+        assert context.memory.read(0x1000, 3) == b"abc"
+        assert not context.memory.contains((1 << 20) - 1, 2)
