@@ -15,6 +15,7 @@ from ._kvm import lib
 from .arch.x86_64 import cpuid, lapic, layout, modes, msr
 from .console import InputPump, open_sink
 from .devices import Bus, DebugExit, Serial16550
+from .devices.context import DeviceContext, InterruptLine
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
 from .hooks import Hooks
@@ -96,6 +97,7 @@ class Machine:
         self.tracer = None
         self.fast = None
         self._threads = []
+        self._contexts = []
         self._input = None
         self.gdb = None
         try:
@@ -170,11 +172,26 @@ class Machine:
         self.stop.request(status, "debug-exit")
 
     # --- devices ---------------------------------------------------------------
-    def add_port_device(self, base, length, device, name=None):
+    def add_port_device(self, base, length, device, name=None, irq=None):
+        """Routes ports [base, base+length) to `device`; a device with an
+        attach(context) method then gets its DeviceContext (pyvmm.devices.context),
+        with an interrupt line on IRQ `irq` if given."""
         self.port_bus.register(base, length, device, name=name)
+        self._attach(device, name, irq)
 
-    def add_mmio_device(self, base, length, device, name=None):
+    def add_mmio_device(self, base, length, device, name=None, irq=None):
+        """As add_port_device, for MMIO [base, base+length)."""
         self.mmio_bus.register(base, length, device, name=name)
+        self._attach(device, name, irq)
+
+    def _attach(self, device, name, irq):
+        attach = getattr(device, "attach", None)
+        if not callable(attach):
+            return
+        line = None if irq is None else InterruptLine(functools.partial(self._set_irq, irq), f"irq{irq}")
+        context = DeviceContext(name or type(device).__name__, self.memory, line, self._device_failed)
+        self._contexts.append(context)
+        attach(context)
 
     def add_hook(self, callback, when="after", reasons=None, ports=None, mmio=None):
         """Calls `callback(event)` around the exits it asks for; see pyvmm.hooks."""
@@ -331,6 +348,9 @@ class Machine:
     def close(self):
         if self._threads:
             self._stop_vcpus()
+        for context in self._contexts:
+            context.close()
+        self._contexts = []
         if self.fast is not None:
             self.fast.close()
             self.fast = None
