@@ -136,11 +136,15 @@ class UartShare:
                 self.on_plain_output(plain)
 
     def flush(self):
-        """Hands the bytes C buffered to the UART, as their THR writes would have."""
+        """Hands the bytes C buffered to the UART, as their THR writes would have.
+        Taken under the UART's lock (then C's, as publish() does): the scratch
+        buffer is shared, and the supervisor and the vCPUs flush concurrently."""
+        self.serial.transmit_taken(self._take)
+
+    def _take(self):
         count = lib.pyvmm_fast_uart_take(self.uart, self._out, TXBUF)
-        if count:
-            self.serial.transmit(self._out_buffer[0:count])
-            self.flushed += count
+        self.flushed += count
+        return self._out_buffer[0:count]
 
     def close(self):
         """Flushes, and stops listening to the UART."""

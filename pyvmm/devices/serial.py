@@ -273,7 +273,15 @@ class Serial16550:
         """THR writes a fast path took while `thr_write_is_plain_output()`,
         delivered late, in order: counted and sent to `output`, as each write
         would have been."""
+        self.transmit_taken(lambda: data)
+
+    def transmit_taken(self, take: Callable[[], bytes]) -> None:
+        """As transmit(take()), with take() called under the device lock: two
+        threads moving bytes from one shared buffer then cannot reorder them."""
         with self._lock:
+            data = take()
+            if not data:
+                return
             self.bytes_transmitted += len(data)
             if self._output is not None:
                 self._output(data)

@@ -251,3 +251,16 @@ def test_string_output_longer_than_the_ring_loses_nothing():
         assert machine.serial_output == text
         assert 0 < machine.stats.coalesced < len(text)       # some writes found the ring full
         assert machine.stats.by_port()[(port, "out")] == len(text)
+
+
+@pytest.mark.parametrize("cpus", [2, 3])
+def test_every_vcpu_output_arrives_once_and_in_order(cpus):
+    """All vCPUs write to THR at once while the supervisor and the vCPUs
+    flush: each CPU's stream must come out whole and in its own order."""
+    observed = run("smp_flood.bin", fast=True, cpus=cpus, timeout=120)
+    assert observed["result"][:2] == (cpus << 1 | 1, "debug-exit")
+    output = observed["output"]
+    for cpu in range(cpus):
+        stream = bytes(byte for byte in output if byte & 0xE0 == 0x80 | cpu << 5)
+        assert stream == bytes(0x80 | cpu << 5 | i & 31 for i in range(20000)), f"CPU {cpu}"
+    assert output.endswith(f"\ncpus {cpus}\n".encode())

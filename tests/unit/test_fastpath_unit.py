@@ -475,3 +475,37 @@ def test_ring_indices_out_of_range_are_dropped_not_followed():
     assert output == [] and bus.unhandled_writes == 1   # an 8-byte write: wider than debugcon
     assert ring.first == ring.last == 1
     fast.close()
+
+
+def test_concurrent_flushes_keep_every_byte_once_and_in_order():
+    """The supervisor's periodic flush and the vCPUs' flushes race: each byte C
+    buffered must reach the UART exactly once, in the order it was written."""
+    out = []
+    serial = Serial16550(output=out.append)
+    share = UartShare(serial)
+    producer = fake_state(share)
+    total = 200_000
+    expected = bytes(i % 251 for i in range(total))
+    stop = threading.Event()
+
+    def flusher():
+        while not stop.is_set():
+            share.flush()
+
+    flushers = [threading.Thread(target=flusher) for _ in range(3)]
+    for thread in flushers:
+        thread.start()
+    try:
+        for value in expected:
+            write_io(producer, 1, 1, BASE, 1, HEADER, BYTE[value])
+            while not _handle(producer):        # buffer full: let the flushers catch up
+                pass
+    finally:
+        stop.set()
+        for thread in flushers:
+            thread.join()
+    share.flush()
+    assert b"".join(out) == expected
+
+
+BYTE = [bytes((value,)) for value in range(256)]
