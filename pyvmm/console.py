@@ -1,9 +1,9 @@
 """Where the serial console's bytes go, and where its input comes from.
 
-Sinks buffer output and are flushed by the supervising thread (and at the
-end of a run), so a guest printing byte by byte does not cost a syscall
-per byte. A broken pipe or full disk silences the sink instead of
-crashing the VMM.
+Console outputs buffer what the guest prints and are flushed by the
+supervising thread (and at the end of a run), so a guest printing byte by
+byte does not cost a syscall per byte. A broken pipe or full disk silences
+the output instead of crashing the VMM.
 """
 
 import os
@@ -11,7 +11,7 @@ import select
 import threading
 
 
-class Sink:
+class ConsoleOutput:
     """Buffered output to a file descriptor; thread-safe."""
 
     def __init__(self, fd=None, close_fd=False):
@@ -44,7 +44,7 @@ class Sink:
             self.fd = None
 
 
-class BufferSink(Sink):
+class BufferOutput(ConsoleOutput):
     """Keeps everything the guest wrote, for tests and the Python API."""
 
     def __init__(self):
@@ -56,22 +56,22 @@ class BufferSink(Sink):
             self.data += data
 
 
-class NullSink(Sink):
+class NullOutput(ConsoleOutput):
     def write(self, data):
         pass
 
 
-def open_sink(spec):
-    """A sink for a --serial value: stdio, null, file:PATH or buffer."""
+def open_output(spec):
+    """The console output for a --serial value: stdio, null, file:PATH or buffer."""
     if spec == "stdio":
-        return Sink(1)
+        return ConsoleOutput(1)
     if spec == "null":
-        return NullSink()
+        return NullOutput()
     if spec == "buffer":
-        return BufferSink()
+        return BufferOutput()
     if spec.startswith("file:") and len(spec) > 5:
         fd = os.open(spec[5:], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        return Sink(fd, close_fd=True)
+        return ConsoleOutput(fd, close_fd=True)
     raise ValueError(f"unknown serial output {spec!r} (use stdio, null or file:PATH)")
 
 

@@ -9,8 +9,6 @@ import bisect
 import mmap
 import struct
 
-from ._kvm import ffi
-
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 PAGE_SIZE = 4096
@@ -34,14 +32,16 @@ class MemoryRegion:
         self.size = size
         self.end = guest_addr + size
         self.view = memoryview(self._map)
-        self._pointer = ffi.from_buffer(self._map)
-        self.host_addr = int(ffi.cast("uintptr_t", self._pointer))
+
+    @property
+    def mapping(self):
+        """The host mapping (an mmap) backing this region: what a KVM memory slot points at."""
+        return self._map
 
     def close(self):
         if self._map is None:
             return
         self.view.release()
-        ffi.release(self._pointer)
         try:
             self._map.close()
         except BufferError:

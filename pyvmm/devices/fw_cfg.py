@@ -34,9 +34,8 @@ import struct
 import threading
 from typing import Mapping, Optional, Union
 
-FW_CFG_BASE = 0x510
 FW_CFG_LENGTH = 2
-SELECTOR_OFFSET = 0  # port 0x510
+SELECTOR_OFFSET = 0  # port 0x510 on a PC
 DATA_OFFSET = 1  # port 0x511
 
 KEY_SIGNATURE = 0x0000

@@ -331,7 +331,7 @@ def test_bad_gdb_addresses_are_usage_errors(target):
 
 def test_a_machine_from_python_serves_gdb_and_releases_its_port(target):
     from pyvmm.config import VmConfig
-    from pyvmm.vmm import Machine
+    from pyvmm.machine import Machine
 
     results = []
     with Machine(VmConfig(kernel=target, serial="buffer", timeout=60, gdb="127.0.0.1:0")) as machine:

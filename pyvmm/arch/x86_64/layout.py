@@ -1,8 +1,22 @@
-"""Where pyvmm puts its boot structures in guest-physical memory.
+"""The machine's address map, declared once: where pyvmm puts its boot
+structures in guest-physical memory, and where every device of the PC
+platform sits (ports, MMIO, interrupt lines). The device manager
+(pyvmm.machine.devices) registers the devices here, the ACPI and MP tables
+(acpi.py, mptable.py) describe them from here, and the loaders keep clear
+of the boot structures; device models only know offsets in their own range.
 
-Everything lives in the first 64 KiB, below where any loader places a
-kernel (real-mode binaries default to 0x7c00 and must stay clear of it).
+The boot structures live in the first 64 KiB, below where any loader places
+a kernel (real-mode binaries default to 0x7c00 and must stay clear of it).
 """
+
+from typing import NamedTuple
+
+
+class Window(NamedTuple):
+    """A device's range: `length` ports or bytes from `base`."""
+    base: int
+    length: int
+
 
 BOOT_GDT = 0x0500             # 8 descriptors
 BOOT_IDT = 0x0540             # empty IDT: limit 0
@@ -45,3 +59,39 @@ def ram_ranges(size):
     if size <= MMIO_HOLE_START:
         return [(0, size)]
     return [(0, MMIO_HOLE_START), (FOUR_GIB, size - MMIO_HOLE_START)]
+
+# --- KVM's own pages: inside guest-physical space but outside RAM, just
+# below the BIOS (three pages for the real-mode TSS, one for the EPT
+# identity map).
+KVM_TSS = 0xFFFBD000
+KVM_IDENTITY_MAP = 0xFFFBC000
+
+# KVM's default GSI routing wires ISA IRQ n to IOAPIC pin n, the PIT's IRQ 0
+# included; the ACPI and MP tables must say so (QEMU reroutes it to pin 2).
+IRQ0_PIN = 0
+
+# --- the PC platform's devices -------------------------------------------------
+# Ports (QEMU's pc/q35 machines put the same devices at the same places).
+COM1 = Window(0x3F8, 8)                # 16550A UART
+COM1_IRQ = 4
+DEBUG_EXIT = Window(0xF4, 4)           # QEMU's isa-debug-exit, as -device ...,iobase=0xf4,iosize=0x04
+I8042_DATA = Window(0x60, 1)           # 0x61 between them is the PIT's speaker port (in KVM)
+I8042_COMMAND = Window(0x64, 1)
+I8042_KEYBOARD_IRQ = 1
+I8042_MOUSE_IRQ = 12
+CMOS = Window(0x70, 2)                 # index, data
+RTC_IRQ = 8
+POST = Window(0x80, 1)
+DEBUGCON = Window(0xE9, 1)             # QEMU's debug console
+PC_TESTDEV_PORTS = Window(0xE0, 8)     # QEMU's pc-testdev (kvm-unit-tests)
+PC_TESTDEV_IRQ_LINES = Window(0x2000, 24)
+FW_CFG = Window(0x510, 2)              # selector, data
+ACPI_PM = Window(0x600, 0x0C)          # PM1a event (4), PM1a control (2, at +4), PM timer (4, at +8)
+SCI_IRQ = 9
+PCI_CONFIG = Window(0xCF8, 8)          # address, data; no PCI devices
+ACPI_RESET_PORT = 0xCF9                # the FADT's reset register, inside PCI_CONFIG
+
+# MMIO.
+PC_TESTDEV_MMIO = Window(0xFF000000, 0x10000)
+IOAPIC_BASE = 0xFEC00000               # KVM's in-kernel IOAPIC (24 pins)
+LAPIC_BASE = 0xFEE00000                # KVM's in-kernel local APICs
