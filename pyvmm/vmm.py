@@ -10,7 +10,6 @@ import signal
 import threading
 from time import monotonic, monotonic_ns
 
-from . import guests
 from ._kvm import lib
 from .arch.x86_64 import cpuid, lapic, layout, modes, msr
 from .console import InputPump, open_sink
@@ -18,6 +17,7 @@ from .devices import Bus, DebugExit, Serial16550
 from .devices.context import DeviceContext, InterruptLine
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
+from .loader.files import InputFileError, read_kernel  # noqa: F401 (part of this module's API)
 from .hooks import Hooks
 from .memory import GuestMemory
 from .platform import PcPlatform
@@ -48,32 +48,6 @@ def _install_kick_handler():
         if lib.pyvmm_install_kick_handler(KICK_SIGNAL) < 0:
             raise OSError("cannot install the vCPU kick signal handler")
         _kick_installed = True
-
-
-def read_kernel(config):
-    """The kernel image bytes and the load options from the config."""
-    options = LoadOptions(raw_mode=config.raw_mode, load_addr=config.load_addr,
-                          entry=config.entry, cmdline=config.cmdline)
-    path = config.kernel if config.kernel is not None else guests.path(guests.DEFAULT_GUEST)
-    options.kernel_path = path
-    options.modules = [(spec, read_file(spec.split(" ", 1)[0], "module")) for spec in config.modules]
-    options.initrd = None if config.initrd is None else read_file(config.initrd, "initrd")
-    return read_file(path, "kernel"), options
-
-
-def read_file(path, what):
-    """The bytes of a file the user named; InputFileError says which and why."""
-    try:
-        with open(path, "rb") as source:
-            return source.read()
-    except IsADirectoryError:
-        raise InputFileError(f"cannot read {what} {path}: it is a directory") from None
-    except OSError as error:
-        raise InputFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
-
-
-class InputFileError(ValueError):
-    """A kernel, module or initrd file that cannot be read."""
 
 
 class Machine:
