@@ -32,7 +32,7 @@ ACCEPTS = ("initrd", "modules")
 def phys32_entry(image):
     """The 32-bit entry from the Xen PHYS32_ENTRY note, None if there is no
     such note; LoaderError if the ELF or the note is malformed."""
-    for name, note_type, desc in elf.notes(image):
+    for name, note_type, desc in elf.iter_notes(image):
         if name != XEN_NOTE_NAME or note_type != XEN_ELFNOTE_PHYS32_ENTRY:
             continue
         if len(desc) < 4:
@@ -57,7 +57,7 @@ def probe(image):
 
 def _has_pvh_note(image):
     return any(name == XEN_NOTE_NAME and note_type == XEN_ELFNOTE_PHYS32_ENTRY
-               for name, note_type, _desc in elf.notes(image))
+               for name, note_type, _desc in elf.iter_notes(image))
 
 
 def load(image, memory, options):
