@@ -31,6 +31,8 @@ class MemoryRegion:
             self._map = mmap.mmap(-1, size, flags=_MAP_FLAGS)
         except (OSError, OverflowError) as error:
             raise GuestMemoryError(f"cannot map {size} bytes of guest memory: {error}") from None
+        # Guest RAM stays out of the VMM's core dumps, as QEMU's dump-guest-core=off.
+        self._map.madvise(mmap.MADV_DONTDUMP)
         self.guest_addr = guest_addr
         self.size = size
         self.end = guest_addr + size
