@@ -115,7 +115,14 @@ def format_errors(name):
 
 def c_string(text, what):
     """`text` (str or bytes) as NUL-terminated bytes; an inner NUL is refused."""
-    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    if isinstance(text, str):
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise LoaderError(f"{what} {text!r} cannot be encoded (UTF-8, or bytes "
+                              f"as the command line passed them)") from None
+    else:
+        data = bytes(text)
     if b"\0" in data:
         raise LoaderError(f"{what} contains a NUL byte")
     return data + b"\0"
