@@ -109,7 +109,8 @@ class Machine:
         self.platform = PcPlatform(self.config, self.port_bus, self.mmio_bus, self.stop,
                                    self._set_irq, self.sink.write, self.boot.format)
         self._create_vcpus()
-        modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
+        modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs,
+                    tables=self.boot.tables)
         if self.config.trace:
             self._open_trace(self.config.trace)
         if self.config.gdb is not None:

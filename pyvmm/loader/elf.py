@@ -9,7 +9,7 @@ import collections
 import struct
 
 from ..arch.x86_64 import modes
-from .common import BootSpec, LoaderError, place
+from .common import GuestWriter, LoaderError
 
 MAGIC = b"\x7fELF"
 CLASS32, CLASS64 = 1, 2
@@ -192,11 +192,21 @@ def _round_up(value, alignment):
 
 
 def load(image, memory, options):
-    elf_class, entry, segments = parse(image)
-    loaded = [place(memory, paddr, image[offset:offset + filesz], memsz)
-              for offset, paddr, filesz, memsz in segments]
+    elf_class, entry, segments = load_segments(image)
     if entry >= 1 << 32:
         raise LoaderError(f"ELF entry {entry:#x} is above 4 GiB, which pyvmm does not map at entry")
     mode = modes.LONG if elf_class == CLASS64 else modes.PROTECTED
-    return BootSpec(format=f"elf{32 if elf_class == CLASS32 else 64}", mode=mode, entry=entry,
-                    loaded=loaded)
+    # Segments go exactly where they say (as they always could); pyvmm's GDT,
+    # page tables and stack move out of their way.
+    writer = GuestWriter(memory, kernel_over_firmware=True)
+    writer.write_kernel(segment_pieces(image, segments))
+    tables = writer.place_entry_tables(mode, entry)
+    return writer.boot_spec(f"elf{32 if elf_class == CLASS32 else 64}", mode, entry,
+                            tables=tables)
+
+
+def segment_pieces(image, segments):
+    """[(paddr, file bytes, memsz)] of PT_LOAD ProgramHeaders, the file bytes
+    as views of `image` rather than copies."""
+    view = memoryview(image)
+    return [(ph.paddr, view[ph.offset:ph.offset + ph.filesz], ph.memsz) for ph in segments]
