@@ -218,18 +218,40 @@ class GuestWriter:
     def find_free(self, size, align, windows):
         """The lowest `align`-aligned address with `size` free bytes of RAM, in
         the first of `windows` [(low, high)] that has one; None if none has."""
-        spans = sorted((start, end) for start, end, _what in self.used if end > start)
         for low, high in windows:
-            candidate = align_up(max(low, 0), align)
-            for start, end in spans:
-                if end <= candidate:
-                    continue
-                if start >= candidate + size:
-                    break
-                candidate = align_up(end, align)
-            if candidate + size <= high and self.memory.contains(candidate, size):
-                return candidate
+            for gap_start, gap_end in self._gaps(low, high):
+                candidate = align_up(gap_start, align)
+                if candidate + size <= gap_end and self.memory.contains(candidate, size):
+                    return candidate
         return None
+
+    def find_free_high(self, size, align, windows):
+        """As find_free, but the highest such address (an initrd at the top of RAM)."""
+        for low, high in windows:
+            for gap_start, gap_end in reversed(self._gaps(low, high)):
+                candidate = align_down(gap_end - size, align)
+                if candidate >= gap_start and self.memory.contains(candidate, size):
+                    return candidate
+        return None
+
+    def _gaps(self, low, high):
+        """The free [start, end) ranges inside [low, high), in address order."""
+        gaps, cursor = [], max(low, 0)
+        for start, end, _what in sorted(self.used):
+            if end <= cursor:
+                continue
+            if start >= high:
+                break
+            if start > cursor:
+                gaps.append((cursor, start))
+            cursor = end
+        if cursor < high:
+            gaps.append((cursor, high))
+        return gaps
+
+    def no_room(self, what, size, windows):
+        """The LoaderError for `what` finding no free place in `windows`."""
+        return LoaderError(self._no_room(what, size, windows))
 
     def _no_room(self, what, size, windows):
         windows = [(low, high) for low, high in windows if high > low]

@@ -10,10 +10,9 @@ the RAM below 4 GiB, as QEMU and Firecracker place an initrd.
 
 import struct
 
-from ..arch.x86_64 import memmap, modes
+from ..arch.x86_64 import layout, memmap, modes
 from . import elf
-from .common import (PAGE_SIZE, GuestWriter, InfoArea, LoaderError, align_down, c_string,
-                     format_errors)
+from .common import PAGE_SIZE, GuestWriter, InfoArea, LoaderError, c_string, format_errors
 
 XEN_NOTE_NAME = b"Xen"
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -84,15 +83,17 @@ def load(image, memory, options):
 
 def _place_modules_high(writer, ceiling, modules):
     """Each module (with its NUL-terminated command line after its bytes, if it
-    has one) page-aligned, top-down from `ceiling`; returns
-    [(addr, size, cmdline address or 0)] in the given order."""
+    has one) page-aligned, top-down from `ceiling` (at the highest free place
+    below the one before, in RAM above 1 MiB, else in conventional memory);
+    returns [(addr, size, cmdline address or 0)] in the given order."""
     placed = []
     for name, data, what in modules:
         string = b"" if name is None else c_string(name, f"{what}'s command line")
         total = len(data) + len(string)
-        addr = align_down(ceiling - total, PAGE_SIZE)
-        if addr < 0:
-            raise LoaderError(f"{what} ({len(data)} bytes) does not fit in guest RAM")
+        windows = [(layout.HIGH_MEMORY, ceiling), layout.BOOT_DATA_LOW]
+        addr = writer.find_free_high(total, PAGE_SIZE, windows)
+        if addr is None:
+            raise writer.no_room(what, total, windows)
         writer.write_parts(addr, [data, string], f"{what} ({len(data)} bytes)")
         placed.append((addr, len(data), addr + len(data) if string else 0))
         ceiling = addr

@@ -206,9 +206,9 @@ def test_initrd_then_modules_go_page_aligned_to_the_top_of_ram(memory):
 
 
 def test_modules_that_do_not_fit_are_refused(memory):
-    with pytest.raises(LoaderError, match="^PVH: the initrd .* overlap the kernel"):
+    with pytest.raises(LoaderError, match="^PVH: no room for the initrd .* taken by the kernel"):
         load_kernel(make_elf(), memory, LoadOptions(initrd=bytes(RAM - 16 * MIB)))
-    with pytest.raises(LoaderError, match="^PVH: module 1 .*does not fit"):
+    with pytest.raises(LoaderError, match="^PVH: no room for module 1"):
         load_kernel(make_elf(), memory, LoadOptions(modules=[("big", bytes(RAM + 4096))]))
 
 
