@@ -17,7 +17,7 @@ from .devices import Bus, DebugExit, Serial16550
 from .devices.context import DeviceContext, InterruptLine
 from .kvm import Kvm
 from .loader import LoadOptions, load_kernel
-from .loader.files import InputFileError, read_kernel  # noqa: F401 (part of this module's API)
+from .loader.files import InputFileError, read_kernel
 from .hooks import Hooks
 from .memory import GuestMemory
 from .platform import PcPlatform
