@@ -213,6 +213,9 @@ def _boot(config, devices):
             report = format_post_codes(history, machine.started_ns, total)
             if report:
                 print(report, file=sys.stderr)
+    if machine.console_dropped:
+        print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
+              "the output did not take them in time", file=sys.stderr)
     if result.reason == "device-failure":
         print(f"pyvmm: device failure: {result.message}", file=sys.stderr)
     elif result.status == STATUS_CRASH:

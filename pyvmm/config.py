@@ -102,4 +102,9 @@ class VmConfig:
             raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
         if self.gdb is not None:
             parse_endpoint(self.gdb)
+        if isinstance(self.cmdline, str):
+            try:   # as the loaders and fw_cfg encode it: argv's undecodable bytes pass through
+                self.cmdline.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ConfigError(f"the command line {self.cmdline!r} cannot be encoded") from None
         return self

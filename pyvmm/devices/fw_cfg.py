@@ -153,9 +153,11 @@ class FwCfg:
 
 
 def _as_bytes(value: Text, what: str) -> bytes:
+    # As the loaders encode a command line: UTF-8, with bytes that came
+    # undecodable from argv (PEP 383) passed through unchanged.
     if isinstance(value, str):
         try:
-            return value.encode("utf-8")
+            return value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise ValueError(f"fw_cfg: {what} {value!r} cannot be encoded") from None
     return bytes(value)

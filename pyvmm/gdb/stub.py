@@ -32,6 +32,7 @@ guest run on without the stub; when the run ends while gdb waits for the
 guest, gdb gets `W` with pyvmm's exit status (modulo 256).
 """
 
+import ipaddress
 import os
 import select
 import socket
@@ -61,6 +62,13 @@ STEP_TIMEOUT = 2.0            # a step over a breakpoint that never ends (a halt
 PARK_POLL = 0.05
 SEND_TIMEOUT = 30.0
 RECV_SIZE = 65536
+
+
+def _is_loopback(host):
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class GdbError(ConfigError):
@@ -104,6 +112,10 @@ class GdbStub:
         self._listener = listener
         bound = listener.getsockname()
         self.host, self.port = bound[0], bound[1]
+        if not _is_loopback(self.host):
+            print(f"warning: the gdb stub listens on {self.endpoint}, which other hosts can "
+                  f"reach; gdb's protocol has no authentication: whoever connects controls "
+                  f"the guest", file=sys.stderr, flush=True)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

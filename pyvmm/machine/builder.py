@@ -5,37 +5,11 @@ entry state. Bad input (memory size, kernel) is refused before KVM is
 touched; what was made is released if a later step fails.
 """
 
-from .. import guests
 from ..arch.x86_64 import acpi, cpuid, lapic, layout, modes, msr, mptable
 from ..kvm import Kvm
 from ..loader import LoadOptions, load_kernel
+from ..loader.files import InputFileError, read_file, read_kernel  # noqa: F401  (Machine's API)
 from ..memory import GuestMemory
-
-
-def read_kernel(config):
-    """The kernel image bytes and the load options from the config."""
-    options = LoadOptions(raw_mode=config.raw_mode, load_addr=config.load_addr,
-                          entry=config.entry, cmdline=config.cmdline)
-    path = config.kernel if config.kernel is not None else guests.path(guests.DEFAULT_GUEST)
-    options.kernel_path = path
-    options.modules = [(spec, read_file(spec.split(" ", 1)[0], "module")) for spec in config.modules]
-    options.initrd = None if config.initrd is None else read_file(config.initrd, "initrd")
-    return read_file(path, "kernel"), options
-
-
-def read_file(path, what):
-    """The bytes of a file the user named; InputFileError says which and why."""
-    try:
-        with open(path, "rb") as source:
-            return source.read()
-    except IsADirectoryError:
-        raise InputFileError(f"cannot read {what} {path}: it is a directory") from None
-    except OSError as error:
-        raise InputFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
-
-
-class InputFileError(ValueError):
-    """A kernel, module or initrd file that cannot be read."""
 
 
 class BuiltVm:
@@ -71,7 +45,8 @@ def build(config, image, options=None):
         built.vm.create_pit2(speaker_dummy=True)
         built.vm.add_memory(built.memory)
         built.vcpus = create_vcpus(built.kvm, built.vm, config)
-        modes.enter(built.vcpus[0], built.memory, built.boot.mode, built.boot.entry, built.boot.regs)
+        modes.enter(built.vcpus[0], built.memory, built.boot.mode, built.boot.entry, built.boot.regs,
+                    tables=built.boot.tables)
     except BaseException:
         built.close()
         raise

@@ -93,6 +93,11 @@ class Machine:
         """Everything the guest wrote to the console (serial="buffer" only)."""
         return bytes(self.output.data)
 
+    @property
+    def console_dropped(self):
+        """Bytes of console output dropped because the output did not take them."""
+        return self.output.dropped
+
     def post_codes(self):
         """(history of (time ns, value), total writes) of the POST port."""
         return self.devices.post.history(), self.devices.post.total_writes
@@ -168,7 +173,7 @@ class Machine:
             if self._input is not None:
                 self._input.stop()
                 self._input = None
-            self.output.flush()
+            self.output.finish()
         return self.stop.result
 
     def pause(self, timeout=5.0):

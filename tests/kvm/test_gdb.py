@@ -348,3 +348,13 @@ def test_a_machine_from_python_serves_gdb_and_releases_its_port(target):
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen(1)
+
+
+def test_the_command_line_warns_before_it_waits_for_gdb():
+    result = subprocess.run([sys.executable, "-m", "pyvmm", "run", guests.path("gdbtarget.elf"),
+                             "--gdb", "0.0.0.0:0", "--serial", "null", "--timeout", "0.5"],
+                            capture_output=True, timeout=60)
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 124, lines
+    assert lines[0].startswith("warning: the gdb stub listens on 0.0.0.0:")
+    assert lines[1].startswith("warning: waiting for gdb on 0.0.0.0:")

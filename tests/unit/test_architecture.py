@@ -16,7 +16,7 @@ ALLOWED = {
     "memory": set(),
     "devices": set(),                                   # no KVM: devices fuzz without it
     "arch": {"devices", "memory"},
-    "loader": {"arch", "memory"},
+    "loader": {"arch", "memory", "guests"},             # guests: the default kernel
     "run": {"kvm", "devices", "_kvm"},
     "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb"},
     "gdb": {"config", "kvm", "memory", "run"},
