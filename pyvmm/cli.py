@@ -213,6 +213,8 @@ def _boot(config, devices):
             report = format_post_codes(history, machine.started_ns, total)
             if report:
                 print(report, file=sys.stderr)
+    for failure in machine.late_device_failures:
+        print(f"pyvmm: warning: after the run ended, device failure: {failure}", file=sys.stderr)
     if machine.console_dropped:
         print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
               "the output did not take them in time", file=sys.stderr)

@@ -239,7 +239,9 @@ class Bus:
             )
         return data
 
-    def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes, queued: bool = False) -> None:
+        """A write; `queued`: a deferred write reaching its device now, which
+        must not settle() (it is what settle() delivers)."""
         entry = self._last_hit
         if entry is None or addr < entry.base or addr + len(data) > entry.end:
             entry = self._find(addr, len(data))
@@ -247,26 +249,13 @@ class Bus:
                 self.unhandled_writes += 1
                 self._count_unhandled(addr)
                 return
-        if self.settle is not None:
+        if self.settle is not None and not queued:
             self.settle(entry)
         try:
             entry.write(addr - entry.base, data)
         except Exception as error:
-            raise DeviceFailure(self, entry, "write", addr, len(data), error) from error
-
-    def deliver(self, addr: int, data: bytes) -> None:
-        """A deferred write reaching its device now: as write(), without settle()."""
-        entry = self._last_hit
-        if entry is None or addr < entry.base or addr + len(data) > entry.end:
-            entry = self._find(addr, len(data))
-            if entry is None:
-                self.unhandled_writes += 1
-                self._count_unhandled(addr)
-                return
-        try:
-            entry.write(addr - entry.base, data)
-        except Exception as error:
-            raise DeviceFailure(self, entry, "queued write", addr, len(data), error) from error
+            raise DeviceFailure(self, entry, "queued write" if queued else "write", addr, len(data),
+                                error) from error
 
     def deliver_many(self, addr: int, size: int, data: bytes) -> None:
         """len(data) // size deferred writes of `size` bytes at `addr`, in order:
@@ -275,7 +264,7 @@ class Bus:
         write_many = None if entry is None else getattr(entry.device, "write_many", None)
         if write_many is None:
             for start in range(0, len(data) - size + 1, size):
-                self.deliver(addr, data[start:start + size])
+                self.write(addr, data[start:start + size], queued=True)
         else:
             try:
                 write_many(addr - entry.base, size, data)

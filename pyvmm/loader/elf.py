@@ -82,12 +82,6 @@ def program_header_table(image, elf_class, phoff, phentsize, phnum):
     return table
 
 
-def program_headers(image, elf_class, phoff, phentsize, phnum):
-    """Yields (type, offset, paddr, filesz, memsz) for each program header."""
-    for ph in program_header_table(image, elf_class, phoff, phentsize, phnum):
-        yield ph.type, ph.offset, ph.paddr, ph.filesz, ph.memsz
-
-
 def load_segments(image):
     """(class, entry, [ProgramHeader of each PT_LOAD]) of an x86 executable, or LoaderError."""
     hdr = header(image)

@@ -36,6 +36,7 @@ class DeviceManager:
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
+        self.late_failures = []
         self.serial = Serial16550(output=console)
         self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
         self.i8042 = I8042(on_reset=self._reset,
@@ -118,6 +119,11 @@ class DeviceManager:
         self.vm.irq_line(line, 1 if level else 0)
 
     def device_failed(self, message):
+        """Ends the run as a device failure; one that comes after the run ended
+        (a queued write delivered at the end) is kept in `late_failures`."""
+        ended = self.stop.result
+        if ended is not None and ended.reason != "device-failure":
+            self.late_failures.append(message)
         self.stop.request(STATUS_CRASH, "device-failure", message)
 
     def _reset(self):

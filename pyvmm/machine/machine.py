@@ -94,6 +94,11 @@ class Machine:
         return bytes(self.output.data)
 
     @property
+    def late_device_failures(self):
+        """Device failures after the guest had ended the run (e.g. a queued write at the end)."""
+        return list(self.devices.late_failures)
+
+    @property
     def console_dropped(self):
         """Bytes of console output dropped because the output did not take them."""
         return self.output.dropped

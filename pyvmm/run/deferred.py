@@ -123,6 +123,6 @@ class DeferredWrites:
         addr, pio, length = key
         bus = self.buses[bool(pio)]
         if len(run) == 1:
-            bus.deliver(addr, run[0])
+            bus.write(addr, run[0], queued=True)
         else:
             bus.deliver_many(addr, length, b"".join(run))

@@ -168,19 +168,17 @@ class VcpuLoop:
             buf[offset:offset + size * count] = event.data
 
     def _observe_mmio(self, event):
-        exits = self.vcpu.exits
-        addr, data, length, is_write = exits.mmio()
-        self.stats.count_mmio(addr << 1 | (1 if is_write else 0))
-        if not 1 <= length <= 8:
-            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+        mmio = self._mmio_exit()
+        if mmio is None:
             return
+        addr, data, length, is_write = mmio
         event.address, event.size = addr, length
         event.direction = "write" if is_write else "read"
         if is_write:
             event.data = data[:length]
         self._perform(event, length, self.mmio_bus, addr)
         if not is_write:
-            exits.set_mmio_data(event.data)
+            self.vcpu.exits.set_mmio_data(event.data)
 
     def _perform(self, event, total, bus, addr):
         """Before hooks, the bus accesses (one per element), after hooks."""
@@ -213,16 +211,24 @@ class VcpuLoop:
                 buf[element:element + size] = self.port_bus.read(port, size)
 
     def _mmio(self):
-        exits = self.vcpu.exits
-        addr, data, length, is_write = exits.mmio()
-        self.stats.count_mmio(addr << 1 | (1 if is_write else 0))
-        if not 1 <= length <= 8:
-            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+        mmio = self._mmio_exit()
+        if mmio is None:
             return
+        addr, data, length, is_write = mmio
         if is_write:
             self.mmio_bus.write(addr, data[:length])
         else:
-            exits.set_mmio_data(self.mmio_bus.read(addr, length))
+            self.vcpu.exits.set_mmio_data(self.mmio_bus.read(addr, length))
+
+    def _mmio_exit(self):
+        """The MMIO exit (address, data, length, is_write), counted; None when
+        KVM gave a length no access has (the run then ends as a crash)."""
+        addr, data, length, is_write = mmio = self.vcpu.exits.mmio()
+        self.stats.count_mmio(addr << 1 | (1 if is_write else 0))
+        if not 1 <= length <= 8:
+            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+            return None
+        return mmio
 
     def _other(self):
         exit = self.vcpu.exits.decode()

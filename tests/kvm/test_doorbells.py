@@ -105,7 +105,9 @@ def test_many_rings_are_all_delivered():
 
 
 def test_a_device_failing_on_its_worker_ends_the_run_naming_it():
-    result, _ = run("bench_exit.bin", "fast", Exploding(((0, 1, 0),)), 0x560, image=bench_image(50))
+    # Enough rings that the guest is still ringing when the worker delivers
+    # (doorbells carry no order against other devices' accesses).
+    result, _ = run("bench_exit.bin", "fast", Exploding(((0, 1, 0),)), 0x560, image=bench_image(10_000_000))
     assert (result.status, result.reason) == (125, "device-failure")
     assert result.message == ("device 'Exploding' failed on a 1-byte queued write at port 0x560: "
                               "RuntimeError: device bug")
@@ -118,6 +120,19 @@ def test_the_worker_threads_and_eventfds_end_with_the_machine():
         run("bench_exit.bin", "fast", BellRecorder(((0, 1, 0),)), 0x560, image=bench_image(10))
     assert not [t for t in threading.enumerate() if t.name.startswith("pyvmm-")]
     assert len(os.listdir("/proc/self/fd")) == before_fds
+
+
+def test_a_device_failing_on_a_write_delivered_at_the_end_is_still_reported():
+    config = VmConfig(kernel=guests.path("bench_exit.bin"), serial="buffer", timeout=30)
+    with Machine(config, bench_image(50), read_kernel(config)[1]) as machine:
+        machine.add_port_device(0x560, 0x10, Exploding(((0, 1, 0),)))
+        result = machine.run()
+        late = machine.late_device_failures
+    if result.reason == "debug-exit":       # the guest ended it before the worker delivered
+        assert late == ["device 'Exploding' failed on a 1-byte queued write at port 0x560: "
+                        "RuntimeError: device bug"]
+    else:
+        assert result.reason == "device-failure" and late == []
 
 
 class FailingConsole:

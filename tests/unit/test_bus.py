@@ -350,7 +350,7 @@ class Logged:
         self.calls.append(("write", offset, bytes(data)))
 
 
-def test_settle_runs_before_every_access_that_reaches_a_device_and_deliver_skips_it():
+def test_settle_runs_before_every_access_that_reaches_a_device_but_not_a_queued_write():
     calls = []
     bus = Bus.port_io()
     bus.register(0x600, 4, Logged(calls))
@@ -358,7 +358,7 @@ def test_settle_runs_before_every_access_that_reaches_a_device_and_deliver_skips
     bus.write(0x601, b"\x01")
     assert bus.read(0x602, 2) == b"\x00\x00"
     bus.read(0x700, 1)                              # no device: nothing to settle
-    bus.deliver(0x603, b"\x07")
+    bus.write(0x603, b"\x07", queued=True)
     assert calls == [("settle", 0x600), ("write", 1, b"\x01"), ("settle", 0x600), ("read", 2),
                      ("write", 3, b"\x07")]
 

@@ -349,6 +349,13 @@ def platform(output):
     return bus, serial, post, cmos
 
 
+def zoned_platform(output):
+    """platform(output) under a FastPath with a ring: (bus, serial, vm, fast)."""
+    bus, serial, _post, _cmos = platform(output)
+    vm = ZoneRecorder()
+    return bus, serial, vm, FastPath(bus, Bus.mmio(), vm)
+
+
 def observed(output, serial, post, cmos):
     return (b"".join(output), serial.bytes_transmitted, serial.irq_level, serial.register_snapshot(),
             [value for _, value in post.history()], cmos.read(1, 1))
@@ -405,9 +412,7 @@ def test_deferred_writes_reach_devices_as_direct_writes_would(ops):
 
 def test_posted_ranges_get_a_zone_after_volume_and_lose_it_when_posting_stops():
     output = []
-    bus, serial, _post, _cmos = platform(output)
-    vm = ZoneRecorder()
-    fast = FastPath(bus, Bus.mmio(), vm)
+    bus, serial, vm, fast = zoned_platform(output)
     fake = FakeState(fast)
     thr = (BASE, 1, True)
     for removal in range(ZONE_REMOVALS + 3):
@@ -432,9 +437,7 @@ def test_posted_ranges_get_a_zone_after_volume_and_lose_it_when_posting_stops():
 
 def test_ring_indices_out_of_range_are_dropped_not_followed():
     output = []
-    bus, serial, post, cmos = platform(output)
-    vm = ZoneRecorder()
-    fast = FastPath(bus, Bus.mmio(), vm)
+    bus, serial, vm, fast = zoned_platform(output)
     ring = ring_of(vm)
     push(ring, 0xE9, b"a")
     ring.last = RING_SLOTS + 5                     # a ring page nobody should trust
