@@ -118,3 +118,35 @@ def test_context_memory_is_bounds_checked_guest_ram():
         context.memory.write(0x1000, b"abc")
         assert context.memory.read(0x1000, 3) == b"abc"
         assert not context.memory.contains((1 << 20) - 1, 2)
+
+
+class FakeIrqFd:
+    """What KVM's resampling irqfd looks like to the line: two eventfds."""
+
+    def __init__(self):
+        from pyvmm.kvm.eventfd import EventFd
+        self.trigger, self.resample = EventFd(), EventFd()
+
+    def signal(self):
+        self.trigger.signal()
+
+
+def test_a_resampled_line_is_raised_again_after_each_eoi_while_it_is_high():
+    from pyvmm.machine.devices import resampled_line
+    irqfd = FakeIrqFd()
+    worker = DeviceWorker("line")
+    try:
+        line = resampled_line(irqfd, worker, "gsi20")
+        line.high()
+        assert irqfd.trigger.take() == 1
+        irqfd.resample.signal()                  # the guest's EOI: KVM lowered it
+        _wait(lambda: irqfd.trigger.take() == 1)
+        line.low()                               # nothing to do: the next EOI ends it
+        assert irqfd.trigger.take() == 0
+        irqfd.resample.signal()
+        time.sleep(0.05)
+        assert irqfd.trigger.take() == 0         # low: not raised again
+    finally:
+        worker.close()
+        irqfd.trigger.close()
+        irqfd.resample.close()
