@@ -3,6 +3,8 @@ alarm, the power button or a resume request, resumes at its waking vector;
 a guest with nothing armed ends the run; the vCPUs are reset on the way.
 The same guest against QEMU: tests/differential/test_s3_vs_qemu.py."""
 
+import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -186,3 +188,11 @@ def test_power_on_resets_what_a_guest_changed():
         regs, sregs = ap.get_regs(), ap.get_sregs()
         assert (sregs.cs.selector, sregs.cs.base, regs.rip) == (0xF000, 0xFFFF0000, 0xFFF0)
         assert sregs.cr0 == 0x60000010 and ap.get_mp_state() == "uninitialized"
+
+
+def test_the_readme_example_wakes_its_guest_with_the_power_button(capsys):
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    code = next(block for block in blocks if "press_power_button" in block)
+    exec(compile(code, str(readme), "exec"), {})
+    assert capsys.readouterr().out.splitlines()[:-1] == BUTTON_WAKE
