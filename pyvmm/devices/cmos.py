@@ -132,6 +132,7 @@ class Cmos:
         self._lock = threading.Lock()
         self._context = None  # the interrupt line and the timers' worker, once attached
         self._timer = None  # the worker's timer for the next update or alarm that interrupts
+        self._timer_due = None  # (guest second, clock offset) it is for
         self._flags = 0  # register C
         self._ram = bytearray(CMOS_SIZE)
         self._index = 0
@@ -310,12 +311,22 @@ class Cmos:
     def _schedule(self) -> None:
         """Arms the worker's timer for the next update cycle that can raise
         the line: the next second with UIE, the next alarm with AIE (a flag
-        still set cannot raise it again)."""
+        still set cannot raise it again). A timer already due then, on the
+        same clock, stays."""
+        due = self._next_interrupt()
         if self._timer is not None:
+            if (due, self._offset) == self._timer_due:
+                return
             self._timer.cancel()
             self._timer = None
+        if due is not None:
+            self._timer = self._context.worker.call_later(due - self._guest_time(), self._tick)
+            self._timer_due = (due, self._offset)
+
+    def _next_interrupt(self) -> Optional[int]:
+        """The guest second of the next update cycle that can raise the line, if any."""
         if self._context is None or not self._running():
-            return
+            return None
         b, flags, second = self._ram[REG_B], self._flags, self._updated_second
         due = []
         if b & REG_B_UIE and not flags & REG_C_UF:
@@ -324,8 +335,7 @@ class Cmos:
             alarm = self._next_alarm(second)
             if alarm is not None:
                 due.append(alarm)
-        if due:
-            self._timer = self._context.worker.call_later(min(due) - self._guest_time(), self._tick)
+        return min(due) if due else None
 
     def _tick(self) -> None:
         """The timer, on the worker: the update cycle it was armed for (or,

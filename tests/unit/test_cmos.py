@@ -547,3 +547,14 @@ def test_reset_clears_the_alarm_enable_and_the_line():
     assert rtc.read(0x0C) == 0x00
     assert rtc.read(0x0F) == 0xFE                   # RAM and clock stay
     assert not rtc.dev.alarm_armed
+
+
+def test_register_writes_keep_the_alarm_timer():
+    rtc = AlarmRtc()
+    rtc.arm(0x14, 0x00, 0x00, 0x22)
+    timer = rtc.worker.pending
+    for value in range(1000):
+        rtc.write(0x40, value & 0xFF)            # RAM
+        rtc.write(0x0B, 0x22)                    # B again, unchanged
+        rtc.write(0x01, 0x00)                    # the same alarm
+    assert rtc.worker.pending is timer and len(rtc.worker.timers) == 1
