@@ -150,6 +150,8 @@ def test_a_resampled_line_is_raised_again_after_each_eoi_while_it_is_high():
         worker.close()
         irqfd.trigger.close()
         irqfd.resample.close()
+
+
 def test_cancelled_timers_do_not_pile_up():
     """A device that re-arms a far timer on every register write (the RTC
     with its alarm a day away) cancels as many as it makes: they must not
