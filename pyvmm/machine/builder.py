@@ -72,7 +72,7 @@ def create_vcpus(kvm, vm, config):
     cpus = config.cpus
     supported = kvm.supported_cpuid()
     msr_indices = kvm.msr_index_list()
-    msrs = msr.boot_msrs(msr_indices)
+    msrs, reset_msrs = msr.boot_msrs(msr_indices), msr.reset_msrs(msr_indices)
     vcpus, boots = [], []
     for index in range(cpus):
         vcpu = vm.create_vcpu(index)
@@ -85,5 +85,5 @@ def create_vcpus(kvm, vm, config):
         xcrs = {0: cpuid.boot_xcr0(entries)} if cpuid.has_feature(entries, "xsave") else {}
         if xcrs:
             vcpu.set_xcrs(xcrs)
-        boots.append(VcpuBoot(msr.reset_msrs(msr_indices), xcrs, bytes(lapic_page)))
+        boots.append(VcpuBoot(reset_msrs, xcrs, bytes(lapic_page)))
     return vcpus, boots

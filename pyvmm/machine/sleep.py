@@ -18,7 +18,7 @@ with a warning, as it does in a VMM that has no wake source.
 Waking is QEMU's qemu_system_wakeup (a machine reset that keeps RAM) and
 then SeaBIOS's resume path, done on this controller's own thread:
 1. wait until every vCPU is parked;
-2. read the waking vector from the FACS (pyvmm.arch.x86_64.power_on); with
+2. read the waking vector from the FACS (pyvmm.arch.x86_64.acpi); with
    none, firmware reboots, and pyvmm ends the run as it does on a reset;
 3. reset every vCPU to its power-on state: vCPU 0 enters the waking vector
    (real mode, CS = vector >> 4, IP = vector & 0xF), the others wait for
@@ -74,15 +74,15 @@ class SleepControl:
 
     # --- events, from any thread ------------------------------------------------------
     def enter(self, state):
-        """The guest asked for sleep state `state` (the PM device's on_sleep,
-        on the vCPU thread of the write)."""
+        """The guest asked for sleep state `state`, S3 (the PM device's
+        on_sleep, on the vCPU thread of the write)."""
         with self._lock:
-            if self._state != AWAKE or self._vcpus is None:
-                return
+            if self._state != AWAKE:
+                return                  # another vCPU's request got here first
             timer_delay = self.pm.timer_wake_delay()
             armed = (self.external_wake or timer_delay is not None
                      or (self.pm.rtc_wake_enabled and self.cmos.alarm_armed))
-            if state != 3 or not armed:
+            if not armed or self._vcpus is None:
                 self._warn(f"the guest entered ACPI S{state} sleep with no wake source armed "
                            "(an RTC alarm with RTC_EN, the PM timer with TMR_EN, or a wake "
                            "request), so the run ends")

@@ -27,6 +27,7 @@ def boot_msrs(supported):
     supported = set(supported)
     return {index: value for index, value in BOOT_MSRS.items() if index in supported}
 
+
 IA32_PAT = 0x277
 IA32_TSC_DEADLINE = 0x6E0
 PAT_RESET = 0x0007040600070406
