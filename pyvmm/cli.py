@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 
+from . import __version__, guests
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
 from .devices import BusError
@@ -27,6 +28,7 @@ from .user_devices import parse_device_spec
 EXIT_USAGE = 2
 EXIT_HOST = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE     # what a shell shows for a tool SIGPIPE ended
 # The serial console, early output from the first instruction on, and a
 # panic ends the run (a reset) instead of hanging.
 LINUX_CMDLINE = "console=ttyS0 earlyprintk=serial panic=-1"
@@ -39,6 +41,12 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
+
+    def _print_message(self, message, file=None):
+        # argparse ignores a failed write of --help or --version; a closed
+        # pipe ends them as it ends every command (main()).
+        if message:
+            (file or sys.stderr).write(message)
 
 
 def add_machine_arguments(parser):
@@ -70,12 +78,15 @@ def add_machine_arguments(parser):
 
 def build_parser():
     parser = Parser(prog="pyvmm", description="A small virtual machine monitor on Linux KVM.")
+    parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser("run", help="boot a kernel (default: the bundled hello guest)")
     run.add_argument("kernel", nargs="?", metavar="KERNEL",
                      help="kernel image: bzImage, multiboot, PVH or plain ELF, "
                           "or a flat binary with --raw-mode")
+    run.add_argument("--guest", metavar="NAME",
+                     help="boot a bundled guest instead of KERNEL (`pyvmm guests` lists them)")
     add_machine_arguments(run)
     run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
     run.add_argument("--module", action="append", default=[], metavar="'PATH[ ARGS]'",
@@ -89,6 +100,9 @@ def build_parser():
     run.add_argument("--gdb", metavar="HOST:PORT",
                      help="stop before the first instruction and wait for gdb "
                           "(target remote HOST:PORT); port 0 picks a free port")
+
+    listing = commands.add_parser("guests", help="list the bundled guests, one line each on what they show")
+    listing.add_argument("--path", metavar="NAME", help="print the file of guest NAME (for gdb, objdump)")
 
     stats = commands.add_parser("stats", help="summarise a --trace file (like perf kvm stat)")
     stats.add_argument("trace", metavar="FILE")
@@ -110,14 +124,20 @@ def build_parser():
 
 
 def config_from_args(args):
+    kernel, raw_mode = getattr(args, "kernel", None), getattr(args, "raw_mode", None)
+    if getattr(args, "guest", None) is not None:
+        if kernel is not None:
+            raise ConfigError("give KERNEL or --guest NAME, not both")
+        guest = _find_guest(args.guest)
+        kernel, raw_mode = guests.path(guest.file), raw_mode or guest.raw_mode
     config = VmConfig(
-        kernel=getattr(args, "kernel", None),
+        kernel=kernel,
         memory=parse_size(args.memory),
         cpus=args.cpus,
         cmdline=args.cmdline,
         modules=getattr(args, "module", []),
         initrd=getattr(args, "initrd", None),
-        raw_mode=getattr(args, "raw_mode", None),
+        raw_mode=raw_mode,
         load_addr=_address(getattr(args, "load_addr", None)),
         entry=_address(getattr(args, "entry", None)),
         serial=args.serial,
@@ -135,6 +155,28 @@ def config_from_args(args):
 
 def _address(text):
     return None if text is None else parse_address(text)
+
+
+def _find_guest(name):
+    try:
+        return guests.find(name)
+    except guests.GuestNotFound as error:
+        raise ConfigError(f"--guest: {error}") from None
+
+
+def command_guests(args):
+    if args.path is not None:
+        guest = _find_guest(args.path)
+        try:
+            print(guests.path(guest.file))
+        except guests.GuestNotFound as error:
+            raise HostProblem(str(error)) from None
+        return 0
+    catalogue = guests.catalogue()
+    width = max(len(guest.name) for guest in catalogue)
+    for guest in catalogue:
+        print(f"{guest.name:<{width}}  {guest.shows.replace('`', '')}")
+    return 0
 
 
 class HostProblem(Exception):
@@ -235,10 +277,29 @@ def _readable(fd):
     return True
 
 
+COMMANDS = {"guests": command_guests, "linux": command_linux, "stats": command_stats, "run": command_run}
+
+
 def main(argv=None):
+    """The exit status of one command. A reader that closes its end of
+    standard output (`pyvmm stats FILE | head -1`) ends the command quietly,
+    with the status a shell shows for a tool that SIGPIPE ended."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()          # inside: a late broken pipe is caught here too
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # nothing more to write at exit
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv):
     try:
         args = build_parser().parse_args(argv)
-        return {"linux": command_linux, "stats": command_stats, "run": command_run}[args.command](args)
+        return COMMANDS[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError) as error:
         _error(error)
@@ -250,6 +311,8 @@ def main(argv=None):
         return EXIT_INTERRUPTED
     except Terminated as signo:
         return 128 + signo.args[0]
+    except BrokenPipeError:
+        raise
     except Exception as error:  # never a traceback: name the bug in one line
         _error(f"internal error: {type(error).__name__}: {error}")
         return STATUS_CRASH
