@@ -55,8 +55,11 @@ def add_machine_arguments(parser):
                         help="guest RAM, with a K/M/G suffix (default 128M)")
     parser.add_argument("--cpus", type=int, default=1, metavar="N",
                         help="number of vCPUs (default 1)")
-    parser.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH",
-                        help="where the serial console's output goes (default stdio)")
+    parser.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH|pty|socket=PATH",
+                        help="the serial console: output to stdout (stdio, the default), nowhere "
+                             "(null) or a file, input from stdin; or a pseudo-terminal (pty, its "
+                             "path is printed) or a unix socket to attach to (socket=PATH), "
+                             "which carry both")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop the guest after this long (exit status 124)")
     parser.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
@@ -242,11 +245,14 @@ def _boot(config, devices):
                 register(spec.base, spec.length, device, name=f"{spec.module}:{spec.cls}")
             except BusError as error:
                 raise ConfigError(f"--device: {error}") from None
+        if machine.console_where is not None:
+            print(f"pyvmm: serial console on {machine.console_where}", file=sys.stderr, flush=True)
         if machine.gdb is not None:
             print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
-        interactive = config.serial == "stdio" and _readable(0)
-        with raw_input_mode(0) if interactive else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if interactive else None)
+        # Input comes from stdin whatever the output is, unless the console brings its own.
+        from_stdin = not machine.console_carries_input and _readable(0)
+        with raw_input_mode(0) if from_stdin else contextlib.nullcontext():
+            result = machine.run(stdin_fd=0 if from_stdin else None)
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
@@ -259,7 +265,7 @@ def _boot(config, devices):
         print(f"pyvmm: warning: after the run ended, device failure: {failure}", file=sys.stderr)
     if machine.console_dropped:
         print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
-              "the output did not take them in time", file=sys.stderr)
+              f"{machine.console_drop_reason}", file=sys.stderr)
     if result.reason == "device-failure":
         print(f"pyvmm: device failure: {result.message}", file=sys.stderr)
     elif result.status == STATUS_CRASH:

@@ -47,8 +47,7 @@ class Machine:
             try:
                 self.output = open_output(config.serial)
             except OSError as error:
-                raise InputFileError(f"cannot write serial output {config.serial[5:]}: "
-                                     f"{error.strerror or error}") from None
+                raise InputFileError(f"{_serial_trouble(config.serial)}: {error.strerror or error}") from None
             self.devices = DeviceManager(config, self.memory, self.vm, self.stop, self.output.write,
                                          self.boot.format)
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
@@ -108,6 +107,22 @@ class Machine:
         """Bytes of console output dropped because the output did not take them."""
         return self.output.dropped
 
+    @property
+    def console_drop_reason(self):
+        return self.output.drop_reason
+
+    @property
+    def console_where(self):
+        """Where a user attaches to the console: the pty's path or the socket's
+        (None for the other back-ends)."""
+        return self.output.where
+
+    @property
+    def console_carries_input(self):
+        """True when the console back-end (pty, socket) brings its own input:
+        run() then reads no stdin_fd."""
+        return self.output.carries_input
+
     def post_codes(self):
         """(history of (time ns, value), total writes) of the POST port."""
         return self.devices.post.history(), self.devices.post.total_writes
@@ -155,13 +170,16 @@ class Machine:
         """Runs until the guest stops; returns a RunResult.
 
         `timeout` defaults to config.timeout; `stdin_fd` (e.g. 0) feeds the
-        UART's receiver from a host file descriptor.
+        UART's receiver from a host file descriptor, unless the console
+        back-end brings its own input (pty, socket).
         """
         if self.vcpu_manager is not None:
             raise RuntimeError("a Machine runs once")
         timeout = self.config.timeout if timeout is None else timeout
         self.started_ns = monotonic_ns()
-        if stdin_fd is not None:
+        if self.output.carries_input:
+            self.output.start_input(self.serial.feed)
+        elif stdin_fd is not None:
             self._input = InputPump(stdin_fd, self.serial.feed).start()
         self.loops = self._make_loops()
         self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush)
@@ -185,6 +203,8 @@ class Machine:
             if self._input is not None:
                 self._input.stop()
                 self._input = None
+            if self.output.carries_input:
+                self.output.stop_input()
             self.output.finish()
         return self.stop.result
 
@@ -289,3 +309,11 @@ class Machine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _serial_trouble(spec):
+    if spec.startswith("socket="):
+        return f"cannot listen on serial socket {spec[7:]}"
+    if spec == "pty":
+        return "cannot open a pseudo-terminal for the serial console"
+    return f"cannot write serial output {spec[5:]}"
