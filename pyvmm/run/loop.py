@@ -147,12 +147,22 @@ class VcpuLoop:
             elif reason == EXIT_MMIO:
                 self._observe_mmio(event)
             else:
-                _call_hooks(self.hooks.before, event)
+                self._before(event)
                 self._other()
                 _call_hooks(self.hooks.after, event)
             if event.stop_request is not None:
-                status, message = event.stop_request
-                stop.request(status, "hook", message, vcpu=vcpu.index)
+                self._hook_stop(event)
+
+    def _before(self, event):
+        """The before hooks. A stop one asks for is requested at once, so it
+        wins over the one the exit itself may cause (a debug-exit write)."""
+        _call_hooks(self.hooks.before, event)
+        if event.stop_request is not None:
+            self._hook_stop(event)
+
+    def _hook_stop(self, event):
+        status, message = event.stop_request
+        self.stop.request(status, "hook", message, vcpu=self.vcpu.index)
 
     def _observe_io(self, event, direction, size, port, count, offset):
         self.stats.count_port(port << 1 | direction, count)
@@ -184,7 +194,7 @@ class VcpuLoop:
 
     def _perform(self, event, total, bus, addr):
         """Before hooks, the bus accesses (one per element), after hooks."""
-        _call_hooks(self.hooks.before, event)
+        self._before(event)
         started = monotonic_ns()
         size = event.size
         if event.is_read:
