@@ -40,15 +40,25 @@ Replay (pyvmm.testing.replay), needs /dev/kvm:
         own devices).  Raises ReplayError when the guest did not finish.
 
 Settings: settings_profile() registers (and returns the name of) the
-"pyvmm-fuzz" hypothesis profile, whose example database lives in the
-repository's ignored .hypothesis/examples, so a failing example is replayed
-first by the next run; fuzz_settings(**overrides) is a settings object
-based on it, for use as a decorator.
+"pyvmm-fuzz" hypothesis profile, whose example database is hypothesis's
+usual .hypothesis/examples in the current directory (where the tests run,
+never inside the installed pyvmm), so a failing example is replayed first
+by the next run; fuzz_settings(**overrides) is a settings object based on
+it, for use as a decorator.
+
+pyvmm.testing needs hypothesis: `pip install 'pyvmm[test]'`.
 """
 
 from __future__ import annotations
 
 import os
+
+try:
+    import hypothesis  # noqa: F401  (every strategy is built on it)
+except ImportError as missing:
+    raise ImportError("pyvmm.testing needs hypothesis, which is not installed: "
+                      "pip install 'pyvmm[test]' (or pip install hypothesis)",
+                      name="hypothesis") from missing
 
 from .harness import (Event, InvariantViolation, Outcome, Placement, Report, Rig, Sentinel,
                       assert_same_reports, compare_reports, drive)
@@ -61,23 +71,16 @@ PROFILE = "pyvmm-fuzz"
 SCALE_VARIABLE = "PYVMM_FUZZ_SCALE"
 
 
-def repository_root() -> str:
-    """The source checkout holding this pyvmm (where pyproject.toml is), or the
-    current directory for an installed pyvmm."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.exists(os.path.join(here, "pyproject.toml")):
-        return here
-    return os.getcwd()
-
-
 def example_database_path() -> str:
-    """Where the fuzz profile keeps hypothesis's examples: <repo>/.hypothesis/examples."""
-    return os.path.join(repository_root(), ".hypothesis", "examples")
+    """Where the fuzz profile keeps hypothesis's examples: .hypothesis/examples in
+    the current directory, as hypothesis does by default (a project's tests
+    keep their own failures; pyvmm's package tree is never written to)."""
+    return os.path.join(os.getcwd(), ".hypothesis", "examples")
 
 
 def settings_profile(name: str = PROFILE, **overrides) -> str:
     """Registers the fuzz profile and returns its name (settings.load_profile
-    takes it): examples in the repository's .hypothesis/examples, no
+    takes it): examples in example_database_path(), no
     deadline (KVM runs vary), @reproduce_failure blobs printed."""
     from hypothesis import HealthCheck, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
@@ -114,5 +117,5 @@ __all__ = [
     "ReplayError", "Report", "Rig", "Sentinel", "WRITE", "access_sequences", "accesses_for",
     "addresses_around", "assert_same_reports", "compare_reports", "drive", "encode_program",
     "example_database_path", "fuzz_settings", "mmio_accesses", "port_accesses",
-    "replay_on_kvm", "repository_root", "settings_profile",
+    "replay_on_kvm", "settings_profile",
 ]
