@@ -23,6 +23,7 @@ class BuildPyWithGuests(build_py):
         out = os.path.join(os.path.abspath(self.build_lib), "pyvmm", "guests")
         objects = os.path.join(os.path.abspath(self.get_finalized_command("build").build_temp),
                                "guests-obj")
+        os.makedirs(out, exist_ok=True)
         subprocess.check_call(["make", "-s", "-C", os.path.join(HERE, "guests"), f"OUT={out}",
                                f"OBJ={objects}"])
         shutil.copy(os.path.join(HERE, "guests", "README.md"), os.path.join(out, "README.md"))

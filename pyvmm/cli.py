@@ -65,9 +65,9 @@ def add_machine_arguments(parser):
     parser.add_argument("--cpu-features", default="", metavar="-FEAT[,-FEAT...]",
                         help="hide CPU features from the guest, e.g. -xsave,-cx16 "
                              "(features that depend on them are hidden too)")
-    parser.add_argument("--stats", nargs="?", const="text", choices=("text", "json"),
+    parser.add_argument("--stats", nargs="?", const="text", choices=("text", "json"), metavar="text|json",
                         help="print exit counters to stderr at the end (--stats=json for machines)")
-    parser.add_argument("--exit-path", choices=("python", "fast"),
+    parser.add_argument("--exit-path", choices=("fast", "python"), metavar="fast|python",
                         help="run loop: the C loop, which handles the registers devices declare "
                              "(posted writes, cached reads) without Python (fast, the default), or "
                              "the Python reference loop, one trip through Python per exit (python); "
@@ -85,17 +85,18 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser("run", help="boot a kernel (default: the bundled hello guest)")
-    run.add_argument("kernel", nargs="?", metavar="KERNEL",
-                     help="kernel image: bzImage, multiboot, PVH or plain ELF, "
-                          "or a flat binary with --raw-mode")
-    run.add_argument("--guest", metavar="NAME",
-                     help="boot a bundled guest instead of KERNEL (`pyvmm guests` lists them)")
+    what = run.add_mutually_exclusive_group()
+    what.add_argument("kernel", nargs="?", metavar="KERNEL",
+                      help="kernel image: bzImage, multiboot, PVH or plain ELF, "
+                           "or a flat binary with --raw-mode")
+    what.add_argument("--guest", metavar="NAME",
+                      help="boot a bundled guest instead of KERNEL (`pyvmm guests` lists them)")
     add_machine_arguments(run)
     run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
-    run.add_argument("--module", action="append", default=[], metavar="'PATH[ ARGS]'",
+    run.add_argument("--module", action="append", default=[], metavar="'PATH [ARGS]'",
                      help="a multiboot/PVH module with its command line (repeatable, in order)")
     run.add_argument("--initrd", metavar="PATH", help="initial ramdisk for a Linux kernel")
-    run.add_argument("--raw-mode", choices=("real", "protected", "long"),
+    run.add_argument("--raw-mode", choices=("real", "protected", "long"), metavar="real|protected|long",
                      help="load KERNEL as a flat binary entered in this mode")
     run.add_argument("--load-addr", metavar="ADDR",
                      help="flat binary load address (default 0x7c00 real, 0x100000 otherwise)")
@@ -129,8 +130,6 @@ def build_parser():
 def config_from_args(args):
     kernel, raw_mode = getattr(args, "kernel", None), getattr(args, "raw_mode", None)
     if getattr(args, "guest", None) is not None:
-        if kernel is not None:
-            raise ConfigError("give KERNEL or --guest NAME, not both")
         guest = _find_guest(args.guest)
         kernel, raw_mode = guests.path(guest.file), raw_mode or guest.raw_mode
     config = VmConfig(

@@ -81,7 +81,7 @@ def test_pyvmm_guests_path_prints_the_file_for_gdb():
 
 @pytest.mark.parametrize("args, fragment", [
     (["run", "--guest", "nope"], "no bundled guest named 'nope' (`pyvmm guests` lists them: hello, "),
-    (["run", "kernel.bin", "--guest", "hello"], "give KERNEL or --guest NAME, not both"),
+    (["run", "kernel.bin", "--guest", "hello"], "argument --guest: not allowed with argument KERNEL"),
     (["guests", "--path", "nope"], "no bundled guest named 'nope'"),
 ])
 def test_unknown_or_doubled_guest_is_a_usage_error(args, fragment):
