@@ -49,6 +49,12 @@ def test_a_device_module_in_the_current_directory_is_imported(workdir):
     assert (result.returncode, result.stderr) == ((0x42 << 1) | 1, b"")
 
 
+def test_the_exit_status_is_the_guest_status_modulo_256(workdir):
+    # Ending 3 is `outw 0x0107 -> 0xf4`: status 0x20f, which a process exit status cannot hold.
+    result = pyvmm_in(workdir, "run", "--guest", "exits", "--device", "mydev:Scratch@0x500-0x50f,fill=3")
+    assert (result.returncode, result.stderr) == (0x20F % 256, b"")
+
+
 def test_a_device_that_raises_is_a_device_failure_naming_it_and_the_access(workdir):
     result = pyvmm_in(workdir, "run", "--guest", "exits", "--device", "mydev:Broken@0x500-0x50f",
                       "--exit-path", "python")
