@@ -131,7 +131,7 @@ def config_from_args(args):
     kernel, raw_mode = getattr(args, "kernel", None), getattr(args, "raw_mode", None)
     if getattr(args, "guest", None) is not None:
         guest = _find_guest(args.guest)
-        kernel, raw_mode = guests.path(guest.file), raw_mode or guest.raw_mode
+        kernel, raw_mode = _guest_file(guest), raw_mode or guest.raw_mode
     config = VmConfig(
         kernel=kernel,
         memory=parse_size(args.memory),
@@ -166,15 +166,21 @@ def _find_guest(name):
         raise ConfigError(f"--guest: {error}") from None
 
 
+def _guest_file(guest):
+    try:
+        return guests.path(guest.file)
+    except guests.GuestNotFound as error:     # a checkout that cannot build them (no gcc, make)
+        raise HostProblem(str(error)) from None
+
+
 def command_guests(args):
     if args.path is not None:
-        guest = _find_guest(args.path)
-        try:
-            print(guests.path(guest.file))
-        except guests.GuestNotFound as error:
-            raise HostProblem(str(error)) from None
+        print(_guest_file(_find_guest(args.path)))
         return 0
-    catalogue = guests.catalogue()
+    try:
+        catalogue = guests.catalogue()
+    except guests.GuestNotFound as error:     # an installation without guests/README.md
+        raise HostProblem(str(error)) from None
     width = max(len(guest.name) for guest in catalogue)
     for guest in catalogue:
         print(f"{guest.name:<{width}}  {guest.shows.replace('`', '')}")
