@@ -17,7 +17,6 @@ unix socket a user attaches to (SocketConsole).
 import fcntl
 import os
 import select
-import socket
 import stat
 import struct
 import termios
@@ -250,8 +249,10 @@ class SocketConsole(ConsoleOutput):
     carries_input = True
 
     def __init__(self, path, limit=BACKLOG_LIMIT):
+        import socket       # only a run with a socket console pays for the import
         super().__init__(None, limit=limit)
         self.where = path
+        self._shutdown = socket.SHUT_RDWR
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._listener.bind(path)                   # EADDRINUSE if PATH exists
@@ -306,7 +307,7 @@ class SocketConsole(ConsoleOutput):
         # one; _serve sees the end of the connection and closes it.
         self.fd = None
         try:
-            self._client.shutdown(socket.SHUT_RDWR)
+            self._client.shutdown(self._shutdown)
         except OSError:
             pass
         return 0

@@ -216,3 +216,22 @@ def test_socket_left_at_close_is_only_removed_when_it_is_still_ours(socket_path)
     console.close()
     with open(socket_path) as other:
         assert other.read() == "theirs"
+
+
+def test_socket_output_written_as_a_client_leaves_goes_to_the_next_client(socket_path):
+    console = SocketConsole(socket_path)
+    console.start_input(Feed())
+    try:
+        first = connect(socket_path)
+        wait_attached(console)
+        first.close()
+        console.write(b"z" * 100)        # at once: the write fails (EPIPE) or finds no client
+        console.flush()
+        second = connect(socket_path)
+        wait_attached(console)
+        flush_until_empty(console)
+        assert read_until(second, b"z" * 100) == b"z" * 100
+        second.close()
+    finally:
+        console.close()
+    assert console.dropped == 0
