@@ -1,7 +1,9 @@
-"""Test-wide markers: `kvm` tests need /dev/kvm, `qemu` tests need QEMU.
+"""Test-wide markers: `kvm` tests need /dev/kvm, `qemu` tests need QEMU,
+`gdb` tests gdb, `svm` tests the SVM test host (QEMU and Debian's packages,
+pyvmm/testing/svm).
 
 Without them a developer sees a clear skip; under CI (CI=true) a missing
-/dev/kvm or QEMU is a failure, never a skip.
+/dev/kvm, QEMU, gdb or SVM host is a failure, never a skip.
 """
 
 import os
@@ -26,8 +28,14 @@ def _qemu_missing():
     return None
 
 
+def _svm_missing():
+    from pyvmm.testing import svm
+    return svm.missing()
+
+
 REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing,
-                "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)"}
+                "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)",
+                "svm": _svm_missing}
 
 
 def pytest_runtest_setup(item):
@@ -40,3 +48,19 @@ def pytest_runtest_setup(item):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI requires it: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def svm_host_slot():
+    """The session's one SVM test host slot (pyvmm/testing/svm): an L1 with 2
+    vCPUs (the 2-vCPU guests need them), booted on first use."""
+    from pyvmm.testing.svm import HostSlot
+    slot = HostSlot(cpus=2)
+    yield slot
+    slot.release()
+
+
+@pytest.fixture
+def svm_host(svm_host_slot):
+    """The session's SVM test host, booted again when a test left it dead."""
+    return svm_host_slot.get()
