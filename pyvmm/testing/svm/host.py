@@ -113,7 +113,7 @@ class SvmHost:
             started = time.monotonic()
             self._qemu = subprocess.Popen(self.qemu_command(assets), stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent)
             ready = self._wait_for(os.path.join(self.job_dir, host_init.READY_FILE),
                                    started + self.boot_timeout, "booting")
             if not ready.startswith("ok "):
@@ -178,7 +178,7 @@ class SvmHost:
         started = time.monotonic()
         # The command's own `timeout` ends it; past that, L1 itself is stuck.
         status = self._wait_for(os.path.join(self.job_dir, f"{number}.status"),
-                                started + timeout + 30, f"running {shlex.join(argv)}")
+                                started + timeout + 30, f"running {shlex.join(argv)}", number)
         seconds = time.monotonic() - started
         return CommandResult(int(status), self._read(f"{number}.out"), self._read(f"{number}.err"), seconds)
 
@@ -194,16 +194,17 @@ class SvmHost:
         with open(os.path.join(self.job_dir, name), "rb") as file:
             return file.read().decode(errors="replace")
 
-    def _wait_for(self, path, deadline, doing):
+    def _wait_for(self, path, deadline, doing, number=None):
         while not os.path.exists(path):
             if self._qemu.poll() is not None:
                 error = SvmHostError(f"the SVM host stopped (QEMU status {self._qemu.returncode}) while "
                                      f"{doing}: {self._qemu.stderr.read().decode(errors='replace').strip()}"
-                                     f"{self._console_tail()}")
+                                     f"{self._output_tail(number)}{self._console_tail()}")
                 self.close()
                 raise error
             if time.monotonic() > deadline:
-                error = SvmHostError(f"the SVM host did not answer in time while {doing}{self._console_tail()}")
+                error = SvmHostError(f"the SVM host did not answer in time while {doing}"
+                                     f"{self._output_tail(number)}{self._console_tail()}")
                 self.close()
                 raise error
             time.sleep(POLL_SECONDS)
@@ -213,6 +214,13 @@ class SvmHost:
     def qemu_log(self):
         """QEMU's log so far (kept after close(), like console())."""
         return _read_text(self.qemu_log_path) if self._folder else self._saved[1]
+
+    def _output_tail(self, number, characters=3000):
+        """What the unfinished command `number` had written so far."""
+        if number is None:
+            return ""
+        return "".join(f"\nits {name} so far:\n{_read_text(os.path.join(self.job_dir, f'{number}.{name}'))[-characters:]}"
+                       for name in ("out", "err"))
 
     def _console_tail(self, lines=30):
         tail = self.console().replace("\r", "").splitlines()[-lines:]
@@ -249,6 +257,13 @@ def command_script(argv, cwd, env, timeout):
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in sorted(env.items()))
     return (f"cd {shlex.quote(cwd)} || exit 126\n"
             f"exec env -i {assignments} timeout -k 10 {int(timeout)} {shlex.join(argv)}\n")
+
+
+def _die_with_parent():
+    """In the QEMU child: SIGKILL when the process that started it dies, so a
+    killed test run leaves no L1 behind (PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def _read_text(path):
