@@ -39,7 +39,9 @@ Fast paths: `state_listener` (if set) is called with the lock held after
 every access and host event that may change state; from it,
 `thr_write_is_plain_output()` and `lsr_without_side_effects()` tell what a
 THR write or an LSR read would do, so a fast path can do the same without
-calling the model, and hand THR bytes back later with `transmit()`.
+calling the model, and hand THR bytes back later with `transmit()`.  The
+interrupt line moves only after the listener ran (`_settle`), so a guest
+that takes the interrupt sees the published state that raised it.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class Serial16550:
         self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
         self._backlog: deque[int] = deque()  # host input not yet in the receiver
         self._irq_level = False
+        self._irq_told = False  # the level the irq callable last heard
         self.state_listener: Optional[Callable[[], None]] = None
         self.bytes_transmitted = 0  # bytes the guest wrote to THR
         self.bytes_received = 0  # bytes the guest read from RBR
@@ -186,8 +189,7 @@ class Serial16550:
                 value = _ONE_BYTE[self._read_register(offset)]
             else:
                 value = bytes([self._read_register(offset + i) for i in range(size)])
-            if self.state_listener is not None:
-                self.state_listener()
+            self._settle()
             return value
 
     def write(self, offset: int, data: bytes) -> None:
@@ -197,8 +199,7 @@ class Serial16550:
             else:
                 for i, value in enumerate(data):
                     self._write_register(offset + i, value)
-            if self.state_listener is not None:
-                self.state_listener()
+            self._settle()
 
     def _read_register(self, offset: int) -> int:
         if 0 <= offset < REGISTER_COUNT:
@@ -221,8 +222,7 @@ class Serial16550:
             self._backlog.extend(data)
             self._refill_rx()
             self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            self._settle()
 
     def pending_input(self) -> int:
         """Host bytes queued but not yet in the receiver."""
@@ -248,8 +248,7 @@ class Serial16550:
             self._reset_registers()
             self._refill_rx()
             self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            self._settle()
 
     # ----------------------------------------------------------- fast paths
 
@@ -279,8 +278,7 @@ class Serial16550:
                 self._output(data)
             self._thr_pending = True
             self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            self._settle()
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""
@@ -482,11 +480,20 @@ class Serial16550:
         return IIR_NO_INT
 
     def _update_irq(self) -> None:
-        level = self._interrupt_id() != IIR_NO_INT
-        if level != self._irq_level:
-            self._irq_level = level
+        self._irq_level = self._interrupt_id() != IIR_NO_INT
+
+    def _settle(self) -> None:
+        """The end of every locked entry point: the state listener publishes
+        first, then the interrupt line moves. A fast path answering LSR from
+        what was published must not let the guest take the interrupt and
+        read the state from before it (no data ready, say), return, and
+        wait for an edge that never comes."""
+        if self.state_listener is not None:
+            self.state_listener()
+        if self._irq_level != self._irq_told:
+            self._irq_told = self._irq_level
             if self._irq is not None:
-                self._irq(level)
+                self._irq(self._irq_level)
 
     def __repr__(self) -> str:
         return (
