@@ -77,10 +77,10 @@ def test_a_host_that_dies_is_reported(svm_host):
 
 def test_close_leaves_no_process_folder_or_lock(svm_host_slot):
     svm_host_slot.release()                    # one L1 at a time
-    host = SvmHost(cpus=1)
+    host = SvmHost(cpus=2)
     with host:
         pid, folder = host._qemu.pid, host.job_dir
-        assert host.shell("nproc").stdout == "1\n"
+        assert host.shell("nproc").stdout == "2\n"
     assert not os.path.exists(folder)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

@@ -1,7 +1,7 @@
 """A hardware-virtualisation test host: nested SVM under QEMU/TCG.
 
     from pyvmm.testing.svm import SvmHost
-    with SvmHost(cpus=2) as host:
+    with SvmHost() as host:
         host.run([sys.executable, "-m", "pyvmm", "run"]).status
 
 assets.py fetches and caches the L1 kernel and initramfs, host_init.py is
