@@ -32,7 +32,7 @@ pytestmark = pytest.mark.kvm
 MEMORY = 256 << 20
 EARLY_BOOT_DEADLINE = 175      # seconds: the proof must come within three minutes
 FULL_BOOT_DEADLINE = 120
-FULL_BOOT_ROUNDS = {1: 1, 2: 3}       # the 2-vCPU boots are repeated to show they are reliable
+FULL_BOOT_ROUNDS = {1: 1, 2: 5}       # the 2-vCPU boots are repeated to show they are reliable
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -130,7 +130,7 @@ def full_boots_in_svm_host(svm_host_slot, assets):
     return outcomes
 
 
-@pytest.mark.parametrize("cpus, ending, marker, reason", full_boot_cases())
+@pytest.mark.parametrize("cpus, ending, marker, reason", list(full_boot_cases()))
 def test_full_boot_to_init(request, assets, cpus, ending, marker, reason):
     if not full_boots_here():
         outcomes = request.getfixturevalue("full_boots_in_svm_host")

@@ -90,3 +90,25 @@ def test_linux_run_splits_the_script_output_from_the_console():
     unfinished = LinuxRun(124, "pyvmm-script: begin\nwaiting\n", "")
     assert (unfinished.script_status, unfinished.script_output) == (None, "waiting\n")
     assert LinuxRun(125, "kernel panic\n", "").script_output == ""
+
+
+def test_run_lock_waits_for_the_other_holder_and_gives_up(tmp_path, monkeypatch, capsys):
+    from pyvmm.testing.svm import SvmHostError
+    from pyvmm.testing.svm import host
+    path = str(tmp_path / ".run-lock")
+    holder = subprocess.Popen(["flock", path, "sleep", "3"])
+    try:
+        for _ in range(100):                        # until the other process holds it
+            if subprocess.run(["flock", "-n", path, "true"]).returncode:
+                break
+        monkeypatch.setattr(host, "LOCK_TIMEOUT", 1)
+        with pytest.raises(SvmHostError, match="another SVM host held"):
+            host._take_run_lock(path)
+        assert "another SVM host runs on this machine" in capsys.readouterr().err
+        monkeypatch.setattr(host, "LOCK_TIMEOUT", 30)
+        lock = host._take_run_lock(path)             # once the holder ends
+        assert holder.poll() is not None
+        lock.close()
+    finally:
+        holder.kill()
+        holder.wait()

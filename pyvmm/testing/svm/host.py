@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -37,6 +38,7 @@ from . import host_init
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 120          # seconds from QEMU's start to the ready file (about 10 s here)
 POLL_SECONDS = 0.05
+LOCK_TIMEOUT = 1800         # seconds to wait for another process's L1 to end
 # Variables a command inherits from the caller unless `env` replaces them.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "CI", "VIRTUAL_ENV", "PYTHONPATH",
              "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "XDG_CACHE_HOME", "TMPDIR")
@@ -73,6 +75,11 @@ def missing():
 
 
 class SvmHost:
+    """One L1 host: start() boots it (or use `with`), run()/shell() run
+    commands in it, close() powers it off and removes its folder. `cpus`
+    is L1's vCPU count, `memory_mib` its RAM (the overlay's writes live
+    there too)."""
+
     def __init__(self, cpus=1, memory_mib=3072, boot_timeout=BOOT_TIMEOUT):
         self.cpus = cpus
         self.memory_mib = memory_mib
@@ -109,9 +116,10 @@ class SvmHost:
         return os.path.join(self._folder, "qemu.log")
 
     def start(self):
+        if self._qemu is not None:
+            raise SvmHostError("the SVM host is already running")
         assets = host_assets.fetch()
-        self._lock = open(os.path.join(host_assets.default_cache_dir(), ".run-lock"), "w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock = _take_run_lock(os.path.join(host_assets.default_cache_dir(), ".run-lock"))
         try:
             self._folder = tempfile.mkdtemp(prefix="pyvmm-svm-")
             os.mkdir(self.job_dir)
@@ -262,6 +270,28 @@ def command_script(argv, cwd, env, timeout):
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in sorted(env.items()))
     return (f"cd {shlex.quote(cwd)} || exit 126\n"
             f"exec env -i {assignments} timeout -k 10 {int(timeout)} {shlex.join(argv)}\n")
+
+
+def _take_run_lock(path):
+    """The machine's one-L1 lock, waited for (saying so) up to LOCK_TIMEOUT."""
+    lock = open(path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock
+    except BlockingIOError:
+        pass
+    print(f"pyvmm.testing.svm: another SVM host runs on this machine; waiting for it "
+          f"(at most {LOCK_TIMEOUT} s)", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            pass
+    lock.close()
+    raise SvmHostError(f"another SVM host held {path} for {LOCK_TIMEOUT} s")
 
 
 def _die_with_parent():
