@@ -116,7 +116,7 @@ def full_boots_in_svm_host(svm_host_slot, assets):
     try:
         result = host.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                            f"--junitxml={report}", f"{__file__}::test_full_boot_to_init"],
-                          cwd=REPOSITORY, timeout=900)
+                          cwd=REPOSITORY, timeout=1500)
     except SvmHostError as error:         # L1 died or hung: every test shows why
         return {"(run)": (str(error), host.console())}
     outcomes = {}
