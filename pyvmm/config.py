@@ -58,7 +58,7 @@ class VmConfig:
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None, exit_path="fast", gdb=None):
+                 masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -73,7 +73,8 @@ class VmConfig:
         self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
         self.initrd = initrd                           # path
         self.trace = trace                             # path of the JSON-lines exit trace
-        self.exit_path = exit_path                     # fast (C, coalesced writes) | python (reference loop)
+        # fast (the C loop) | python (the reference loop); PYVMM_EXIT_PATH sets the default
+        self.exit_path = exit_path or os.environ.get("PYVMM_EXIT_PATH") or "fast"
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
 
     def __repr__(self):
@@ -101,4 +102,9 @@ class VmConfig:
             raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
         if self.gdb is not None:
             parse_endpoint(self.gdb)
+        if isinstance(self.cmdline, str):
+            try:   # as the loaders and fw_cfg encode it: argv's undecodable bytes pass through
+                self.cmdline.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ConfigError(f"the command line {self.cmdline!r} cannot be encoded") from None
         return self
