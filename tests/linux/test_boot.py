@@ -114,7 +114,8 @@ def full_boots_in_svm_host(svm_host_slot, assets):
     host = svm_host_slot.get()
     report = os.path.join(host.job_dir, "full-boots.xml")
     try:
-        result = host.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+        # -v: should L1 stop answering, the output so far names the test that hung.
+        result = host.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                            f"--junitxml={report}", f"{__file__}::test_full_boot_to_init"],
                           cwd=REPOSITORY, timeout=1500)
     except SvmHostError as error:         # L1 died or hung: every test shows why
