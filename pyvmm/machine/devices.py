@@ -8,7 +8,6 @@ tell the difference; each device is a plain object from pyvmm.devices.
 """
 
 import functools
-import sys
 
 from ..arch.x86_64 import layout
 from ..devices import (AcpiPm, Bus, BusError, Cmos, DebugConsole, DebugExit, FwCfg, I8042, PcTestDev,
@@ -22,17 +21,36 @@ CMDLINE_IN_FW_CFG = ("bzImage", "pvh")
 I8042_IRQS = {KEYBOARD_LINE: layout.I8042_KEYBOARD_IRQ, MOUSE_LINE: layout.I8042_MOUSE_IRQ}
 
 
+def resampled_line(irqfd, worker, name):
+    """An InterruptLine on a resampling irqfd (pyvmm.kvm.eventfd.IrqFd): raising
+    it signals the irqfd; after each EOI, KVM lowers the GSI and signals the
+    resample eventfd, and the worker raises it again while the device holds
+    the line high. Lowering it needs nothing: the guest's EOI ends it."""
+    line = InterruptLine(lambda level: level and irqfd.signal(), name)
+
+    def resampled():
+        irqfd.resample.take()
+        if line.level:
+            irqfd.signal()
+
+    worker.watch(irqfd.resample.fileno(), resampled)
+    return line
+
+
 class DeviceManager:
     """The buses and devices of one VM.
 
     `vm` drives interrupt lines (KVM_IRQ_LINE); `stop` is the VM's
     StopSignal (reset, power-off, a guest's debug-exit and a failing device
     end the run through it); `console` receives what the UART and the debug
-    console print.
+    console print. `sleep`, the machine's SleepControl (pyvmm.machine.sleep),
+    hears ACPI S3 requests and RTC alarms; without one an S3 request ends
+    the run.
     """
 
     def __init__(self, config, memory, vm, stop, console, boot_format=None):
         self.memory, self.vm, self.stop = memory, vm, stop
+        self.sleep = None
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
@@ -41,7 +59,7 @@ class DeviceManager:
         self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
         self.i8042 = I8042(on_reset=self._reset,
                            set_irq=lambda line, level: self.set_irq(I8042_IRQS[line], level))
-        self.cmos = Cmos(config.memory, cpus=config.cpus)
+        self.cmos = Cmos(config.memory, cpus=config.cpus, on_alarm=self._rtc_alarm)
         self.post = PostCode()
         self.debugcon = DebugConsole(console)
         self.pm = AcpiPm(on_poweroff=self._poweroff, on_reset=self._reset, on_sleep=self._sleep,
@@ -59,7 +77,7 @@ class DeviceManager:
         ports(layout.I8042_COMMAND, self.i8042.command, "i8042 status/command")
         ports(layout.PC_TESTDEV_PORTS, self.testdev.ports, "pc-testdev ports")
         ports(layout.PC_TESTDEV_IRQ_LINES, self.testdev.irq_lines, "pc-testdev irq lines")
-        ports(layout.CMOS, self.cmos, "cmos/rtc")
+        ports(layout.CMOS, self.cmos, "cmos/rtc", irq=layout.RTC_IRQ)
         ports(layout.POST, self.post, "post")
         ports(layout.DEBUGCON, self.debugcon, "debugcon")
         ports(layout.ACPI_PM, self.pm, "acpi-pm")
@@ -97,14 +115,26 @@ class DeviceManager:
 
     def _attach(self, bus, base, device, name, irq):
         name = name or type(device).__name__
-        line = None if irq is None else InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
-        context = DeviceContext(name, self.memory, line, self.device_failed, bus.delivery_at(base).registers)
         attach = getattr(device, "attach", None)
-        if callable(attach):
-            self._contexts[id(device)] = context
-            attach(context)
-        elif irq is not None:
-            raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
+        if not callable(attach):
+            if irq is not None:
+                raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
+            return
+        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers)
+        if irq is not None:
+            context.irq = self._interrupt_line(irq, context)
+        self._contexts[id(device)] = context
+        attach(context)
+
+    def _interrupt_line(self, irq, context):
+        """A device's line. An IOAPIC-only GSI (16 and up, where PCI-style
+        level-triggered devices such as virtio's sit) is an irqfd KVM resamples
+        at each EOI: no ioctl per interrupt, and the line is raised again while
+        the device holds it high. An ISA IRQ follows the device's level exactly
+        through KVM_IRQ_LINE (a guest may keep it masked and watch the PIC)."""
+        if irq < layout.ISA_IRQS or not self.vm.kvm.check_extension("KVM_CAP_IRQFD_RESAMPLE"):
+            return InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
+        return resampled_line(self.vm.irqfd(irq, resample=True), context.worker, f"gsi{irq}")
 
     def worker_for(self, device):
         """The worker thread of `device` (its context's, made if it has none)."""
@@ -133,11 +163,14 @@ class DeviceManager:
         self.stop.request(STATUS_OK, "poweroff")
 
     def _sleep(self, state):
-        # QEMU parks an S3 guest until a wake-up event; pyvmm has no wake
-        # source, so the run ends here rather than idling forever.
-        print(f"warning: the guest entered ACPI S{state} sleep; nothing can wake it, "
-              "so the run ends", file=sys.stderr)
-        self.stop.request(STATUS_OK, f"sleep-s{state}")
+        if self.sleep is not None:
+            self.sleep.enter(state)
+        else:                   # no machine to suspend: nothing could wake the guest
+            self.stop.request(STATUS_OK, f"sleep-s{state}")
+
+    def _rtc_alarm(self):
+        if self.sleep is not None:
+            self.sleep.rtc_alarm()
 
     def close(self):
         """Stops every device's worker thread."""

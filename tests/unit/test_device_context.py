@@ -118,3 +118,67 @@ def test_context_memory_is_bounds_checked_guest_ram():
         context.memory.write(0x1000, b"abc")
         assert context.memory.read(0x1000, 3) == b"abc"
         assert not context.memory.contains((1 << 20) - 1, 2)
+
+
+class FakeIrqFd:
+    """What KVM's resampling irqfd looks like to the line: two eventfds."""
+
+    def __init__(self):
+        from pyvmm.kvm.eventfd import EventFd
+        self.trigger, self.resample = EventFd(), EventFd()
+
+    def signal(self):
+        self.trigger.signal()
+
+
+def test_a_resampled_line_is_raised_again_after_each_eoi_while_it_is_high():
+    from pyvmm.machine.devices import resampled_line
+    irqfd = FakeIrqFd()
+    worker = DeviceWorker("line")
+    try:
+        line = resampled_line(irqfd, worker, "gsi20")
+        line.high()
+        assert irqfd.trigger.take() == 1
+        irqfd.resample.signal()                  # the guest's EOI: KVM lowered it
+        _wait(lambda: irqfd.trigger.take() == 1)
+        line.low()                               # nothing to do: the next EOI ends it
+        assert irqfd.trigger.take() == 0
+        irqfd.resample.signal()
+        time.sleep(0.05)
+        assert irqfd.trigger.take() == 0         # low: not raised again
+    finally:
+        worker.close()
+        irqfd.trigger.close()
+        irqfd.resample.close()
+
+
+def test_cancelled_timers_do_not_pile_up():
+    """A device that re-arms a far timer on every register write (the RTC
+    with its alarm a day away) cancels as many as it makes: they must not
+    stay queued until they would have been due."""
+    worker = DeviceWorker("timers")
+    try:
+        fired = []
+        for _ in range(10_000):
+            worker.call_later(3600, fired.append, "stale").cancel()
+        keep = worker.call_later(0.01, fired.append, "kept")
+        assert worker.queued_timers() <= 64
+        _wait(lambda: fired)
+        assert fired == ["kept"] and not keep.cancelled
+    finally:
+        worker.close()
+
+
+def test_cancel_after_the_timer_ran_changes_nothing():
+    worker = DeviceWorker("timers")
+    try:
+        fired = []
+        timer = worker.call_later(0, fired.append, 1)
+        _wait(lambda: fired)
+        timer.cancel()
+        timer.cancel()
+        later = worker.call_later(0.01, fired.append, 2)
+        _wait(lambda: len(fired) == 2)
+        assert worker.queued_timers() == 0 and not later.cancelled
+    finally:
+        worker.close()
