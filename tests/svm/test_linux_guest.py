@@ -19,5 +19,9 @@ def test_script_runs_in_the_linux_guest_and_its_status_and_output_come_back(svm_
 
 
 def test_a_script_that_never_ends_is_cut_by_the_timeout(svm_host):
+    """pyvmm's --timeout ends the guest; the script has no status. Whether the
+    guest reached the script within 45 s depends on the machine's load."""
     run = run_linux_script(svm_host, "echo waiting; sleep 1000", timeout=45)
-    assert (run.status, run.script_status, run.script_output) == (124, None, "waiting\n"), run
+    assert (run.status, run.script_status) == (124, None), run
+    assert run.script_output in ("", "waiting\n"), run
+    assert "pyvmm: timed out after 45 s" in run.stderr, run
