@@ -1,6 +1,8 @@
 """Test-wide markers: `kvm` tests need /dev/kvm, `qemu` tests need QEMU, `gdb`
 tests need gdb, `network` tests download Debian packages (unless they are
-already cached), `install` tests install pyvmm with the system's python3.
+already cached), `install` tests install pyvmm with the system's python3,
+`svm` tests run inside the SVM test host (QEMU and Debian's packages,
+pyvmm/testing/svm).
 
 Without them a developer sees a clear skip; under CI (CI=true) a missing
 requirement is a failure, never a skip.
@@ -81,9 +83,14 @@ def _system_python_missing():
     return None
 
 
+def _svm_missing():
+    from pyvmm.testing import svm
+    return svm.missing()
+
+
 REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing,
                 "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)",
-                "network": _network_missing, "install": _system_python_missing}
+                "network": _network_missing, "install": _system_python_missing, "svm": _svm_missing}
 
 
 def pytest_runtest_setup(item):
@@ -96,3 +103,20 @@ def pytest_runtest_setup(item):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI requires it: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def svm_host_slot():
+    """The session's one SVM test host slot (pyvmm/testing/svm), booted on
+    first use: one L1 vCPU (two make QEMU's emulated SVM unreliable; a
+    2-vCPU guest runs as two threads there)."""
+    from pyvmm.testing.svm import HostSlot
+    slot = HostSlot(cpus=1)
+    yield slot
+    slot.release()
+
+
+@pytest.fixture
+def svm_host(svm_host_slot):
+    """The session's SVM test host, booted again when a test left it dead."""
+    return svm_host_slot.get()

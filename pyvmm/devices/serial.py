@@ -40,7 +40,9 @@ read (pyvmm/devices/bus.py). A device attached to a machine publishes,
 with its lock held, after every access and host event: whether a THR write
 is now plain output (DLAB off, no loopback, THR-empty interrupt off) and so
 may be queued, and LSR's value while reading it has no side effect.
-Queued THR writes come back as one write_many() call.
+Queued THR writes come back as one write_many() call. The interrupt line
+moves only after that publication (`_settle`), so a guest that takes the
+interrupt reads the state that raised it.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class Serial16550:
         self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
         self._backlog: deque[int] = deque()  # host input not yet in the receiver
         self._irq_level = False
+        self._irq_told = False  # the level the irq callable last heard
         self._registers = None  # the RegisterState to publish to, once attached
         self._published: tuple = (None, None)
         self.bytes_transmitted = 0  # bytes the guest wrote to THR
@@ -191,7 +194,7 @@ class Serial16550:
                 value = ONE_BYTE[self._read_register(offset)]
             else:
                 value = bytes([self._read_register(offset + i) for i in range(size)])
-            self._publish()
+            self._settle()
             return value
 
     def write(self, offset: int, data: bytes) -> None:
@@ -201,7 +204,7 @@ class Serial16550:
             else:
                 for i, value in enumerate(data):
                     self._write_register(offset + i, value)
-            self._publish()
+            self._settle()
 
     def _read_register(self, offset: int) -> int:
         if 0 <= offset < REGISTER_COUNT:
@@ -224,7 +227,7 @@ class Serial16550:
             self._backlog.extend(data)
             self._refill_rx()
             self._update_irq()
-            self._publish()
+            self._settle()
 
     def pending_input(self) -> int:
         """Host bytes queued but not yet in the receiver."""
@@ -250,19 +253,20 @@ class Serial16550:
             self._reset_registers()
             self._refill_rx()
             self._update_irq()
-            self._publish()
+            self._settle()
 
     # ----------------------------------------------------------- fast paths
 
     def attach(self, context) -> None:
         """Drives context.irq (if any) and publishes to context.registers."""
         with self._lock:
-            if context.irq is not None:
-                self._irq = context.irq.set
-                self._irq(self._irq_level)
             self._registers = getattr(context, "registers", None)
             self._published = (None, None)
             self._publish()
+            if context.irq is not None:
+                self._irq = context.irq.set
+                self._irq_told = self._irq_level
+                self._irq(self._irq_level)
 
     def _publish(self) -> None:
         """Tells the fast path what it may do now (lock held); only changes."""
@@ -299,7 +303,7 @@ class Serial16550:
                 for start in range(0, len(data) - size + 1, size):
                     for i in range(size):
                         self._write_register(offset + i, data[start + i])
-            self._publish()
+            self._settle()
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""
@@ -501,11 +505,19 @@ class Serial16550:
         return IIR_NO_INT
 
     def _update_irq(self) -> None:
-        level = self._interrupt_id() != IIR_NO_INT
-        if level != self._irq_level:
-            self._irq_level = level
+        self._irq_level = self._interrupt_id() != IIR_NO_INT
+
+    def _settle(self) -> None:
+        """The end of every locked entry point: publish to the fast path
+        first, then move the interrupt line. A guest that takes the
+        interrupt must not read, from the fast path, the state from before
+        it (LSR without data ready, say), return, and wait for an edge that
+        never comes."""
+        self._publish()
+        if self._irq_level != self._irq_told:
+            self._irq_told = self._irq_level
             if self._irq is not None:
-                self._irq(level)
+                self._irq(self._irq_level)
 
     def __repr__(self) -> str:
         return (

@@ -39,6 +39,11 @@ Replay (pyvmm.testing.replay), needs /dev/kvm:
         4 GiB and outside RAM, nothing that collides with the Machine's
         own devices).  Raises ReplayError when the guest did not finish.
 
+SVM test host (pyvmm.testing.svm), needs QEMU: SvmHost boots a Linux
+with a real SVM-backed /dev/kvm under QEMU/TCG and runs commands there with
+this checkout and interpreter; run_linux_script runs a shell script in a
+Linux guest that pyvmm boots inside it. See README, "Where the tests run".
+
 Settings: settings_profile() registers (and returns the name of) the
 "pyvmm-fuzz" hypothesis profile, whose example database is hypothesis's
 usual .hypothesis/examples in the current directory (where the tests run,
