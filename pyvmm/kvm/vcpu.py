@@ -5,13 +5,14 @@ import mmap
 from errno import EAGAIN, EINTR
 
 from .._kvm import ffi, lib
-from ._ioctl import FdObject, cpuid_entries, ioctl
+from ._ioctl import FdObject, cpuid_entries, ioctl, ioctl_value
 from .errors import KvmError
 from .exits import INTERRUPTED, ExitReader, SyncedRip
 
 MP_STATE_NAMES = {getattr(lib, name): name[len("KVM_MP_STATE_"):].lower()
                   for name in dir(lib) if name.startswith("KVM_MP_STATE_")}
 LAPIC_SIZE = 1024
+XSAVE_LEGACY_SIZE = 4096          # struct kvm_xsave without KVM_CAP_XSAVE2
 
 
 class Vcpu(FdObject):
@@ -114,10 +115,20 @@ class Vcpu(FdObject):
         ioctl(self.fd, "KVM_TRANSLATE", translation)
         return translation.physical_address, bool(translation.valid), bool(translation.writeable)
 
-    def get_mp_state(self):
-        """"runnable", "halted", "uninitialized", "init_received", "sipi_received", ..."""
+    def get_mp_state(self, raw=False):
+        """"runnable", "halted", "uninitialized", "init_received", "sipi_received", ...
+        (KVM's number with raw=True)."""
         state = self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
-        return MP_STATE_NAMES.get(state, f"unknown_{state}")
+        return state if raw else MP_STATE_NAMES.get(state, f"unknown_{state}")
+
+    def set_mp_state(self, state):
+        """KVM_SET_MP_STATE from KVM's number."""
+        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
+
+    def get_xcrs(self):
+        """{xcr: value} (KVM_GET_XCRS)."""
+        xcrs = self._get("KVM_GET_XCRS", "struct kvm_xcrs *")
+        return {xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(min(xcrs.nr_xcrs, 16))}
 
     def set_xcrs(self, values):
         xcrs = ffi.new("struct kvm_xcrs *")
@@ -126,6 +137,49 @@ class Vcpu(FdObject):
             xcrs.xcrs[i].xcr = xcr
             xcrs.xcrs[i].value = value
         ioctl(self.fd, "KVM_SET_XCRS", xcrs)
+
+    def get_xsave(self):
+        """The XSAVE area (KVM_GET_XSAVE2 when KVM offers it, else KVM_GET_XSAVE) as bytes."""
+        size = self.vm.xsave_size
+        area = ffi.new("char[]", size)
+        ioctl(self.fd, "KVM_GET_XSAVE2" if size > XSAVE_LEGACY_SIZE else "KVM_GET_XSAVE",
+              ffi.cast("struct kvm_xsave *", area))
+        return bytes(ffi.buffer(area))
+
+    def set_xsave(self, area):
+        if len(area) != self.vm.xsave_size:
+            raise ValueError(f"XSAVE area of {len(area)} bytes, KVM's is {self.vm.xsave_size}")
+        buffer = ffi.new("char[]", bytes(area))
+        ioctl(self.fd, "KVM_SET_XSAVE", ffi.cast("struct kvm_xsave *", buffer))
+
+    def get_vcpu_events(self):
+        """Pending and injected exceptions, interrupts, NMIs, SMIs (KVM_GET_VCPU_EVENTS)."""
+        return self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
+
+    def set_vcpu_events(self, events):
+        ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    def get_debugregs(self):
+        return self._get("KVM_GET_DEBUGREGS", "struct kvm_debugregs *")
+
+    def set_debugregs(self, debugregs):
+        ioctl(self.fd, "KVM_SET_DEBUGREGS", debugregs)
+
+    def get_tsc_khz(self):
+        """The guest TSC's frequency in kHz (KVM_GET_TSC_KHZ)."""
+        return ioctl_value(self.fd, "KVM_GET_TSC_KHZ")
+
+    def readable_msrs(self, indices):
+        """The indices of `indices` that KVM_GET_MSRS reads on this vCPU, in order."""
+        indices, readable = list(indices), []
+        while indices:
+            msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(indices), "entries": len(indices)})
+            for i, index in enumerate(indices):
+                msrs.entries[i].index = index
+            done = ioctl(self.fd, "KVM_GET_MSRS", msrs)
+            readable += indices[:done]
+            indices = indices[done + 1:]            # the one refused is left out
+        return readable
 
     def get_msrs(self, indices):
         """{index: value} for the MSRs KVM can read; raises if one is refused."""
