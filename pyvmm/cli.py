@@ -17,7 +17,7 @@ from .devices import BusError
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
-from .machine import InputFileError, Machine, read_kernel
+from .machine import InputFileError, Machine, SnapshotError, read_kernel, read_snapshot
 from .run import trace
 from .run.stats import format_post_codes
 from .run.stop import STATUS_CRASH
@@ -43,9 +43,9 @@ class Parser(argparse.ArgumentParser):
 
 def add_machine_arguments(parser):
     """Options every command that boots a VM takes."""
-    parser.add_argument("--memory", default="128M", metavar="SIZE",
+    parser.add_argument("--memory", metavar="SIZE",
                         help="guest RAM, with a K/M/G suffix (default 128M)")
-    parser.add_argument("--cpus", type=int, default=1, metavar="N",
+    parser.add_argument("--cpus", type=int, metavar="N",
                         help="number of vCPUs (default 1)")
     parser.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH",
                         help="where the serial console's output goes (default stdio)")
@@ -89,6 +89,12 @@ def build_parser():
     run.add_argument("--gdb", metavar="HOST:PORT",
                      help="stop before the first instruction and wait for gdb "
                           "(target remote HOST:PORT); port 0 picks a free port")
+    run.add_argument("--restore", metavar="DIR",
+                     help="continue the VM a snapshot in DIR holds (written by `pyvmm remote snapshot`); "
+                          "the machine comes from the snapshot, so KERNEL and the options that shape "
+                          "the machine are refused")
+    run.add_argument("--paused", action="store_true",
+                     help="start with every vCPU paused, until `pyvmm remote resume` (needs --api-socket)")
 
     stats = commands.add_parser("stats", help="summarise a --trace file (like perf kvm stat)")
     stats.add_argument("trace", metavar="FILE")
@@ -112,8 +118,8 @@ def build_parser():
 def config_from_args(args):
     config = VmConfig(
         kernel=getattr(args, "kernel", None),
-        memory=parse_size(args.memory),
-        cpus=args.cpus,
+        memory=parse_size("128M" if args.memory is None else args.memory),
+        cpus=1 if args.cpus is None else args.cpus,
         cmdline=args.cmdline,
         modules=getattr(args, "module", []),
         initrd=getattr(args, "initrd", None),
@@ -157,7 +163,47 @@ def command_linux(args):
 
 
 def command_run(args):
-    return boot(config_from_args(args), [parse_device_spec(spec) for spec in args.device])
+    if args.restore is not None:
+        return boot_restored(args)
+    if args.paused:
+        raise ConfigError("--paused needs --api-socket (or --restore with --api-socket): "
+                          "nothing else could resume the VM")
+    return boot(config_from_args(args), [(text, parse_device_spec(text)) for text in args.device])
+
+
+# Options that shape the machine: a snapshot brings its own.
+MACHINE_OPTIONS = (("kernel", "KERNEL"), ("memory", "--memory"), ("cpus", "--cpus"), ("cmdline", "--cmdline"),
+                   ("module", "--module"), ("initrd", "--initrd"), ("raw_mode", "--raw-mode"),
+                   ("load_addr", "--load-addr"), ("entry", "--entry"), ("cpu_features", "--cpu-features"),
+                   ("device", "--device"), ("gdb", "--gdb"))
+
+
+def boot_restored(args):
+    """`pyvmm run --restore DIR`: the machine a snapshot holds, run on."""
+    given = [flag for name, flag in MACHINE_OPTIONS if getattr(args, name, None) not in (None, "", [], False)]
+    if given:
+        raise ConfigError(f"--restore takes the machine from the snapshot: {', '.join(given)} cannot be given")
+    if args.paused:
+        raise ConfigError("--paused needs --api-socket: nothing else could resume the VM")
+    snapshot = read_snapshot(args.restore)
+    overrides = {"serial": args.serial, "timeout": args.timeout, "stats": args.stats, "trace": args.trace}
+    if args.exit_path is not None:
+        overrides["exit_path"] = args.exit_path
+
+    def make_device(text):
+        spec = parse_device_spec(text)
+        return spec.bus, spec.base, spec.length, spec.create(), f"{spec.module}:{spec.cls}"
+
+    previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        try:
+            machine = Machine.restore(snapshot, make_device=make_device, **overrides)
+        except BusError as error:
+            raise ConfigError(f"a device of the snapshot: {error}") from None
+        return _run(machine, machine.config)
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
 
 
 def command_stats(args):
@@ -192,14 +238,25 @@ def boot(config, devices=()):
 
 def _boot(config, devices):
     image, options = read_kernel(config)
-    user_devices = [(spec, spec.create()) for spec in devices]
-    with Machine(config, image, options) as machine:
-        for spec, device in user_devices:
+    user_devices = [(text, spec, spec.create()) for text, spec in devices]
+    machine = Machine(config, image, options)
+    try:
+        for text, spec, device in user_devices:
             register = machine.add_mmio_device if spec.bus == "mmio" else machine.add_port_device
             try:
                 register(spec.base, spec.length, device, name=f"{spec.module}:{spec.cls}")
             except BusError as error:
                 raise ConfigError(f"--device: {error}") from None
+            machine.device_specs.append(text)
+    except BaseException:
+        machine.close()
+        raise
+    return _run(machine, config)
+
+
+def _run(machine, config):
+    """Runs a machine the command line made; its exit status."""
+    with machine:
         if machine.gdb is not None:
             print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
         interactive = config.serial == "stdio" and _readable(0)
@@ -238,7 +295,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         return {"linux": command_linux, "stats": command_stats, "run": command_run}[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
-            InputFileError) as error:
+            InputFileError, SnapshotError) as error:
         _error(error)
         return EXIT_USAGE
     except (KvmError, HostProblem) as error:

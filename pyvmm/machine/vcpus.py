@@ -51,8 +51,13 @@ class VcpuManager:
             loop.kick_handlers.append(self._pause_point)
 
     # --- threads --------------------------------------------------------------------
-    def start(self):
+    def start(self, paused=False):
+        """Starts the threads; paused: each parks before entering the guest."""
         _install_kick_handler()
+        if paused:
+            self._paused = True
+            for loop in self.loops:
+                loop.vcpu.set_immediate_exit()
         self._threads = [threading.Thread(target=self._run, args=(loop,), name=f"pyvmm-vcpu{loop.vcpu.index}")
                          for loop in self.loops]
         for thread in self._threads:
@@ -104,10 +109,19 @@ class VcpuManager:
     def pause(self, timeout=5.0):
         """Stops every vCPU at an exit boundary (outside KVM_RUN, every exit
         completed) until resume(). True once all are parked (or ended)."""
+        self.request_pause()
+        return self.wait_paused(timeout)
+
+    def request_pause(self):
+        """Asks every vCPU to park at its next exit boundary, without waiting
+        (so a device may ask, on a vCPU thread)."""
         with self._pause:
             self._paused = True
         for index in range(len(self.loops)):
             self.kick(index)
+
+    def wait_paused(self, timeout=5.0):
+        """True once every vCPU is parked (or ended), False after `timeout`."""
         deadline = monotonic() + timeout
         with self._pause:
             while not self._all_parked():
@@ -129,6 +143,12 @@ class VcpuManager:
     @property
     def paused(self):
         return self._paused
+
+    @property
+    def parked(self):
+        """Whether every vCPU is parked now (a pause in force, not only asked)."""
+        with self._pause:
+            return self._paused and self._all_parked()
 
     def _pause_point(self, loop):
         """A kick handler: parks the vCPU's thread while the machine is paused."""

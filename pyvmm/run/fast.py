@@ -269,6 +269,10 @@ class FastLoop(VcpuLoop):
         self.state = state
         self.enter = functools.partial(lib.pyvmm_fast_run, state)
 
+    def exit_held(self):
+        """C returned PYVMM_FAST_DRAIN with an exit still to handle: the next call handles it."""
+        return bool(self.state.resume)
+
     def _interrupted(self, ret):
         """Not an exit: the log is full, the budget spent, the stop flag set, or a kick."""
         if ret == FAST_DRAIN:
