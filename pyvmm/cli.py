@@ -95,6 +95,14 @@ def build_parser():
                           "the machine are refused")
     run.add_argument("--paused", action="store_true",
                      help="start with every vCPU paused, until `pyvmm remote resume` (needs --api-socket)")
+    run.add_argument("--api-socket", metavar="PATH",
+                     help="serve the HTTP API (JSON, see `pyvmm remote`) on a unix socket at PATH, "
+                          "mode 0600; PATH must not exist, or be a stale socket")
+
+    remote = commands.add_parser("remote", help="control a VM through its --api-socket")
+    remote.add_argument("--api-socket", metavar="PATH", required=True, help="the VM's API socket")
+    from .api.client import add_commands
+    add_commands(remote)
 
     stats = commands.add_parser("stats", help="summarise a --trace file (like perf kvm stat)")
     stats.add_argument("trace", metavar="FILE")
@@ -159,16 +167,51 @@ def command_linux(args):
     config = config_from_args(args)
     config.kernel, config.initrd = assets.kernel, assets.initramfs
     config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
-    return boot(config, [parse_device_spec(spec) for spec in args.device])
+    return boot(config, [(text, parse_device_spec(text)) for text in args.device])
 
 
 def command_run(args):
+    if args.paused and args.api_socket is None:
+        raise ConfigError("--paused needs --api-socket: nothing else could resume the VM")
     if args.restore is not None:
-        return boot_restored(args)
-    if args.paused:
-        raise ConfigError("--paused needs --api-socket (or --restore with --api-socket): "
-                          "nothing else could resume the VM")
-    return boot(config_from_args(args), [(text, parse_device_spec(text)) for text in args.device])
+        given = [flag for name, flag in MACHINE_OPTIONS if getattr(args, name, None) not in (None, "", [], False)]
+        if given:
+            raise ConfigError(f"--restore takes the machine from the snapshot: {', '.join(given)} cannot be given")
+        snapshot = read_snapshot(args.restore)
+        with _api_server(args) as api:
+            return boot_restored(args, snapshot, api)
+    config = config_from_args(args)
+    devices = [(text, parse_device_spec(text)) for text in args.device]
+    with _api_server(args) as api:
+        return boot(config, devices, api=api, paused=args.paused)
+
+
+@contextlib.contextmanager
+def _api_server(args):
+    """The API server --api-socket asks for (its socket made now, before the
+    VM), or None; closed (its socket removed) when the run ends."""
+    if args.api_socket is None:
+        yield None
+        return
+    from .api import ApiServer, ApiSocketError
+    try:
+        server = ApiServer(args.api_socket)
+    except ApiSocketError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def command_remote(args):
+    from .api.client import RemoteError, UsageError as RemoteUsage, run
+    try:
+        return run(args)
+    except RemoteUsage as error:
+        raise ConfigError(str(error)) from None
+    except RemoteError as error:
+        raise HostProblem(str(error)) from None
 
 
 # Options that shape the machine: a snapshot brings its own.
@@ -178,14 +221,8 @@ MACHINE_OPTIONS = (("kernel", "KERNEL"), ("memory", "--memory"), ("cpus", "--cpu
                    ("device", "--device"), ("gdb", "--gdb"))
 
 
-def boot_restored(args):
+def boot_restored(args, snapshot, api=None):
     """`pyvmm run --restore DIR`: the machine a snapshot holds, run on."""
-    given = [flag for name, flag in MACHINE_OPTIONS if getattr(args, name, None) not in (None, "", [], False)]
-    if given:
-        raise ConfigError(f"--restore takes the machine from the snapshot: {', '.join(given)} cannot be given")
-    if args.paused:
-        raise ConfigError("--paused needs --api-socket: nothing else could resume the VM")
-    snapshot = read_snapshot(args.restore)
     overrides = {"serial": args.serial, "timeout": args.timeout, "stats": args.stats, "trace": args.trace}
     if args.exit_path is not None:
         overrides["exit_path"] = args.exit_path
@@ -200,7 +237,7 @@ def boot_restored(args):
             machine = Machine.restore(snapshot, make_device=make_device, **overrides)
         except BusError as error:
             raise ConfigError(f"a device of the snapshot: {error}") from None
-        return _run(machine, machine.config)
+        return _run(machine, machine.config, api, args.paused)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
@@ -225,18 +262,18 @@ def _terminate(signo, _frame):
     raise Terminated(signo)
 
 
-def boot(config, devices=()):
+def boot(config, devices=(), api=None, paused=False):
     """Runs one VM to its end; the exit status. SIGTERM and SIGHUP unwind it
     (their handlers are restored afterwards)."""
     previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _boot(config, devices)
+        return _boot(config, devices, api, paused)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
 
 
-def _boot(config, devices):
+def _boot(config, devices, api=None, paused=False):
     image, options = read_kernel(config)
     user_devices = [(text, spec, spec.create()) for text, spec in devices]
     machine = Machine(config, image, options)
@@ -251,17 +288,21 @@ def _boot(config, devices):
     except BaseException:
         machine.close()
         raise
-    return _run(machine, config)
+    return _run(machine, config, api, paused)
 
 
-def _run(machine, config):
-    """Runs a machine the command line made; its exit status."""
+def _run(machine, config, api=None, paused=False):
+    """Runs a machine the command line made (serving its API if asked); its exit status."""
     with machine:
         if machine.gdb is not None:
             print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
+        if api is not None:
+            api.start(machine)
         interactive = config.serial == "stdio" and _readable(0)
         with raw_input_mode(0) if interactive else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if interactive else None)
+            result = machine.run(stdin_fd=0 if interactive else None, paused=paused)
+        if api is not None:
+            api.close()                     # before the machine goes: no request may reach a closed one
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
@@ -293,7 +334,8 @@ def _readable(fd):
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        return {"linux": command_linux, "stats": command_stats, "run": command_run}[args.command](args)
+        return {"linux": command_linux, "stats": command_stats, "run": command_run,
+                "remote": command_remote}[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError, SnapshotError) as error:
         _error(error)

@@ -230,6 +230,18 @@ class Machine:
             return SHUTDOWN
         return PAUSED if manager.paused else RUNNING
 
+    def info(self):
+        """What the machine is, as plain data: its configuration, state, vCPUs
+        (parked or not) and devices (name, bus, base, length). Makes no vCPU
+        ioctl, so it never waits for a running vCPU."""
+        parked = self.vcpu_manager.parked_vcpus() if self.vcpu_manager is not None else set()
+        devices = [{"name": entry.name, "bus": bus, "base": entry.base, "length": entry.end - entry.base}
+                   for bus, entries in (("port", self.port_bus.entries()), ("mmio", self.mmio_bus.entries()))
+                   for entry in entries]
+        return {"config": snapshots.config_to_plain(self.config, self.device_specs), "state": self.state,
+                "vcpus": [{"index": vcpu.index, "parked": vcpu.index in parked} for vcpu in self.vcpus],
+                "devices": devices, "memory_actual_size": self.memory.size}
+
     def shutdown(self):
         """Ends the run (status 0, reason "shutdown"), paused or not."""
         self.stop.request(STATUS_OK, "shutdown", "the VMM shut the VM down")

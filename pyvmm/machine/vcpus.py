@@ -144,6 +144,11 @@ class VcpuManager:
     def paused(self):
         return self._paused
 
+    def parked_vcpus(self):
+        """The indices of the vCPUs parked now."""
+        with self._pause:
+            return set(self._parked)
+
     @property
     def parked(self):
         """Whether every vCPU is parked now (a pause in force, not only asked)."""
