@@ -134,6 +134,18 @@ class GuestMemory:
             raise
         self._starts = [region.guest_addr for region in self.regions]
         self.size = sum(region.size for region in self.regions)
+        # Page numbers (guest address >> 12) the host wrote since track_writes(),
+        # or None: what KVM's dirty-page log cannot see (it logs the guest's writes).
+        self.written = None
+
+    def track_writes(self):
+        """From now on every write through this object (and every view handed
+        out, written or not) adds its pages to `written`, which this empties."""
+        self.written = set()
+
+    def _mark(self, addr, length):
+        if length > 0:
+            self.written.update(range(addr >> 12, ((addr + length - 1) >> 12) + 1))
 
     # --- address checks ----------------------------------------------------
     def _locate(self, addr, length):
@@ -155,6 +167,8 @@ class GuestMemory:
     def view(self, addr, length):
         """A zero-copy, writable memoryview of [addr, addr+length)."""
         region, offset = self._locate(addr, length)
+        if self.written is not None:
+            self._mark(addr, length)
         return region.view[offset:offset + length]
 
     # --- bytes ---------------------------------------------------------------
@@ -165,11 +179,15 @@ class GuestMemory:
     def write(self, addr, data):
         region, offset = self._locate(addr, len(data))
         region.view[offset:offset + len(data)] = data
+        if self.written is not None:
+            self._mark(addr, len(data))
 
     def fill(self, addr, length, byte=0):
         """Sets [addr, addr+length) to `byte` without allocating `length` bytes
         on the host; zeroing gives whole pages back (they read as zero again)."""
         region, offset = self._locate(addr, length)
+        if self.written is not None:
+            self._mark(addr, length)
         if byte == 0:
             region.zero(offset, length)
             return
@@ -198,18 +216,26 @@ class GuestMemory:
     def write_u8(self, addr, value):
         region, offset = self._locate(addr, 1)
         region.view[offset] = value & 0xFF
+        if self.written is not None:
+            self._mark(addr, 1)
 
     def write_u16(self, addr, value):
         region, offset = self._locate(addr, 2)
         _U16.pack_into(region.view, offset, value & 0xFFFF)
+        if self.written is not None:
+            self._mark(addr, 2)
 
     def write_u32(self, addr, value):
         region, offset = self._locate(addr, 4)
         _U32.pack_into(region.view, offset, value & 0xFFFFFFFF)
+        if self.written is not None:
+            self._mark(addr, 4)
 
     def write_u64(self, addr, value):
         region, offset = self._locate(addr, 8)
         _U64.pack_into(region.view, offset, value & 0xFFFFFFFFFFFFFFFF)
+        if self.written is not None:
+            self._mark(addr, 8)
 
     # --- lifetime ------------------------------------------------------------
     def close(self):

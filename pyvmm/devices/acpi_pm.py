@@ -183,8 +183,7 @@ class AcpiPm:
             # the smallest start that gives `ticks` now
             self._start = self._now() - (ticks * NANOSECONDS + PM_TMR_FREQUENCY - 1) // PM_TMR_FREQUENCY
             self._timer_overflow_tick = overflow_tick
-            self._sci_level = None                      # drive the SCI line to its level again
-            self._update_sci(actions)
+            self._update_sci(actions)                   # the line moves only if its level changes
         for action in actions:
             action()
 

@@ -330,8 +330,7 @@ class I8042:
             self._outport, self._kbd_pending_command = registers["outport"], registers["kbd_pending_command"]
             self._pending_command, self._scancode_set = pending, scancode_set
             self.reset_requests = reset_requests
-            self._irq_levels = {KEYBOARD_LINE: None, MOUSE_LINE: None}      # drive both lines again
-            self._update_irq()
+            self._update_irq()          # each line moves only if its level changes
 
     def register_snapshot(self) -> dict[str, int]:
         """Registers without read side effects (for stats and tests)."""

@@ -80,8 +80,9 @@ class PcTestDev:
             self.scratch._bytes[:] = scratch
             self.iomem._memory[:] = memory
         self.ports.flush_requests = flushes
-        for line, level in enumerate(levels):      # a new machine's lines start low
-            self.irq_lines.drive(line, level)
+        for line, level in enumerate(levels):
+            if self.irq_lines.levels[line] != level:      # a line moves only if its level changes
+                self.irq_lines.drive(line, level)
 
 
 class _Scratch:

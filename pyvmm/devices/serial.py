@@ -347,10 +347,7 @@ class Serial16550:
             for name, value in counters.items():
                 setattr(self, name, value)
             self._refill_rx()
-            # The line goes to the saved level (a new machine's starts low).
-            self._irq_level = self._interrupt_id() != IIR_NO_INT
-            if self._irq is not None:
-                self._irq(self._irq_level)
+            self._update_irq()          # the line moves only if its level changes
             self._publish()
 
     def register_snapshot(self) -> dict[str, int]:

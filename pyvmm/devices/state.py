@@ -12,9 +12,12 @@ A device that can be snapshotted has two methods:
         the one the guest saw at its last exit.
     restore_state(state) -> None
         makes the device exactly that again, on a device built with the same
-        configuration (attached, with its context, before the guest runs):
-        the registers, FIFOs and counters, its interrupt line driven to the
-        saved level, and what it publishes to the fast path. It checks every
+        configuration (attached, with its context, before the guest runs) or
+        on itself (a reset to a checkpoint): the registers, FIFOs and
+        counters, its interrupt line moved to the saved level if it is not
+        there (the device's record of its line is what the interrupt
+        controller holds: a new device's lines are low), and what it
+        publishes to the fast path. It checks every
         field and raises DeviceStateError (a ValueError) for a state it cannot
         take, leaving itself usable; nothing else may come out of it.
 
@@ -122,6 +125,8 @@ def sparse_runs(memory: bytes, gap: int = 16) -> list:
     less than `gap` zero bytes apart joined), so a mostly empty memory saves
     in a few bytes."""
     spans: list = []
+    if memory == bytes(len(memory)):            # the usual case, at memcmp's speed
+        return spans
     for match in _NONZERO.finditer(memory):
         start, end = match.span()
         if spans and start - spans[-1][1] < gap:

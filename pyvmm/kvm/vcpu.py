@@ -12,6 +12,10 @@ from .exits import INTERRUPTED, ExitReader, SyncedRip
 MP_STATE_NAMES = {getattr(lib, name): name[len("KVM_MP_STATE_"):].lower()
                   for name in dir(lib) if name.startswith("KVM_MP_STATE_")}
 LAPIC_SIZE = 1024
+# The validity flag KVM_SET_VCPU_EVENTS takes and KVM_GET_VCPU_EVENTS never reports.
+SET_ONLY_EVENT_FLAGS = lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+SYNC_ALL = lib.KVM_SYNC_X86_REGS | lib.KVM_SYNC_X86_SREGS | lib.KVM_SYNC_X86_EVENTS
+_SYNC_OFFSETS = (lib.pyvmm_sync_regs_offset(), lib.pyvmm_sync_sregs_offset(), lib.pyvmm_sync_events_offset())
 XSAVE_LEGACY_SIZE = 4096          # struct kvm_xsave without KVM_CAP_XSAVE2
 
 
@@ -52,6 +56,11 @@ class Vcpu(FdObject):
             raise KvmError("KVM_RUN", -ret, f"vCPU {self.index}")
         return self.exits.decode()
 
+    @property
+    def apic_base(self):
+        """The APIC base MSR as of the last exit (kvm_run's copy, no ioctl)."""
+        return self._run.apic_base
+
     def set_immediate_exit(self, flag=True):
         """With the flag set, the next KVM_RUN returns -EINTR at once (a kick that cannot be lost)."""
         self._run.immediate_exit = 1 if flag else 0
@@ -60,6 +69,28 @@ class Vcpu(FdObject):
         """Turns on KVM_CAP_SYNC_REGS; returns a SyncedRip whose read() is RIP at the last exit."""
         return SyncedRip(self._run, self.run_buffer)
 
+    def stage(self, regs, sregs, events):
+        """Puts registers, special registers and events (cdata structs) in the
+        kvm_run page for KVM to take when the vCPU next enters
+        (KVM_CAP_SYNC_REGS), instead of three ioctls; they are taken in that
+        order, after anything set by ioctl meanwhile. The getters below
+        answer with staged values until then. False if KVM cannot."""
+        if self.vm.kvm.check_extension(lib.KVM_CAP_SYNC_REGS) & SYNC_ALL != SYNC_ALL:
+            return False
+        run = ffi.cast("char *", self._run)
+        for offset, value in ((_SYNC_OFFSETS[0], regs), (_SYNC_OFFSETS[1], sregs), (_SYNC_OFFSETS[2], events)):
+            ffi.memmove(run + offset, value, ffi.sizeof(value[0]))
+        self._run.kvm_dirty_regs = SYNC_ALL
+        return True
+
+    def _staged(self, bit, index, ctype):
+        """A staged value KVM has not taken yet, or None."""
+        if not self._run.kvm_dirty_regs & bit:
+            return None
+        value = ffi.new(ctype)
+        ffi.memmove(value, ffi.cast("char *", self._run) + _SYNC_OFFSETS[index], ffi.sizeof(value[0]))
+        return value
+
     # --- registers ---------------------------------------------------------
     def _get(self, name, ctype):
         value = ffi.new(ctype)
@@ -67,15 +98,19 @@ class Vcpu(FdObject):
         return value
 
     def get_regs(self):
-        return self._get("KVM_GET_REGS", "struct kvm_regs *")
+        return self._staged(lib.KVM_SYNC_X86_REGS, 0, "struct kvm_regs *") or \
+            self._get("KVM_GET_REGS", "struct kvm_regs *")
 
     def set_regs(self, regs):
+        self._run.kvm_dirty_regs &= ~lib.KVM_SYNC_X86_REGS
         ioctl(self.fd, "KVM_SET_REGS", regs)
 
     def get_sregs(self):
-        return self._get("KVM_GET_SREGS", "struct kvm_sregs *")
+        return self._staged(lib.KVM_SYNC_X86_SREGS, 1, "struct kvm_sregs *") or \
+            self._get("KVM_GET_SREGS", "struct kvm_sregs *")
 
     def set_sregs(self, sregs):
+        self._run.kvm_dirty_regs &= ~lib.KVM_SYNC_X86_SREGS
         ioctl(self.fd, "KVM_SET_SREGS", sregs)
 
     def get_fpu(self):
@@ -154,9 +189,14 @@ class Vcpu(FdObject):
 
     def get_vcpu_events(self):
         """Pending and injected exceptions, interrupts, NMIs, SMIs (KVM_GET_VCPU_EVENTS)."""
+        staged = self._staged(lib.KVM_SYNC_X86_EVENTS, 2, "struct kvm_vcpu_events *")
+        if staged:
+            staged.flags &= ~SET_ONLY_EVENT_FLAGS          # as KVM_GET_VCPU_EVENTS reports them
+            return staged
         return self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
 
     def set_vcpu_events(self, events):
+        self._run.kvm_dirty_regs &= ~lib.KVM_SYNC_X86_EVENTS
         ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
 
     def get_debugregs(self):

@@ -142,15 +142,19 @@ class DeviceManager:
             states[name] = save()
         return states
 
-    def restore_state(self, states):
+    def restore_state(self, states, changed_only=False):
         """Puts each saved state back into the device of that name; the names
-        must be exactly this machine's (DeviceStateError otherwise)."""
+        must be exactly this machine's (DeviceStateError otherwise).
+        changed_only: a device whose state is that one already is left alone
+        (saving a state costs a fraction of checking and restoring one)."""
         devices = self.stateful()
         if not isinstance(states, dict) or set(states) != set(devices):
             theirs = set(states) if isinstance(states, dict) else set()
             raise DeviceStateError("the saved devices do not match this machine's: "
                                    f"missing {sorted(set(devices) - theirs)}, unknown {sorted(theirs - set(devices))}")
         for name, device in devices.items():
+            if changed_only and device.save_state() == states[name]:
+                continue
             try:
                 device.restore_state(states[name])
             except DeviceStateError:

@@ -56,6 +56,7 @@ class Machine:
         self.loops = []
         self.device_specs = []          # the --device specs of the user's devices (kept in snapshots)
         self._lifecycle = threading.RLock()
+        self._inline = None             # the InlineRunner of run_until_pause
         try:
             if snapshot is not None:
                 self.built = build_restored(config, snapshot)
@@ -148,6 +149,11 @@ class Machine:
 
     def exit_stats(self):
         """The exit counters so far: readable during a run and after it."""
+        if self._inline is not None and self.fast is not None:
+            live = ExitStats()
+            live.merge(self.stats)
+            live.merge(self.fast.counts())
+            return live
         if self.vcpu_manager is None or not self.vcpu_manager.running:
             return self.stats
         live = ExitStats()
@@ -170,7 +176,7 @@ class Machine:
         before their first instruction, until resume().
         """
         with self._lifecycle:
-            if self.vcpu_manager is not None:
+            if self.vcpu_manager is not None or self._inline is not None:
                 raise RuntimeError("a Machine runs once")
             timeout = self.config.timeout if timeout is None else timeout
             self.started_ns = monotonic_ns()
@@ -210,6 +216,63 @@ class Machine:
         a device the guest writes to may call it (on the vCPU's thread)."""
         if self.vcpu_manager is not None:
             self.vcpu_manager.request_pause()
+        elif self._inline is not None:
+            self._inline.request_pause()
+
+    def run_until_pause(self, timeout=None):
+        """Runs a one-vCPU machine on the calling thread until a pause is asked
+        for (request_pause(), e.g. by a device the guest writes to), the guest
+        ends the run, or `timeout` s pass; returns a RunResult: reason "paused"
+        (status None) or "timeout" (124) with the machine paused there, ready
+        to run on, checkpoint() or reset(); or how the guest ended the run
+        (reset() to a checkpoint then lets it run on). No vCPU thread, no
+        supervisor: for snapshot fuzzing (pyvmm/machine/inline.py)."""
+        with self._lifecycle:
+            if self.vcpu_manager is not None:
+                raise MachineStateError("the machine runs on its vCPU threads (run())")
+            if len(self.vcpus) != 1:
+                raise MachineStateError(f"run_until_pause runs one vCPU; this machine has {len(self.vcpus)}")
+            if self.stop.requested:
+                raise MachineStateError("the guest ended the run: reset() to a checkpoint first")
+            if self._inline is None:
+                from .inline import InlineRunner
+                if self.started_ns is None:
+                    self.started_ns = monotonic_ns()
+                self.loops = self._make_loops()
+                self._inline = InlineRunner(self, self.loops[0])
+        try:
+            return self._inline.run(timeout)
+        finally:
+            self.output.flush()
+            for loop in self.loops:
+                self.stats.merge(loop.stats)
+                loop.stats = ExitStats()
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def checkpoint(self):
+        """The machine's state kept in memory for reset() (see
+        pyvmm/machine/checkpoint.py); the machine must be paused or not started."""
+        from .checkpoint import Checkpoint
+        with self._lifecycle:
+            self._check_still(self.state, "checkpoint")
+            self._quiesce()
+            try:
+                return Checkpoint(self)
+            except DeviceStateError as error:
+                raise MachineStateError(str(error)) from None
+
+    def reset(self, checkpoint):
+        """Puts the machine back to `checkpoint` (taken from this machine): the
+        pages written since, the devices, the interrupt controllers, the vCPUs.
+        The machine must be paused, or have ended a run_until_pause."""
+        with self._lifecycle:
+            if checkpoint.machine is not self:
+                raise ValueError("a checkpoint resets only the machine it was taken from")
+            state = self.state
+            if state == RUNNING or (state == SHUTDOWN and self._inline is None):
+                raise MachineStateError(f"cannot reset: the VM is {state} (pause it, or use run_until_pause)")
+            self._quiesce()
+            checkpoint.restore()
 
     def wait_paused(self, timeout=5.0):
         """True once every vCPU is parked after a pause request."""
@@ -224,6 +287,10 @@ class Machine:
         """"created" (not run yet), "running", "paused" (every vCPU parked, or
         a pause asked for) or "shutdown" (the run ended)."""
         manager = self.vcpu_manager
+        if self._inline is not None:
+            if self._inline.running:
+                return RUNNING
+            return SHUTDOWN if self.stop.requested else PAUSED
         if manager is None:
             return CREATED
         if not manager.running or self.stop.requested:
@@ -303,6 +370,8 @@ class Machine:
         return machine
 
     def _check_still(self, state, action):
+        if state == PAUSED and self._inline is not None:
+            return
         if state == RUNNING:
             raise MachineStateError(f"the VM is running: pause it before a {action}")
         if state == SHUTDOWN:
@@ -348,6 +417,8 @@ class Machine:
     def close(self):
         if self.vcpu_manager is not None and self.vcpu_manager.running:
             self.vcpu_manager.stop_all()
+        if self._inline is not None:
+            self._inline.close()
         if self.fast is not None:
             self.fast.close()
             self.fast = None

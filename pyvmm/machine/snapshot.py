@@ -91,18 +91,20 @@ class MachineState:
             raise SnapshotError(f"the snapshot's KVM state is damaged: {error}") from None
         self.devices = state["devices"]
 
-    def apply(self, machine, cpuid=True):
+    def apply(self, machine, cpuid=True, stage=False):
         """Devices first (they drive their interrupt lines to the saved levels),
         then the PIT and interrupt controllers, the vCPUs (whose LAPICs thus end
-        as saved, whatever the lines delivered meanwhile), the KVM clock last."""
+        as saved, whatever the lines delivered meanwhile), the KVM clock last.
+        stage: registers, special registers and events may go through kvm_run
+        (VcpuState.restore)."""
         try:
-            machine.devices.restore_state(self.devices)
+            machine.devices.restore_state(self.devices, changed_only=stage)
         except DeviceStateError as error:
             raise SnapshotError(f"the snapshot's device state is damaged: {error}") from None
         try:
             self.vm.restore(machine.vm, clock=False)
             for vcpu, saved in zip(machine.vcpus, self.vcpus):
-                saved.restore(vcpu, cpuid=cpuid)
+                saved.restore(vcpu, cpuid=cpuid, stage=stage)
             machine.vm.set_clock(self.vm.clock)
         except KvmError as error:
             raise SnapshotError(f"KVM refused the snapshot's state: {error}") from None

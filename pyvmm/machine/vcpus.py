@@ -24,7 +24,8 @@ DORMANT_ROUNDS_TO_STOP = 2
 _kick_installed = False
 
 
-def _install_kick_handler():
+def install_kick_signal():
+    """The (process-wide) handler of KICK_SIGNAL, installed once."""
     global _kick_installed
     if not _kick_installed:
         install_kick_handler(KICK_SIGNAL)
@@ -53,7 +54,7 @@ class VcpuManager:
     # --- threads --------------------------------------------------------------------
     def start(self, paused=False):
         """Starts the threads; paused: each parks before entering the guest."""
-        _install_kick_handler()
+        install_kick_signal()
         if paused:
             self._paused = True
             for loop in self.loops:

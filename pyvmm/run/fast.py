@@ -73,6 +73,7 @@ def stop_flag(stop):
 
         stop.request = request_and_flag
         stop._pyvmm_fast_flag = flag
+        stop.on_clear.append(lambda: flag.__setitem__(0, 0))
     if stop.requested:
         flag[0] = 1
     return flag

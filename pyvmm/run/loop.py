@@ -29,8 +29,14 @@ RFLAGS_IF = 1 << 9
 FINISH_ATTEMPTS = 16
 
 
+class LeaveRun(Exception):
+    """Raised by a kick handler to make run() return at once: a kick handler
+    runs with every exit completed, so nothing is left to finish."""
+
+
 class VcpuLoop:
-    """Runs one vCPU until the VM-wide StopSignal is raised."""
+    """Runs one vCPU until the VM-wide StopSignal is raised (or a kick
+    handler raises LeaveRun)."""
 
     def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, hooks=None):
         self.vcpu = vcpu
@@ -79,12 +85,17 @@ class VcpuLoop:
         With hooks (or tracing) the observed loop decodes each exit into an
         ExitEvent; without, the plain loop below pays nothing for them. When
         it returns, the vCPU's state in KVM is complete (finish_exit)."""
+        left = False
         try:
             if self.hooks:
                 return self._run_observed()
             return self._run_plain()
+        except LeaveRun:
+            left = True
+            return None
         finally:
-            self.finish_exit()
+            if not left:
+                self.finish_exit()
 
     def finish_exit(self):
         """Completes, in KVM, the instruction of the exit the loop stopped at:

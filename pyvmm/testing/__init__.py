@@ -39,6 +39,15 @@ Replay (pyvmm.testing.replay), needs /dev/kvm:
         4 GiB and outside RAM, nothing that collides with the Machine's
         own devices).  Raises ReplayError when the guest did not finish.
 
+Snapshot fuzzing (pyvmm.testing.snapshot_fuzz), needs /dev/kvm:
+
+    SnapshotFuzzer(vm_config, timeout=1.0) boots a guest to its first park,
+        checkpoints it there, and run(data) -> FuzzOutcome runs one example
+        from that checkpoint: the input written into the guest's buffer, the
+        guest run to its next park (or end, or timeout), the VM reset
+        before the next (Machine.checkpoint/reset). See snapshot_fuzz.py
+        for the guest's side and guests/fuzz/ for the bundled target.
+
 Settings: settings_profile() registers (and returns the name of) the
 "pyvmm-fuzz" hypothesis profile, whose example database lives in the
 repository's ignored .hypothesis/examples, so a failing example is replayed
@@ -53,6 +62,7 @@ import os
 from .harness import (Event, InvariantViolation, Outcome, Placement, Report, Rig, Sentinel,
                       assert_same_reports, compare_reports, drive)
 from .replay import ReplayError, encode_program, replay_on_kvm
+from .snapshot_fuzz import FuzzTargetError, Outcome as FuzzOutcome, SnapshotFuzzer
 from .strategies import (MMIO, PIO, READ, WRITE, Access, access_sequences, accesses_for,
                          addresses_around, mmio_accesses, port_accesses)
 
@@ -111,7 +121,7 @@ def fuzz_settings(**overrides):
 
 __all__ = [
     "Access", "Event", "InvariantViolation", "MMIO", "Outcome", "PIO", "Placement", "READ",
-    "ReplayError", "Report", "Rig", "Sentinel", "WRITE", "access_sequences", "accesses_for",
+    "FuzzOutcome", "FuzzTargetError", "ReplayError", "Report", "Rig", "Sentinel", "SnapshotFuzzer", "WRITE", "access_sequences", "accesses_for",
     "addresses_around", "assert_same_reports", "compare_reports", "drive", "encode_program",
     "example_database_path", "fuzz_settings", "mmio_accesses", "port_accesses",
     "replay_on_kvm", "repository_root", "settings_profile",
