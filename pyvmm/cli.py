@@ -99,6 +99,18 @@ def build_parser():
                      help="serve the HTTP API (JSON, see `pyvmm remote`) on a unix socket at PATH, "
                           "mode 0600; PATH must not exist, or be a stale socket")
 
+    fuzz = commands.add_parser("fuzz", help="a long fuzzing campaign of the fuzz targets under HypoFuzz "
+                                            "(the optional extra pyvmm[fuzz])")
+    fuzz.add_argument("targets", nargs="*", metavar="TARGET",
+                      help="test files or directories to fuzz (default: tests/fuzz of the source checkout)")
+    fuzz.add_argument("--seconds", type=float, metavar="N",
+                      help="stop after N seconds, then replay what was found (default: until Ctrl-C)")
+    fuzz.add_argument("--processes", type=int, default=1, metavar="N", help="fuzzing processes (default 1)")
+    fuzz.add_argument("--database", metavar="DIR",
+                      help="hypothesis's example database, shared by every process and machine that "
+                           "names it (default: the repository's .hypothesis/examples)")
+    fuzz.add_argument("--dashboard", action="store_true", help="serve HypoFuzz's dashboard")
+
     remote = commands.add_parser("remote", help="control a VM through its --api-socket")
     remote.add_argument("--api-socket", metavar="PATH", required=True, help="the VM's API socket")
     from .api.client import add_commands
@@ -202,6 +214,16 @@ def _api_server(args):
         yield server
     finally:
         server.close()
+
+
+def command_fuzz(args):
+    from .testing.campaign import CampaignError, run
+    if args.processes < 1 or (args.seconds is not None and not args.seconds > 0):
+        raise ConfigError("--processes and --seconds must be positive")
+    try:
+        return run(args.targets, args.seconds, args.processes, args.database, args.dashboard)
+    except CampaignError as error:
+        raise ConfigError(str(error)) from None
 
 
 def command_remote(args):
@@ -335,7 +357,7 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         return {"linux": command_linux, "stats": command_stats, "run": command_run,
-                "remote": command_remote}[args.command](args)
+                "remote": command_remote, "fuzz": command_fuzz}[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError, SnapshotError) as error:
         _error(error)

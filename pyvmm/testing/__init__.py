@@ -69,6 +69,10 @@ from .strategies import (MMIO, PIO, READ, WRITE, Access, access_sequences, acces
 PROFILE = "pyvmm-fuzz"
 # Multiplies every fuzz_settings max_examples, for long runs (e.g. PYVMM_FUZZ_SCALE=20).
 SCALE_VARIABLE = "PYVMM_FUZZ_SCALE"
+# Where the fuzz profile keeps its examples, instead of the repository's (a shared directory).
+DATABASE_VARIABLE = "PYVMM_FUZZ_DATABASE"
+# Set: the fuzz profile only replays what its database holds (pyvmm fuzz's check).
+REPLAY_VARIABLE = "PYVMM_FUZZ_REPLAY"
 
 
 def repository_root() -> str:
@@ -81,15 +85,16 @@ def repository_root() -> str:
 
 
 def example_database_path() -> str:
-    """Where the fuzz profile keeps hypothesis's examples: <repo>/.hypothesis/examples."""
-    return os.path.join(repository_root(), ".hypothesis", "examples")
+    """Where the fuzz profile keeps hypothesis's examples: $PYVMM_FUZZ_DATABASE,
+    else <repo>/.hypothesis/examples."""
+    return os.environ.get(DATABASE_VARIABLE) or os.path.join(repository_root(), ".hypothesis", "examples")
 
 
 def settings_profile(name: str = PROFILE, **overrides) -> str:
     """Registers the fuzz profile and returns its name (settings.load_profile
     takes it): examples in the repository's .hypothesis/examples, no
     deadline (KVM runs vary), @reproduce_failure blobs printed."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     options = dict(
@@ -98,6 +103,8 @@ def settings_profile(name: str = PROFILE, **overrides) -> str:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    if os.environ.get(REPLAY_VARIABLE):
+        options["phases"] = (Phase.explicit, Phase.reuse)
     options.update(overrides)
     settings.register_profile(name, **options)
     return name
