@@ -20,6 +20,7 @@ from ..run.stop import STATUS_TIMEOUT, RunResult
 from .vcpus import KICK_SIGNAL, install_kick_signal
 
 WATCHDOG_POLL = 0.01
+WATCHDOG_IDLE = 1.0          # the thread ends after this long with no stretch to watch
 PAUSED = "paused"
 
 
@@ -36,6 +37,7 @@ class InlineRunner:
         self._thread_ident = None
         self._closing = False
         self._watchdog = None
+        self._last_armed = 0.0
         loop.kick_handlers.append(self._kicked)
 
     @property
@@ -85,7 +87,10 @@ class InlineRunner:
 
     # --- the watchdog ---------------------------------------------------------------------
     def _start_watchdog(self):
-        if self._watchdog is None:
+        with self._lock:
+            self._last_armed = monotonic()
+            if self._watchdog is not None and self._watchdog.is_alive():
+                return
             self._watchdog = threading.Thread(target=self._watch, name="pyvmm-watchdog", daemon=True)
             self._watchdog.start()
 
@@ -93,15 +98,20 @@ class InlineRunner:
         while not self._closing:
             sleep(WATCHDOG_POLL)
             with self._lock:
-                due = self._deadline is not None and monotonic() >= self._deadline
+                now = monotonic()
+                due = self._deadline is not None and now >= self._deadline
                 if due:
                     self._deadline = None
                     self._timed_out = True
+                elif self._deadline is None and now - self._last_armed > WATCHDOG_IDLE:
+                    self._watchdog = None            # idle: the next stretch starts another
+                    return
             if due:
                 self.request_pause()
 
     def close(self):
         self._closing = True
-        if self._watchdog is not None:
-            self._watchdog.join()
-            self._watchdog = None
+        with self._lock:
+            watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.join()

@@ -18,6 +18,13 @@ pytestmark = pytest.mark.kvm
 _fuzzer = None
 
 
+def teardown_module():
+    global _fuzzer
+    if _fuzzer is not None:
+        _fuzzer.close()
+        _fuzzer = None
+
+
 def fuzzer():
     global _fuzzer
     if _fuzzer is None:
