@@ -23,7 +23,7 @@ from pyvmm import guests
 from pyvmm.api import ApiServer, ApiSocketError, document
 from pyvmm.api.client import call
 from pyvmm.api.http import parse_response
-from pyvmm.api.server import REQUEST_DEADLINE
+from pyvmm.api.server import LINGER, REQUEST_DEADLINE
 from pyvmm.config import VmConfig
 from pyvmm.machine import Machine
 
@@ -206,11 +206,13 @@ def open_fds():
 
 def test_a_thousand_clients_in_turn_leak_nothing(flooding):
     flooding.call("ping")
+    time.sleep(LINGER + 0.3)                 # the server's end of that connection is closed by now
     fds, threads = open_fds(), threading.active_count()
     for number in range(1000):
         command = ("ping", "info", "counters")[number % 3]
         assert flooding.call(command)[0] == 200
     assert raw(flooding.path, b"junk\r\n\r\n")
+    time.sleep(LINGER + 0.3)
     assert open_fds() == fds and threading.active_count() == threads
     assert flooding.server.requests >= 1001
 
