@@ -53,12 +53,14 @@ class VmConfig:
 
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
-    and entry; serial: stdio | null | file:PATH | buffer; timeout: seconds.
+    and entry; serial: stdio | null | file:PATH | buffer; timeout: seconds;
+    console, rng, disks: virtio devices (pyvmm.devices.virtio.options).
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None, exit_path="fast", gdb=None):
+                 masked_features=(), modules=(), initrd=None, trace=None, exit_path="fast", gdb=None,
+                 console="off", rng=None, disks=()):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -75,6 +77,13 @@ class VmConfig:
         self.trace = trace                             # path of the JSON-lines exit trace
         self.exit_path = exit_path                     # fast (C, coalesced writes) | python (reference loop)
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
+        self.console = console                         # off | virtio (pyvmm.devices.virtio.options)
+        self.rng = rng                                 # RngSpec or None
+        self.disks = list(disks)                       # DiskSpec, in slot order
+
+    @property
+    def has_virtio(self):
+        return self.console != "off" or self.rng is not None or bool(self.disks)
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -101,4 +110,7 @@ class VmConfig:
             raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
         if self.gdb is not None:
             parse_endpoint(self.gdb)
+        if self.has_virtio:
+            from .devices.virtio import options   # only a VM with virtio devices pays for it
+            options.check(self)
         return self

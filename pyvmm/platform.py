@@ -60,9 +60,11 @@ class PcPlatform:
         mmio_bus.register(TESTDEV_MMIO, 0x10000, self.testdev.iomem, name="pc-testdev iomem")
 
     @staticmethod
-    def write_firmware_tables(memory, cpus):
-        """ACPI and MP tables into the BIOS area; returns the RSDP's address."""
-        tables, rsdp = acpi.build_acpi_tables(layout.ACPI_TABLES, cpus, irq0_pin=IRQ0_PIN)
+    def write_firmware_tables(memory, cpus, virtio=()):
+        """ACPI and MP tables into the BIOS area; returns the RSDP's address.
+        `virtio`: the virtio-mmio transports for the DSDT (VirtioSlots.acpi_devices)."""
+        tables, rsdp = acpi.build_acpi_tables(layout.ACPI_TABLES, cpus, irq0_pin=IRQ0_PIN,
+                                              virtio=virtio)
         memory.write(layout.ACPI_TABLES, tables)
         memory.write(layout.MPTABLE, mptable.build_mptable(layout.MPTABLE, cpus, irq0_pin=IRQ0_PIN))
         return rsdp

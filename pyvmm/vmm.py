@@ -100,6 +100,7 @@ class Machine:
         self._contexts = []
         self._input = None
         self.gdb = None
+        self.virtio = None
         try:
             if image is None:
                 image, options = read_kernel(config)
@@ -109,10 +110,15 @@ class Machine:
             raise
 
     def _build(self, image, options):
-        # Bad input (memory, kernel) is refused before KVM is touched.
-        self.memory = GuestMemory(layout.ram_ranges(self.config.memory))
+        # Bad input (virtio files, memory, kernel) is refused before KVM is touched.
         options = options or LoadOptions()
-        options.rsdp_addr = PcPlatform.write_firmware_tables(self.memory, self.config.cpus)
+        if self.config.has_virtio:
+            from .devices.virtio.slots import VirtioSlots
+            self.virtio = VirtioSlots.open(self.config)
+            options.cmdline = self.virtio.boot_cmdline(image, options)
+        self.memory = GuestMemory(layout.ram_ranges(self.config.memory))
+        options.rsdp_addr = PcPlatform.write_firmware_tables(
+            self.memory, self.config.cpus, self.virtio.acpi_devices() if self.virtio else ())
         self.boot = load_kernel(image, self.memory, options)
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
@@ -134,6 +140,8 @@ class Machine:
         self.port_bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit, name="debug-exit")
         self.platform = PcPlatform(self.config, self.port_bus, self.mmio_bus, self.stop,
                                    self._set_irq, self.sink.write, self.boot.format)
+        if self.virtio:
+            self.virtio.attach(self, console_output=self.sink)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
         if self.config.trace:
@@ -224,7 +232,8 @@ class Machine:
         self.started_ns = monotonic_ns()
         _install_kick_handler()
         if stdin_fd is not None:
-            self._input = InputPump(stdin_fd, self.serial.feed).start()
+            feed = self.virtio.console_input if self.virtio else None
+            self._input = InputPump(stdin_fd, feed or self.serial.feed).start()
         self.loops = self._make_loops()
         if self.gdb is not None:
             self.gdb.start(self.loops, self.kick_vcpu)    # vCPUs wait for gdb
@@ -351,6 +360,9 @@ class Machine:
         for context in self._contexts:
             context.close()
         self._contexts = []
+        if self.virtio is not None:
+            self.virtio.close()       # after the device workers stopped: files and locks
+            self.virtio = None
         if self.fast is not None:
             self.fast.close()
             self.fast = None

@@ -45,3 +45,21 @@ def ram_ranges(size):
     if size <= MMIO_HOLE_START:
         return [(0, size)]
     return [(0, MMIO_HOLE_START), (FOUR_GIB, size - MMIO_HOLE_START)]
+
+# virtio-mmio transports, where QEMU's microvm machine puts them: 24 slots of
+# 0x200 bytes from 0xfeb00000, filled from the top (the first device at
+# 0xfeb02e00). Slot n interrupts on IOAPIC pin n, for the top 8 slots
+# (16-23, the pins no ISA device uses); QEMU's microvm wires slot n to pin
+# 24 + n of a second IOAPIC, which KVM's in-kernel irqchip does not have.
+VIRTIO_MMIO_BASE = 0xFEB00000
+VIRTIO_MMIO_SLOT_SIZE = 0x200
+VIRTIO_MMIO_SLOTS = 24
+VIRTIO_FIRST_IRQ_SLOT = 16
+
+
+def virtio_slot(slot):
+    """(MMIO base, IRQ) of virtio-mmio slot `slot`; IRQ None for slots without one."""
+    if not 0 <= slot < VIRTIO_MMIO_SLOTS:
+        raise ValueError(f"virtio-mmio slot {slot} (0-{VIRTIO_MMIO_SLOTS - 1})")
+    irq = slot if slot >= VIRTIO_FIRST_IRQ_SLOT else None
+    return VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SLOT_SIZE, irq

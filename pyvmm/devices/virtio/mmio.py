@@ -83,6 +83,7 @@ class MmioTransport:
         self._scheduled = False
         self.needs_reset_reason: Optional[str] = None
         self.config_generation = 0
+        self._closed = False
         self._clear()
         device.bind(self)
 
@@ -311,7 +312,7 @@ class MmioTransport:
         """Marks the queue; one worker call serves every marked queue, so a
         guest ringing faster than the worker runs costs no memory."""
         self._pending[index] = True
-        if not self._scheduled and self.context is not None:
+        if not self._scheduled and self.context is not None and not self._closed:
             self._scheduled = True
             self.context.worker.call(self._service)
 
@@ -359,6 +360,9 @@ class MmioTransport:
                     self._raise(spec.INT_USED_BUFFER)
 
     def close(self) -> None:
+        """Once the worker has stopped: the device releases its files."""
+        with self._lock:
+            self._closed = True
         self.device.close()
 
     def __repr__(self) -> str:
