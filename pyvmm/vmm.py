@@ -141,7 +141,7 @@ class Machine:
         self.platform = PcPlatform(self.config, self.port_bus, self.mmio_bus, self.stop,
                                    self._set_irq, self.sink.write, self.boot.format)
         if self.virtio:
-            self.virtio.attach(self, console_output=self.sink)
+            self.virtio.attach(self, console_output=self.sink, before_console_output=self._flush_uart)
         self._create_vcpus()
         modes.enter(self.vcpus[0], self.memory, self.boot.mode, self.boot.entry, self.boot.regs)
         if self.config.trace:
@@ -284,6 +284,13 @@ class Machine:
                 self.fast.flush()
         except Exception as error:   # a device bug: end the run, never a traceback
             self._device_failed(f"pyvmm internal error: {type(error).__name__}: {error}")
+
+    def _flush_uart(self):
+        """The UART bytes the fast path still holds go to the sink before a
+        virtio console's (any thread): both write the same terminal."""
+        fast = self.fast
+        if fast is not None:
+            fast.flush()
 
     def _run_vcpu(self, loop):
         try:

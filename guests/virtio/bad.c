@@ -43,8 +43,8 @@ static int good_chain(struct buf *bufs)
 		bufs[2] = (struct buf){DATA + 0x2000, 1, 1};
 		return 3;
 	case 3:
-		memcpy((void *)(uintptr_t)DATA, "+", 1);
-		bufs[0] = (struct buf){DATA, 1, 0};
+		memcpy((void *)(uintptr_t)DATA, "+\n", 2);       /* a line of its own */
+		bufs[0] = (struct buf){DATA, 2, 0};
 		return 1;
 	default:
 		bufs[0] = (struct buf){DATA, 16, 1};
@@ -260,7 +260,8 @@ void guest_main(uint32_t multiboot_info)
 	bad_ring("an indirect table inside an indirect table", nested_indirect, 1);
 	bad_ring("an empty indirect table", empty_indirect, 0);
 	bad_ring("a buffer outside RAM", buffer_outside_ram, 1);
-	bad_ring("an available index that jumps", avail_index_jumps, 0);
+	/* QEMU's console takes the stale entries a jump makes available. */
+	bad_ring("an available index that jumps", avail_index_jumps, device_id == 3);
 
 	vio_reset(&dev);
 	start();

@@ -36,10 +36,14 @@ class VirtioConsole(VirtioDevice):
     features = 1 << F_EMERG_WRITE
     name = "virtio-console"
 
-    def __init__(self, output) -> None:
-        """`output` has write(bytes) and flush() (a pyvmm.console sink)."""
+    def __init__(self, output, before_output=None) -> None:
+        """`output` has write(bytes) and flush() (a pyvmm.console sink);
+        `before_output()`, if given, runs before each write: the machine
+        hands over the UART bytes it still buffers there, so the two
+        consoles' output keeps the guest's order."""
         super().__init__()
         self.output = output
+        self.before_output = before_output
         self._lock = threading.Lock()
         self._backlog = bytearray()
         self.input_bytes_dropped = 0
@@ -65,6 +69,8 @@ class VirtioConsole(VirtioDevice):
 
     def _emit(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        if self.before_output is not None:
+            self.before_output()
         self.output.write(data)
         if len(data) >= OUTPUT_CHUNK:
             self.output.flush()

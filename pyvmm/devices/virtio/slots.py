@@ -71,12 +71,15 @@ class VirtioSlots:
             placed.append((slot, base, irq, device))
         return placed
 
-    def attach(self, machine, console_output=None) -> None:
-        """Registers every slot on the machine's MMIO bus (nothing without devices)."""
+    def attach(self, machine, console_output=None, before_console_output=None) -> None:
+        """Registers every slot on the machine's MMIO bus (nothing without
+        devices). The console writes to `console_output` (write, flush),
+        calling `before_console_output()` first (see VirtioConsole)."""
         if not self.devices:
             return
         if self.console is not None:
             self.console.output = console_output
+            self.console.before_output = before_console_output
         used = {}
         for slot, base, irq, device in self.placements():
             transport = MmioTransport(device)
