@@ -68,8 +68,8 @@ static void start(void)
 {
 	if (!vio_negotiate(&dev, F_VERSION_1 | F_INDIRECT))
 		fail("the device refused VERSION_1 | INDIRECT_DESC");
-	for (int q = 0; q <= queue_index; q++)
-		if (!vq_init(&vq, &dev, q, SIZE, RING))
+	for (int q = 0; q <= queue_index; q++)          /* each queue in its own rings */
+		if (!vq_init(&vq, &dev, q, SIZE, RING + 0x10000ull * (uint64_t)q))
 			fail("queue %d not ready", q);
 	vio_driver_ok(&dev);
 	dev.isr_bits = 0;

@@ -37,7 +37,6 @@ struct idt_entry {
 extern char interrupt_stubs[];
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 static struct { irq_handler fn; void *arg; } handlers[MAX_HANDLERS];
-static volatile uint32_t timer_fired;
 static uint64_t tsc_rate;
 
 static void lapic_write(uint32_t reg, uint32_t v) { mmio_write32(LAPIC + reg, v); }
@@ -52,7 +51,7 @@ void interrupt_entry(uint64_t vector)
 		exit_guest(0x7e);
 	}
 	if (vector == VECTOR_TIMER) {
-		timer_fired++;
+		/* nothing: it woke the CPU up */
 	} else if (vector >= VECTOR_DEVICE && vector < VECTOR_DEVICE + MAX_HANDLERS) {
 		int index = (int)(vector - VECTOR_DEVICE);
 		if (handlers[index].fn)
@@ -132,23 +131,25 @@ void irq_unroute(const struct acpi_info *acpi, uint32_t gsi)
 
 int wait_change(volatile uint32_t *counter, uint32_t seen, uint64_t timeout_us)
 {
-	uint64_t remaining = timeout_us * 1000;
-	int changed = 0;
+	/* Against the TSC: a timer interrupt only wakes the CPU up, it is not
+	 * counted, since a stale one (or one kvm_pvm delivers twice) would cut
+	 * the wait short. */
+	uint64_t rate = tsc_per_us();
+	uint64_t deadline = rdtsc() + timeout_us * rate;
 
 	__asm__ volatile("cli");
-	while (!(changed = *counter != seen) && remaining) {
-		uint32_t chunk = remaining > 0xffffffffu ? 0xffffffffu : (uint32_t)remaining;
-		uint32_t fired = timer_fired;
-		remaining -= chunk;
+	while (*counter == seen) {
+		uint64_t now = rdtsc();
+		if (now >= deadline)
+			break;
+		uint64_t ns = (deadline - now) * 1000 / rate + 1;
 		lapic_write(LAPIC_LVT_TIMER, VECTOR_TIMER);         /* one-shot */
-		lapic_write(LAPIC_TIMER_INITIAL, chunk);
-		while (*counter == seen && timer_fired == fired)
-			__asm__ volatile("sti; hlt; cli" ::: "memory");
-		lapic_write(LAPIC_TIMER_INITIAL, 0);
-		lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | VECTOR_TIMER);
+		lapic_write(LAPIC_TIMER_INITIAL, ns > 0xffffffffu ? 0xffffffffu : (uint32_t)ns);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
 	}
-	changed = *counter != seen;
-	return changed;
+	lapic_write(LAPIC_TIMER_INITIAL, 0);
+	lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | VECTOR_TIMER);
+	return *counter != seen;
 }
 
 uint64_t tsc_per_us(void)

@@ -103,7 +103,7 @@ def microvm_command(kernel, devices=(), cmdline=None, memory_mib=128, accel="tcg
         elif device[0] == "disk":
             _, path, readonly, disk_id = device
             options = ",readonly=on" if readonly else ""
-            command += ["-drive", f"id=d{number},file={path},format=raw,if=none{options}",
+            command += ["-drive", f"id=d{number},file={path},format=raw,if=none,discard=unmap{options}",
                         "-device", f"virtio-blk-device,drive=d{number},serial={disk_id}"]
     return command
 

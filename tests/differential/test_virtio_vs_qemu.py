@@ -54,9 +54,11 @@ def check_host_lines(lines, rules, extra=()):
 
 
 def compare(guest, devices, exit_path="fast", host_extra=(), cmdline=None, stdin=b"", prompt=None,
-            device_lines=False):
+            device_lines=False, qemu_devices=None):
+    """Runs `guest` under both; qemu_devices: QEMU's own (other disk files), default `devices`."""
     kernel = guests.path(guest)
-    qemu = run(microvm_command(kernel, devices, cmdline=cmdline), stdin, prompt, timeout=60)
+    qemu = run(microvm_command(kernel, qemu_devices or devices, cmdline=cmdline), stdin, prompt,
+               timeout=60)
     pyvmm = run(pyvmm_virtio_command(kernel, devices, cmdline=cmdline, exit_path=exit_path),
                 stdin, prompt, timeout=90)
     qemu_lines, qemu_host = split(qemu.output, device_lines)
@@ -153,3 +155,66 @@ def test_misbehaving_driver_on_the_console():
     # QEMU's console takes the stale entries of a jumping index as requests.
     check_misbehaving_driver([("console",)], "device=3", also=[
         "~ an available index that jumps: status 0x4f, used 0, configuration change yes"])
+
+
+# virtio-blk.bin's test image: byte (sector * 7 + offset) & 0xff everywhere.
+SECTORS = 2048
+
+
+def pattern_image(path):
+    sector = bytes(range(256)) * 4
+    path.write_bytes(b"".join(sector[(s * 7) % 256:(s * 7) % 256 + 512] for s in range(SECTORS)))
+    return path
+
+
+def expected_after_blk_guest(image):
+    """The image once virtio-blk.bin ran on a writable disk."""
+    data = bytearray(image)
+    data[10 * 512:12 * 512] = bytes((0xA5 ^ i) & 0xFF for i in range(1024))
+    for first in (20, 30, 40):
+        data[first * 512:(first + 2) * 512] = bytes(1024)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("exit_path", ["fast", "python"])
+def test_block_device_matches_qemu(tmp_path, exit_path):
+    qemu_image = pattern_image(tmp_path / "qemu.img")
+    pyvmm_image = pattern_image(tmp_path / "pyvmm.img")
+    original = pyvmm_image.read_bytes()
+    kernel = guests.path("virtio-blk.bin")
+    qemu = run(microvm_command(kernel, [("disk", str(qemu_image), False, "disk0")]), timeout=60)
+    pyvmm = run(pyvmm_virtio_command(kernel, [("disk", str(pyvmm_image), False, "disk0")],
+                                     exit_path=exit_path), timeout=90)
+    pyvmm_lines, pyvmm_host = split(pyvmm.output)
+    qemu_lines, _ = split(qemu.output)
+    assert pyvmm_lines == qemu_lines, (pyvmm, qemu)
+    assert (pyvmm.status, qemu.status) == (1, 1)
+    for line in ('get_id: status 0 used 21 id "disk0"', "read back sectors 10-11: status 0 as written",
+                 "read past the end: status 1", "request type 99: status 2",
+                 "discard with unmap: status 2", "16 reads in flight: 16 right",
+                 "a request without a status byte: status 0x4f configuration change yes"):
+        assert line in pyvmm_lines
+    assert "~ read after discard: zeroes" in pyvmm_host
+    # Both files end up the same, and as the guest's writes say.
+    assert pyvmm_image.read_bytes() == qemu_image.read_bytes() == expected_after_blk_guest(original)
+
+
+def test_read_only_disk_is_never_written(tmp_path):
+    qemu_image = pattern_image(tmp_path / "qemu.img")
+    pyvmm_image = pattern_image(tmp_path / "pyvmm.img")
+    original = pyvmm_image.read_bytes()
+    before = os.stat(pyvmm_image)
+    lines, _, _ = compare("virtio-blk.bin", [("disk", str(pyvmm_image), True, "ro")], cmdline="ro=1",
+                          qemu_devices=[("disk", str(qemu_image), True, "ro")])
+    for line in ("offered seg_max 1 ro 1 blk_size 1 flush 1 discard 1 write_zeroes 1",
+                 "write sectors 10-11: status 1 used 1", "read back sectors 10-11: status 0 unchanged",
+                 "flush: status 0", "discard sectors 20-21: status 1",
+                 "write zeroes sectors 30-31: status 1"):
+        assert line in lines
+    assert pyvmm_image.read_bytes() == original == qemu_image.read_bytes()
+    assert os.stat(pyvmm_image).st_mtime_ns == before.st_mtime_ns
+
+
+def test_misbehaving_driver_on_the_block_device(tmp_path):
+    image = pattern_image(tmp_path / "disk.img")
+    check_misbehaving_driver([("disk", str(image), False, "disk0")], "device=2")
