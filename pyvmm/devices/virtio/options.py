@@ -104,11 +104,16 @@ def check(config) -> None:
             raise ConfigError(f"--disk: two disks with id {disk_id!r}")
     if config.rng is not None:
         _check_source(config.rng.src)
+    files = {}
     for disk in config.disks:
         try:
             check_image(disk.path, disk.readonly)
         except ImageError as error:
             raise ConfigError(f"--disk: {error}") from None
+        info = os.stat(disk.path)
+        other = files.setdefault((info.st_dev, info.st_ino), disk)
+        if other is not disk and not (disk.readonly and other.readonly):
+            raise ConfigError(f"--disk: {disk.path} is given twice (only read-only disks may share a file)")
 
 
 def _check_source(path: str) -> None:
