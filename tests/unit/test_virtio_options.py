@@ -105,13 +105,17 @@ def test_devices_fill_the_slots_from_the_top(image):
         slots.close()
 
 
-def test_the_command_line_grows_for_linux_and_pvh_only(image):
+def test_the_command_line_grows_for_a_linux_bzimage_only(image):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_bzimage import make_bzimage
     slots = VirtioSlots.open(VmConfig(rng=RngSpec()))
     try:
-        for guest, appended in (("pvhinfo.elf", True), ("hello.bin", False), ("compute.elf", False)):
-            image_bytes = open(guests.path(guest), "rb").read()
-            cmdline = slots.boot_cmdline(image_bytes, LoadOptions(cmdline="x=1"))
-            assert cmdline == ("x=1 virtio_mmio.device=512@0xfeb02e00:23" if appended else "x=1"), guest
+        kernels = [(make_bzimage(), True)] + [(open(guests.path(guest), "rb").read(), False)
+                                              for guest in ("pvhinfo.elf", "hello.bin", "compute.elf")]
+        for kernel, appended in kernels:
+            cmdline = slots.boot_cmdline(kernel, LoadOptions(cmdline="x=1"))
+            assert cmdline == ("x=1 virtio_mmio.device=512@0xfeb02e00:23" if appended else "x=1")
+        assert slots.boot_cmdline(b"junk", LoadOptions(cmdline="y")) == "y"
     finally:
         slots.close()
 

@@ -99,15 +99,15 @@ class VirtioSlots:
         return None if self.console is None else self.console.feed
 
     def boot_cmdline(self, image: bytes, options) -> str:
-        """The command line to boot with: for a Linux bzImage or a PVH kernel
-        (QEMU's microvm appends for those, through fw_cfg), the devices are
-        appended; multiboot and plain ELF kernels keep theirs."""
-        from ...loader import bzimage, detect, pvh
+        """The command line to boot with: a Linux bzImage gets the devices
+        appended, as QEMU's microvm does; other kernels keep theirs (a Linux
+        booted through PVH finds the devices in the DSDT)."""
+        from ...loader import bzimage, detect
         try:
             module = detect(image, options)
         except Exception:       # the loader reports a bad image itself, later
             return options.cmdline
-        return self.kernel_cmdline(options.cmdline) if module in (bzimage, pvh) else options.cmdline
+        return self.kernel_cmdline(options.cmdline) if module is bzimage else options.cmdline
 
     def kernel_cmdline(self, cmdline: str) -> str:
         """`cmdline` with a virtio_mmio.device=SIZE@ADDR:IRQ entry per device."""
