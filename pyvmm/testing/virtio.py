@@ -443,14 +443,15 @@ class HostileChain:
             queue.memory.write_u16(queue.avail + 2, queue.avail_idx)
 
 
-def _addresses(memory_size: int, data_start: int) -> st.SearchStrategy[int]:
-    """In RAM, at its edges, past its end, in the ring area, and absurd."""
+def _addresses(memory_size: int, data_start: int, floor: int = 0) -> st.SearchStrategy[int]:
+    """In RAM, at its edges, past its end, in the ring area (down to
+    `floor`), and absurd."""
     return st.one_of(
         st.integers(data_start, memory_size - 1),
         st.integers(memory_size - 64, memory_size + 64),
-        st.integers(0, data_start),
-        st.sampled_from([0, memory_size, 0xFEB00000, 0xFFFFFFFF, 1 << 32, (1 << 64) - 1,
-                         (1 << 64) - 16]),
+        st.integers(floor, data_start),
+        st.sampled_from([memory_size, 0xFEB00000, 0xFFFFFFFF, 1 << 32, (1 << 64) - 1,
+                         (1 << 64) - 16] + ([0] if floor == 0 else [])),
     )
 
 
@@ -463,37 +464,39 @@ def _flags() -> st.SearchStrategy[int]:
     return st.one_of(st.integers(0, 7), st.integers(0, 0xFFFF))
 
 
-def raw_descriptors(queue_size: int, memory_size: int, data_start: int) -> st.SearchStrategy[RawDescriptor]:
+def raw_descriptors(queue_size: int, memory_size: int, data_start: int,
+                    floor: int = 0) -> st.SearchStrategy[RawDescriptor]:
     """Any descriptor: addresses and lengths in and out of RAM, every flag
     combination, `next` inside and past the table."""
-    return st.builds(RawDescriptor, _addresses(memory_size, data_start), _lengths(), _flags(),
+    return st.builds(RawDescriptor, _addresses(memory_size, data_start, floor), _lengths(), _flags(),
                      st.one_of(st.integers(0, queue_size - 1), st.integers(0, 0xFFFF)))
 
 
 def hostile_chains(queue_size: int, memory_size: int = DEFAULT_MEMORY, data_start: int = 0x40000,
-                   indirect_area: Optional[int] = None) -> st.SearchStrategy[HostileChain]:
+                   indirect_area: Optional[int] = None, floor: int = 0) -> st.SearchStrategy[HostileChain]:
     """Descriptor tables that break the rules (and some that keep them):
     loops, indices past the table, nested indirect tables, indirect with
     NEXT, buffers outside RAM, readable after writable, zero and 4 GiB
     lengths, available indices that jump. `indirect_area` is a spare
-    RAM area for indirect tables (default: just below the end of RAM)."""
+    RAM area for indirect tables (default: just below the end of RAM);
+    no address in RAM below `floor` (where a guest keeps its code) is used."""
     table_area = memory_size - 16 * 64 if indirect_area is None else indirect_area
 
     @st.composite
     def build(draw):
         head = draw(st.one_of(st.integers(0, queue_size - 1), st.integers(0, 0xFFFF)))
         indices = draw(st.lists(st.integers(0, queue_size - 1), max_size=min(queue_size, 8), unique=True))
-        descriptors = {index: draw(raw_descriptors(queue_size, memory_size, data_start))
+        descriptors = {index: draw(raw_descriptors(queue_size, memory_size, data_start, floor))
                        for index in indices + ([head] if head < queue_size else [])}
         chain = HostileChain(head, descriptors)
         if draw(st.booleans()):
             # Aim one descriptor at an indirect table, maybe a broken one.
             chain.indirect_addr = draw(st.one_of(st.just(table_area),
-                                                 _addresses(memory_size, data_start)))
+                                                 _addresses(memory_size, data_start, floor)))
             nested = st.builds(RawDescriptor, st.just(table_area), st.integers(1, 8).map(lambda n: 16 * n),
                                st.sampled_from([spec.DESC_F_INDIRECT, spec.DESC_F_INDIRECT | spec.DESC_F_NEXT]),
                                st.integers(0, 8))
-            entries = draw(st.lists(st.one_of(raw_descriptors(8, memory_size, data_start), nested),
+            entries = draw(st.lists(st.one_of(raw_descriptors(8, memory_size, data_start, floor), nested),
                                     min_size=1, max_size=8))
             chain.indirect = entries
             pointer = descriptors.get(head) if head < queue_size else None
