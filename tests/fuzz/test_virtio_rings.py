@@ -11,8 +11,10 @@ writable bytes it has. The device must then:
 
 - never raise, never report a failure of its own;
 - use every valid chain before the first invalid one, in order, with the
-  used length the device type gives (all writable bytes for the sink, at
-  most 64 KiB for the entropy device);
+  used length the device type gives (all writable bytes for the sink and
+  the block device, at most 64 KiB for the entropy device); a chain the
+  block device cannot read as a request (no 16-byte header, no status
+  byte) counts as invalid;
 - set DEVICE_NEEDS_RESET (and raise a configuration interrupt) at the
   first invalid chain or an available index more than the queue size
   ahead, and use nothing after it.
@@ -23,7 +25,9 @@ import struct
 from hypothesis import given, strategies as st
 
 from pyvmm.devices.virtio import spec
+from pyvmm.devices.virtio.blk import VirtioBlock
 from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.devices.virtio.image import RawImage
 from pyvmm.devices.virtio.rng import MAX_REQUEST, EntropySource, VirtioRng
 from pyvmm.testing import fuzz_settings
 from pyvmm.testing.virtio import VirtioBench, chain_specs, hostile_chains
@@ -93,14 +97,23 @@ class Sink(VirtioDevice):
 
 
 def devices():
-    return st.sampled_from(["sink", "rng"])
+    return st.sampled_from(["sink", "rng", "blk"])
 
 
-def make(kind):
+def make(kind, tmp_path=None):
+    if kind == "blk":
+        path = tmp_path / "disk.img"
+        path.write_bytes(bytes(range(256)) * 256)
+        return VirtioBlock(RawImage(str(path)), "disk0")
     return Sink() if kind == "sink" else VirtioRng(EntropySource())
 
 
-def expected_length(kind, writable):
+def expected_length(kind, readable, writable):
+    """The used length, or Invalid when the device type cannot answer the chain."""
+    if kind == "blk":
+        if readable < 16 or writable < 1:       # no header or no status byte
+            raise Invalid("not a block request")
+        return writable
     return writable if kind == "sink" else min(writable, MAX_REQUEST)
 
 
@@ -115,18 +128,18 @@ def predict(memory, kind, queue):
     for slot in range(available):
         head = memory.read_u16(queue.avail + 4 + 2 * slot)
         try:
-            _, writable = reference_walk(memory, SIZE, head)
+            readable, writable = reference_walk(memory, SIZE, head)
+            expected.append((head, expected_length(kind, readable, writable)))
         except Invalid:
             return expected, True
-        expected.append((head, expected_length(kind, writable)))
     return expected, False
 
 
 @fuzz_settings(max_examples=300)
 @given(kind=devices(), chains=st.lists(hostile_chains(SIZE, RAM, DATA), min_size=1, max_size=4),
        event_idx=st.booleans())
-def test_hostile_chains_get_the_specified_outcome(kind, chains, event_idx):
-    with VirtioBench(make(kind), memory_size=RAM) as bench:
+def test_hostile_chains_get_the_specified_outcome(tmp_path_factory, kind, chains, event_idx):
+    with VirtioBench(make(kind, tmp_path_factory.mktemp("blk")), memory_size=RAM) as bench:
         features = None if event_idx else bench.transport.offered & ~(1 << spec.F_RING_EVENT_IDX)
         queue = bench.driver.start([SIZE], base=0x10000, features=features)[0]
         assert queue.desc == 0x10000
