@@ -17,6 +17,15 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def mapped_bytes():
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = line.split()[0].split("-")
+            total += int(end, 16) - int(start, 16)
+    return total
+
+
 @pytest.fixture
 def disks(tmp_path):
     paths = []
@@ -55,14 +64,18 @@ def test_closing_releases_fds_threads_and_image_locks(disks, exit_path):
     config = config_with_everything(disks, exit_path=exit_path)
     with Machine(config) as machine:        # warm-up: lazy imports, the kick handler
         machine.run()
-    fds, threads = open_fds(), threading.active_count()
+    fds, threads, mapped = open_fds(), threading.active_count(), mapped_bytes()
+    closed = []                                 # kept alive: closing alone must unmap their RAM
     for _ in range(5):
         with Machine(config) as machine:
+            closed.append(machine)
             assert machine.run().status == 1
             with pytest.raises(Exception, match="in use"):
                 RawImage(disks[0])
     assert open_fds() == fds
     assert threading.active_count() == threads
+    # Each VM maps 128 MiB of RAM; the queues' views of it must not keep any mapped.
+    assert mapped_bytes() - mapped < config.memory
     RawImage(disks[0]).close()
     RawImage(disks[1]).close()
 

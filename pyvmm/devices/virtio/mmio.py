@@ -84,6 +84,9 @@ class MmioTransport:
         self.needs_reset_reason: Optional[str] = None
         self.config_generation = 0
         self._closed = False
+        # Counters for benchmarks and --stats: notifications seen, worker
+        # passes over a queue, interrupts raised.
+        self.notifications = self.passes = self.interrupts = 0
         self._clear()
         device.bind(self)
 
@@ -285,6 +288,7 @@ class MmioTransport:
             self._raise(spec.INT_CONFIG_CHANGE)
 
     def _raise(self, bits: int) -> None:
+        self.interrupts += 1
         self.interrupt_status |= bits
         if self._irq is not None:
             self._irq.high()
@@ -300,6 +304,7 @@ class MmioTransport:
     def notify(self, index: int) -> None:
         """QueueNotify: the driver made buffers available on queue `index`."""
         with self._lock:
+            self.notifications += 1
             if index < len(self.queues) and self.status & spec.DRIVER_OK:
                 self._schedule(index)
 
@@ -335,6 +340,7 @@ class MmioTransport:
                 return
             epoch = self._epoch
             self._busy += 1
+            self.passes += 1
         used_before = queue.used_idx
         failure = None
         try:
@@ -360,9 +366,14 @@ class MmioTransport:
                     self._raise(spec.INT_USED_BUFFER)
 
     def close(self) -> None:
-        """Once the worker has stopped: the device releases its files."""
+        """Once the worker has stopped: the queues give their views of guest
+        RAM back (so it can be unmapped) and the device releases its files."""
         with self._lock:
             self._closed = True
+            for queue in self.queues:
+                if queue.active is not None:
+                    queue.active.release()
+                    queue.active = None
         self.device.close()
 
     def __repr__(self) -> str:

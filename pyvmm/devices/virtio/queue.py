@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
+from ...memory import GuestMemoryError
 from . import spec
 
 _DESCRIPTOR = struct.Struct("<QIHH")       # addr, len, flags, next
 _USED_ELEMENT = struct.Struct("<II")       # id, len
+_U16 = struct.Struct("<H")
 MAX_CHAIN_BYTES = 1 << 32                  # 2.7.13.1: a chain is shorter than 2^32 bytes
 
 # x86 keeps stores in order and loads in order, but may let a load pass an
@@ -69,38 +71,45 @@ class DescriptorChain:
 
     `readable` and `writable` are lists of (guest address, length), each
     already checked to lie in guest RAM; zero-length buffers are left out.
+    The bytes are reached through zero-copy views of guest RAM taken when
+    the chain was checked.
     """
 
-    __slots__ = ("head", "readable", "writable", "readable_length", "writable_length", "_memory")
+    __slots__ = ("head", "readable", "writable", "readable_length", "writable_length",
+                 "_readable_views", "_writable_views")
 
-    def __init__(self, memory, head: int, readable: List[Tuple[int, int]],
-                 writable: List[Tuple[int, int]]) -> None:
-        self._memory = memory
+    def __init__(self, head: int, readable: List[Tuple[int, int]], writable: List[Tuple[int, int]],
+                 readable_views: List[memoryview], writable_views: List[memoryview],
+                 readable_length: int, writable_length: int) -> None:
         self.head = head
         self.readable = readable
         self.writable = writable
-        self.readable_length = sum(length for _, length in readable)
-        self.writable_length = sum(length for _, length in writable)
+        self._readable_views = readable_views
+        self._writable_views = writable_views
+        self.readable_length = readable_length
+        self.writable_length = writable_length
 
     def read(self, offset: int = 0, length: Optional[int] = None) -> bytes:
         """The readable bytes [offset, offset + length) (to the end by default)."""
-        return b"".join(bytes(view) for view in self.readable_views(offset, length))
+        views = _span(self._readable_views, offset, length)
+        return bytes(views[0]) if len(views) == 1 else b"".join(views)
 
     def readable_views(self, offset: int = 0, length: Optional[int] = None) -> List[memoryview]:
         """Zero-copy views of readable bytes [offset, offset + length)."""
-        return [self._memory.view(addr, n) for addr, n in _span(self.readable, offset, length)]
+        return _span(self._readable_views, offset, length)
 
     def writable_views(self, offset: int = 0, length: Optional[int] = None) -> List[memoryview]:
         """Zero-copy views of writable bytes [offset, offset + length)."""
-        return [self._memory.view(addr, n) for addr, n in _span(self.writable, offset, length)]
+        return _span(self._writable_views, offset, length)
 
     def write(self, data: bytes, offset: int = 0) -> int:
         """Copies `data` into the writable buffers from `offset`; returns the
         bytes written (fewer when the buffers end first)."""
         done = 0
-        for addr, n in _span(self.writable, offset, len(data)):
-            self._memory.write(addr, data[done:done + n])
-            done += n
+        for view in _span(self._writable_views, offset, len(data)):
+            count = len(view)
+            view[:] = data[done:done + count]
+            done += count
         return done
 
     def __repr__(self) -> str:
@@ -108,20 +117,25 @@ class DescriptorChain:
                 f"writable={self.writable_length})")
 
 
-def _span(buffers: List[Tuple[int, int]], offset: int, length: Optional[int]) -> Iterator[Tuple[int, int]]:
-    """(addr, n) pieces of the bytes [offset, offset + length) of `buffers`."""
+def _span(views: List[memoryview], offset: int, length: Optional[int]) -> List[memoryview]:
+    """The pieces of `views` covering bytes [offset, offset + length)."""
+    if offset == 0 and length is None:
+        return list(views)
+    pieces = []
     remaining = None if length is None else max(0, length)
-    for addr, n in buffers:
+    for view in views:
         if remaining == 0:
-            return
-        if offset >= n:
-            offset -= n
+            break
+        size = len(view)
+        if offset >= size:
+            offset -= size
             continue
-        take = n - offset if remaining is None else min(n - offset, remaining)
-        yield addr + offset, take
-        offset = 0
+        end = size if remaining is None else min(size, offset + remaining)
+        pieces.append(view[offset:end])
         if remaining is not None:
-            remaining -= take
+            remaining -= end - offset
+        offset = 0
+    return pieces
 
 
 class SplitQueue:
@@ -132,18 +146,22 @@ class SplitQueue:
     VIRTIO_F_RING_EVENT_IDX and VIRTIO_F_INDIRECT_DESC were negotiated.
     Raises QueueError when the configuration itself is invalid.
 
-    Not thread-safe: one thread (the device's worker) pops, pushes and
-    decides interrupts.
+    The three areas are held as views of guest RAM (checked once, here);
+    release() gives them back. Not thread-safe: one thread (the device's
+    worker) pops, pushes and decides interrupts.
     """
 
     def __init__(self, memory, size: int, desc: int, avail: int, used: int, *,
                  event_idx: bool = False, indirect: bool = False) -> None:
         if not (0 < size <= spec.MAX_QUEUE_SIZE and size & (size - 1) == 0):
             raise QueueError(f"queue size {size} is not a power of two up to {spec.MAX_QUEUE_SIZE}")
+        views = []
         for name, addr, length in zip(("descriptor table", "available ring", "used ring"),
                                       (desc, avail, used), ring_sizes(size)):
             if not memory.contains(addr, length):
                 raise QueueError(f"{name} at {addr:#x} ({length} bytes) is outside guest RAM")
+            views.append(memory.view(addr, length))
+        self._desc, self._avail, self._used = views
         self.memory = memory
         self.size = size
         self.desc, self.avail, self.used = desc, avail, used
@@ -154,14 +172,17 @@ class SplitQueue:
         self.used_idx = 0            # next used entry to fill
         self.signalled_used = 0      # used_idx when the last interrupt was decided
         self.signalled_valid = False
-        self._avail_ring = avail + 4
-        self._used_ring = used + 4
-        self._used_event = avail + 4 + 2 * size      # written by the driver
-        self._avail_event = used + 4 + 8 * size      # written by the device
+        self._used_event = 4 + 2 * size      # in the available ring, written by the driver
+        self._avail_event = 4 + 8 * size     # in the used ring, written by the device
+
+    def release(self) -> None:
+        """Gives the views of guest RAM back (the queue is not used afterwards)."""
+        for view in (self._desc, self._avail, self._used):
+            view.release()
 
     # --- the available ring ------------------------------------------------------
     def _read_avail_index(self) -> int:
-        index = self.memory.read_u16(self.avail + 2)
+        index = _U16.unpack_from(self._avail, 2)[0]
         ahead = (index - self.last_avail) & 0xFFFF
         if ahead > self.size:
             raise QueueError(f"available index moved to {index}, {ahead} entries past "
@@ -176,17 +197,19 @@ class SplitQueue:
         """The next available chain, or None when the driver has made none."""
         if self.last_avail == self.avail_seen and self._read_avail_index() == self.last_avail:
             return None
-        head = self.memory.read_u16(self._avail_ring + 2 * (self.last_avail % self.size))
+        head = _U16.unpack_from(self._avail, 4 + 2 * (self.last_avail % self.size))[0]
         chain = self._walk(head)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
 
     def _walk(self, head: int) -> DescriptorChain:
-        memory = self.memory
+        memory, unpack_from = self.memory, _DESCRIPTOR.unpack_from
         readable: List[Tuple[int, int]] = []
         writable: List[Tuple[int, int]] = []
-        table, entries, index = self.desc, self.size, head
-        steps = buffers = total = 0
+        readable_views: List[memoryview] = []
+        writable_views: List[memoryview] = []
+        table, entries, index = self._desc, self.size, head
+        steps = buffers = readable_length = writable_length = 0
         in_indirect = seen_writable = False
         while True:
             if index >= entries:
@@ -195,8 +218,7 @@ class SplitQueue:
             steps += 1
             if steps > entries:
                 raise QueueError(f"chain at head {head} is longer than its table (a loop?)")
-            addr, length, flags, following = _DESCRIPTOR.unpack(memory.read(table + spec.DESC_SIZE * index,
-                                                                           spec.DESC_SIZE))
+            addr, length, flags, following = unpack_from(table, spec.DESC_SIZE * index)
             if flags & spec.DESC_F_INDIRECT:
                 if not self.indirect:
                     raise QueueError("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
@@ -207,34 +229,44 @@ class SplitQueue:
                 if length == 0 or length % spec.DESC_SIZE or length // spec.DESC_SIZE > self.size:
                     raise QueueError(f"indirect table of {length} bytes (a multiple of 16, "
                                      f"at most {self.size} entries)")
-                if not memory.contains(addr, length):
-                    raise QueueError(f"indirect table at {addr:#x} ({length} bytes) is outside guest RAM")
-                table, entries, index, steps, in_indirect = addr, length // spec.DESC_SIZE, 0, 0, True
+                table = self._view(addr, length, "indirect table")
+                entries, index, steps, in_indirect = length // spec.DESC_SIZE, 0, 0, True
                 continue
             if flags & spec.DESC_F_WRITE:
                 seen_writable = True
             elif seen_writable:
                 raise QueueError("a readable buffer follows a writable one")
             if length:
-                (writable if seen_writable else readable).append((addr, length))
-                if not memory.contains(addr, length):
-                    raise QueueError(f"buffer at {addr:#x} ({length} bytes) is outside guest RAM")
+                view = self._view(addr, length, "buffer")
                 buffers += 1
-                total += length
-                if buffers > self.size or total >= MAX_CHAIN_BYTES:
+                if seen_writable:
+                    writable.append((addr, length))
+                    writable_views.append(view)
+                    writable_length += length
+                else:
+                    readable.append((addr, length))
+                    readable_views.append(view)
+                    readable_length += length
+                if buffers > self.size or readable_length + writable_length >= MAX_CHAIN_BYTES:
                     raise QueueError(f"chain at head {head} has more than {self.size} buffers "
                                      "or 4 GiB")
             if not flags & spec.DESC_F_NEXT:
-                return DescriptorChain(memory, head, readable, writable)
+                return DescriptorChain(head, readable, writable, readable_views, writable_views,
+                                       readable_length, writable_length)
             index = following
+
+    def _view(self, addr: int, length: int, what: str) -> memoryview:
+        try:
+            return self.memory.view(addr, length)
+        except GuestMemoryError:
+            raise QueueError(f"{what} at {addr:#x} ({length} bytes) is outside guest RAM") from None
 
     # --- the used ring ---------------------------------------------------------------
     def push(self, head: int, written: int) -> None:
         """Returns chain `head` to the driver with `written` bytes written."""
-        slot = self._used_ring + 8 * (self.used_idx % self.size)
-        self.memory.write(slot, _USED_ELEMENT.pack(head, written))
+        _USED_ELEMENT.pack_into(self._used, 4 + 8 * (self.used_idx % self.size), head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self.memory.write_u16(self.used + 2, self.used_idx)   # after the element: x86 keeps store order
+        _U16.pack_into(self._used, 2, self.used_idx)    # after the element: x86 keeps store order
 
     def needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for the entries pushed since
@@ -246,23 +278,23 @@ class SplitQueue:
             self.signalled_used, self.signalled_valid = new, True
             if not valid:
                 return True
-            return need_event(self.memory.read_u16(self._used_event), new, old)
-        return not self.memory.read_u16(self.avail) & spec.AVAIL_F_NO_INTERRUPT
+            return need_event(_U16.unpack_from(self._avail, self._used_event)[0], new, old)
+        return not _U16.unpack_from(self._avail, 0)[0] & spec.AVAIL_F_NO_INTERRUPT
 
     # --- notifications from the driver ------------------------------------------------
     def suppress_notifications(self) -> None:
         """While the device is busy with the queue: no need to be notified."""
         if not self.event_idx:
-            self.memory.write_u16(self.used, spec.USED_F_NO_NOTIFY)
+            _U16.pack_into(self._used, 0, spec.USED_F_NO_NOTIFY)
 
     def allow_notifications(self) -> bool:
         """Asks for a notification at the next available entry; True when
         entries arrived meanwhile (the device must look again, or it could
         miss them: the driver saw notifications off when it added them)."""
         if self.event_idx:
-            self.memory.write_u16(self._avail_event, self.avail_seen)
+            _U16.pack_into(self._used, self._avail_event, self.avail_seen)
         else:
-            self.memory.write_u16(self.used, 0)
+            _U16.pack_into(self._used, 0, 0)
         full_barrier()
         return self.has_available()
 
