@@ -39,6 +39,14 @@ Replay (pyvmm.testing.replay), needs /dev/kvm:
         4 GiB and outside RAM, nothing that collides with the Machine's
         own devices).  Raises ReplayError when the guest did not finish.
 
+Virtio (pyvmm.testing.virtio, no KVM; pyvmm.testing.virtio_kvm, with KVM):
+
+    VirtioBench(device) runs a VirtioDevice behind its MMIO transport with
+    guest RAM, a test context and a Driver; hostile_chains(), chain_specs()
+    and driver_actions() are strategies for rings and register sequences;
+    replay_rings_on_kvm() and run_block_program() do the same through a
+    real guest (see those modules).
+
 Settings: settings_profile() registers (and returns the name of) the
 "pyvmm-fuzz" hypothesis profile, whose example database lives in the
 repository's ignored .hypothesis/examples, so a failing example is replayed
