@@ -4,7 +4,7 @@
 A diagnostic for when bench/exit_latency's ratio is over target (pyvmm itself is not modified).
 One VM runs bench_exit.bin with a huge N; its exits are handed, in chunks of a few thousand, to
 a series of loop variants in rotation: a C KVM_RUN loop (cffi, same process, same VM),
-stripped-down Python loops that each add a piece of pyvmm.runloop.VcpuLoop.run back, and the
+stripped-down Python loops that each add a piece of pyvmm.run.loop.VcpuLoop.run back, and the
 real VcpuLoop.run on the calling thread and on a thread of its own, as Machine.run does, plus
 two prototypes of a faster loop (c_decode_*: KVM_RUN, decoding and counting in one C call).
 Run-to-run noise on this host is +-30%; alternating chunks inside one VM compares variants under
@@ -29,9 +29,9 @@ from pyvmm._kvm import ffi, lib
 from pyvmm.config import VmConfig
 from pyvmm.devices import Bus
 from pyvmm.loader import LoadOptions
-from pyvmm.runloop import VcpuLoop
-from pyvmm.stats import ExitStats
-from pyvmm.vmm import Machine
+from pyvmm.run.loop import VcpuLoop
+from pyvmm.run.stats import ExitStats
+from pyvmm.machine import Machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _loader = importlib.machinery.SourceFileLoader("exit_latency", os.path.join(HERE, "exit_latency"))
@@ -39,7 +39,7 @@ bench = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.
 _loader.exec_module(bench)
 
 KVM_RUN, EXIT_IO, IO_OUT = lib.KVM_RUN, lib.KVM_EXIT_IO, lib.KVM_EXIT_IO_OUT
-# Our own kvm_run decoding (pyvmm.runloop's private names change as it is worked on).
+# Our own kvm_run decoding (pyvmm.run.loop's private names change as it is worked on).
 UNION = ffi.offsetof("struct kvm_run", "io")
 REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
 EXIT_HEADER = struct.Struct(f"<I{UNION - REASON_OFFSET - 4}xBBHIQ")  # reason, dir, size, port, count, offset
@@ -183,7 +183,7 @@ def c_decode_bus(vm, n):
     """A proposed loop: KVM_RUN, decoding and counting in one C call; Python only dispatches
     to Bus.write (1-byte values as preallocated bytes objects)."""
     fd, run_exit, stop, write = vm.vcpu.fd, vm.helpers.lib.run_exit, vm.stop, vm.bus.write
-    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run)))
+    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run_pointer)))
     counters = vm.counters
     while not stop.requested:
         code = run_exit(fd, run, counters)
@@ -198,7 +198,7 @@ def c_decode_bus(vm, n):
 def c_decode_dict(vm, n):
     """c_decode_bus, dispatching through a {port: device.write} dict instead of Bus.write."""
     fd, run_exit, stop = vm.vcpu.fd, vm.helpers.lib.run_exit, vm.stop
-    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run)))
+    run = vm.helpers.ffi.cast("void *", int(ffi.cast("uintptr_t", vm.vcpu.run_pointer)))
     counters, writes = vm.counters, {vm.port: vm.device.write}
     while not stop.requested:
         code = run_exit(fd, run, counters)
@@ -211,7 +211,7 @@ def c_decode_dict(vm, n):
 
 
 def pyvmm_loop(vm, n):
-    """pyvmm.runloop.VcpuLoop.run itself, on this (the main) thread."""
+    """pyvmm.run.loop.VcpuLoop.run itself, on this (the main) thread."""
     VcpuLoop(vm.vcpu, vm.bus, None, vm.stop, vm.stats).run()
 
 
@@ -227,7 +227,7 @@ VARIANTS = [c_loop, ioctl_only, decode_stats, lean, lean_cached, lean_bus, c_dec
 def profile(chunk, cycles, on_thread=False):
     """{variant name: [(wall, CPU) ns per exit of each chunk]}; on_thread: all chunks on one other thread."""
     exits = chunk * cycles * len(VARIANTS) + 1000       # the guest never reaches its debug-exit
-    port = bench.bench_port(*bench.patched_image(1))
+    port = bench.BENCH_PORT
     path, image = bench.patched_image(exits)
     times = {variant.__name__: [] for variant in VARIANTS}
     config = VmConfig(kernel=path, raw_mode="protected", serial="buffer", exit_path="python")

@@ -4,14 +4,13 @@
  * Safety rules, all checked on every exit before anything is read or
  * written on the guest's behalf:
  *   - io.count must be 1 (string I/O goes to Python) and io.size 1, 2 or 4;
- *   - io.data_offset + io.size must lie inside the run_size bytes mapped at
- *     `run` (computed without overflow);
- *   - the port must match a configured register exactly (UART) or the whole
- *     access must lie inside a configured sink range;
- *   - the TX buffer is appended to only below PYVMM_FAST_TXBUF, under the
- *     UART lock, and only while Python's published flag allows it;
- *   - ring indices are used only below the ring's capacity, and an entry's
- *     length only up to its 8 data bytes.
+ *     io.data_offset + io.size must lie inside the run_size bytes mapped at
+ *     `run` (computed without overflow); an MMIO length must be 1..8;
+ *   - an access is handled only when it lies wholly inside a posted range
+ *     (computed without overflow) or matches a cached register exactly;
+ *   - the table's count is bounded by PYVMM_FAST_REGS, the log's indices by
+ *     PYVMM_FAST_LOG, KVM's ring indices by its capacity, and an entry's
+ *     length by its 8 data bytes.
  * Anything else is left untouched in kvm_run for Python.
  */
 
@@ -21,196 +20,215 @@
 
 #include "fastpath.h"
 
-#define UART_THR 0
-#define UART_LSR 5
-
-int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart)
+int pyvmm_fast_log_init(struct pyvmm_fast_log *log, void *ring, uint32_t ring_bytes)
 {
-    uart->thr_plain = 0;
-    uart->lsr = -1;
-    uart->len = 0;
-    uart->full = 0;
-    return -pthread_mutex_init(&uart->lock, NULL);
-}
-
-void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int thr_plain, int lsr)
-{
-    pthread_mutex_lock(&uart->lock);
-    uart->thr_plain = thr_plain ? 1 : 0;
-    /* read without the lock by the LSR fast path: an atomic store */
-    __atomic_store_n(&uart->lsr, (lsr >= 0 && lsr <= 0xff) ? lsr : -1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&uart->lock);
-}
-
-uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap)
-{
-    uint32_t n;
-
-    pthread_mutex_lock(&uart->lock);
-    n = uart->len < cap ? uart->len : cap;
-    if (n > PYVMM_FAST_TXBUF)           /* cannot happen; never trust a length */
-        n = 0;
-    memcpy(out, uart->buf, n);
-    if (n < uart->len && uart->len <= PYVMM_FAST_TXBUF)
-        memmove(uart->buf, uart->buf + n, uart->len - n);
-    uart->len = uart->len <= PYVMM_FAST_TXBUF ? uart->len - n : 0;
-    pthread_mutex_unlock(&uart->lock);
-    return n;
-}
-
-/* A 1-byte THR write: buffered when Python allows it and there is room. */
-static int uart_thr(struct pyvmm_fast_uart *uart, unsigned char value)
-{
-    int done = 0;
-
-    pthread_mutex_lock(&uart->lock);
-    if (uart->thr_plain) {
-        if (uart->len < PYVMM_FAST_TXBUF) {
-            uart->buf[uart->len++] = value;
-            done = 1;
-        } else {
-            uart->full++;
-        }
-    }
-    pthread_mutex_unlock(&uart->lock);
-    return done;
-}
-
-int pyvmm_fast_ring_init(struct pyvmm_fast_ring *ring, void *page, uint32_t page_size)
-{
-    ring->ring = page;
-    ring->max = page_size > sizeof(struct kvm_coalesced_mmio_ring)
-        ? (page_size - sizeof(struct kvm_coalesced_mmio_ring)) / sizeof(struct kvm_coalesced_mmio)
+    log->head = 0;
+    log->count = 0;
+    log->python_holds = 0;
+    log->pending = 0;
+    log->ring = ring;
+    log->ring_max = ring != NULL && ring_bytes > sizeof(struct kvm_coalesced_mmio_ring)
+        ? (ring_bytes - sizeof(struct kvm_coalesced_mmio_ring)) / sizeof(struct kvm_coalesced_mmio)
         : 0;
-    ring->python_holds = 0;
-    ring->thr_out = 0;
-    return -pthread_mutex_init(&ring->lock, NULL);
+    if (log->ring_max == 0)
+        log->ring = NULL;
+    return -pthread_mutex_init(&log->lock, NULL);
 }
 
-/* Under the ring lock: takes entries from the oldest while C can handle them;
- * returns 1 if entries remain (for Python), 0 if the ring is empty. */
-static int ring_take(struct pyvmm_fast_ring *r)
+/* Lock held. 0 when the log is full. */
+static int log_push(struct pyvmm_fast_log *log, uint64_t addr, int pio, const uint8_t *data,
+                    uint32_t len, int source)
 {
-    struct kvm_coalesced_mmio_ring *ring = r->ring;
-    uint32_t first = ring->first;
-    uint32_t last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    struct pyvmm_fast_entry *entry;
 
-    if (first >= r->max || last >= r->max) {     /* never from KVM: drop, do not index */
-        __atomic_store_n(&ring->first, last < r->max ? last : 0, __ATOMIC_RELEASE);
+    if (len == 0 || len > sizeof(entry->data))
+        return 1;                               /* nothing a device could be given: dropped */
+    if (log->count >= PYVMM_FAST_LOG || log->head >= PYVMM_FAST_LOG)
+        return 0;
+    entry = &log->entries[(log->head + log->count) % PYVMM_FAST_LOG];
+    entry->addr = addr;
+    entry->pio = pio ? 1 : 0;
+    entry->len = (uint8_t)len;
+    entry->source = (uint8_t)source;
+    memset(entry->data, 0, sizeof(entry->data));
+    memcpy(entry->data, data, len);
+    log->count++;
+    log->pending = 1;
+    return 1;
+}
+
+/* Lock held: moves KVM's ring into the log, oldest first. 0 when the ring
+ * is empty afterwards, -1 when the log filled up first. */
+static int ring_move(struct pyvmm_fast_log *log)
+{
+    struct kvm_coalesced_mmio_ring *ring = log->ring;
+    uint32_t first, last;
+
+    if (ring == NULL)
+        return 0;
+    first = ring->first;
+    last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    if (first >= log->ring_max || last >= log->ring_max) {      /* never from KVM: drop, do not index */
+        __atomic_store_n(&ring->first, last < log->ring_max ? last : 0, __ATOMIC_RELEASE);
         return 0;
     }
     while (first != last) {
-        struct kvm_coalesced_mmio *entry = &ring->coalesced_mmio[first];
+        struct kvm_coalesced_mmio entry = ring->coalesced_mmio[first];
+        uint32_t len = entry.len < sizeof(entry.data) ? entry.len : sizeof(entry.data);
 
-        if (r->uart == NULL || !entry->pio || entry->len != 1 || entry->phys_addr != r->uart_base + UART_THR
-                || !uart_thr(r->uart, entry->data[0]))
+        if (!log_push(log, entry.phys_addr, entry.pio, entry.data, len, PYVMM_FROM_RING))
             break;
-        r->thr_out++;
-        first = (first + 1) % r->max;
+        first = (first + 1) % log->ring_max;
     }
     __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
-    return first != last;
+    return first == last ? 0 : -1;
 }
 
-/* Drains what C can; 1 if Python must drain the rest (or is draining now). */
-static int ring_drain(struct pyvmm_fast_ring *r)
+int pyvmm_fast_log_append(struct pyvmm_fast_log *log, uint64_t addr, int pio, const char *data,
+                          uint32_t len, int source)
 {
-    int left;
+    int done;
 
-    pthread_mutex_lock(&r->lock);
-    left = r->python_holds || ring_take(r);
-    pthread_mutex_unlock(&r->lock);
-    return left;
+    pthread_mutex_lock(&log->lock);
+    done = ring_move(log) == 0 && log_push(log, addr, pio, (const uint8_t *)data, len, source);
+    pthread_mutex_unlock(&log->lock);
+    return done;
 }
 
-int pyvmm_fast_ring_pop(struct pyvmm_fast_ring *r, struct kvm_coalesced_mmio *out)
+uint32_t pyvmm_fast_log_take(struct pyvmm_fast_log *log, struct pyvmm_fast_entry *out, uint32_t max)
 {
-    int popped = 0;
+    uint32_t n, i;
 
-    pthread_mutex_lock(&r->lock);
-    if (ring_take(r)) {
-        struct kvm_coalesced_mmio_ring *ring = r->ring;
-        uint32_t first = ring->first;
+    pthread_mutex_lock(&log->lock);
+    ring_move(log);
+    n = log->count < max ? log->count : max;
+    if (log->head >= PYVMM_FAST_LOG)            /* cannot happen; never index with it */
+        n = log->count = log->head = 0;
+    for (i = 0; i < n; i++)
+        out[i] = log->entries[(log->head + i) % PYVMM_FAST_LOG];
+    log->head = (log->head + n) % PYVMM_FAST_LOG;
+    log->count -= n;
+    if (n)
+        log->python_holds = 1;
+    log->pending = log->count != 0 || log->python_holds;
+    pthread_mutex_unlock(&log->lock);
+    return n;
+}
 
-        memcpy(out, &ring->coalesced_mmio[first], sizeof(*out));
-        if (out->len > sizeof(out->data))
-            out->len = sizeof(out->data);
-        __atomic_store_n(&ring->first, (first + 1) % r->max, __ATOMIC_RELEASE);
-        r->python_holds = 1;
-        popped = 1;
+void pyvmm_fast_log_release(struct pyvmm_fast_log *log)
+{
+    pthread_mutex_lock(&log->lock);
+    log->python_holds = 0;
+    log->pending = log->count != 0;
+    pthread_mutex_unlock(&log->lock);
+}
+
+void pyvmm_fast_reg_publish(struct pyvmm_fast_reg *reg, int active, uint64_t value)
+{
+    __atomic_store_n(&reg->value, value, __ATOMIC_RELAXED);
+    __atomic_store_n(&reg->active, active ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+/* A guest access C may handle: 1 handled, 0 for Python. `data` is the
+ * written bytes, or where a read's answer goes (size bytes). */
+static int handle_access(struct pyvmm_fast *s, uint64_t addr, int pio, int write, uint8_t *data,
+                         uint32_t size)
+{
+    struct pyvmm_fast_table *table = s->table;
+    uint32_t n, i;
+
+    if (table == NULL)
+        return 0;
+    n = table->nregs < PYVMM_FAST_REGS ? table->nregs : PYVMM_FAST_REGS;
+    for (i = 0; i < n; i++) {
+        struct pyvmm_fast_reg *reg = &table->regs[i];
+
+        if (reg->pio != pio)
+            continue;
+        if (write && reg->kind == PYVMM_REG_POSTED) {
+            int queued;
+
+            if (addr < reg->addr || size > reg->len || addr - reg->addr > reg->len - size)
+                continue;
+            if (!__atomic_load_n(&reg->active, __ATOMIC_ACQUIRE) || s->log == NULL)
+                return 0;
+            pthread_mutex_lock(&s->log->lock);
+            queued = log_push(s->log, addr, pio, data, size, PYVMM_FROM_EXIT);
+            pthread_mutex_unlock(&s->log->lock);
+            if (!queued)
+                return 0;                       /* full: Python drains, then writes */
+            __atomic_add_fetch(&reg->count, 1, __ATOMIC_RELAXED);
+            s->posted++;
+            return 1;
+        }
+        if (!write && reg->kind == PYVMM_REG_CACHED && addr == reg->addr && size == reg->len) {
+            uint64_t value;
+
+            if (!__atomic_load_n(&reg->active, __ATOMIC_ACQUIRE))
+                return 0;
+            value = __atomic_load_n(&reg->value, __ATOMIC_RELAXED);
+            memcpy(data, &value, size);         /* x86: little-endian */
+            __atomic_add_fetch(&reg->count, 1, __ATOMIC_RELAXED);
+            return 1;
+        }
     }
-    pthread_mutex_unlock(&r->lock);
-    return popped;
-}
-
-void pyvmm_fast_ring_release(struct pyvmm_fast_ring *r)
-{
-    pthread_mutex_lock(&r->lock);
-    r->python_holds = 0;
-    pthread_mutex_unlock(&r->lock);
+    return 0;
 }
 
 static int handle_io(struct pyvmm_fast *s, struct kvm_run *run)
 {
     uint32_t size = run->io.size;
-    uint32_t port = run->io.port;
-    int out = run->io.direction == KVM_EXIT_IO_OUT;
     uint64_t offset = run->io.data_offset;
-    unsigned char *data;
-    uint32_t i;
 
     if (run->io.count != 1 || (size != 1 && size != 2 && size != 4))
         return 0;
     if (s->run_size < size || offset > s->run_size - size)
         return 0;
-    data = (unsigned char *)run + offset;
-
-    if (s->uart != NULL && size == 1) {
-        if (out && port == s->uart_base + UART_THR) {
-            if (!uart_thr(s->uart, data[0]))
-                return 0;
-            s->thr_out++;
-            return 1;
-        }
-        if (!out && port == (uint32_t)s->uart_base + UART_LSR) {
-            int lsr = __atomic_load_n(&s->uart->lsr, __ATOMIC_ACQUIRE);
-            if (lsr < 0 || lsr > 0xff)
-                return 0;
-            data[0] = (unsigned char)lsr;
-            s->lsr_in++;
-            return 1;
-        }
-    }
-    for (i = 0; i < s->nsinks && i < PYVMM_FAST_MAX_SINKS; i++) {
-        struct pyvmm_fast_sink *sink = &s->sinks[i];
-        uint32_t length = sink->length;
-
-        if (length > PYVMM_FAST_SINK_PORTS)
-            continue;
-        if (port < sink->base || port + size > (uint32_t)sink->base + length)
-            continue;
-        if (!out)
-            memset(data, sink->fill, size);
-        s->sink_counts[i][port - sink->base][out]++;
-        return 1;
-    }
-    return 0;
+    return handle_access(s, run->io.port, 1, run->io.direction == KVM_EXIT_IO_OUT,
+                         (uint8_t *)run + offset, size);
 }
 
-/* Counts the exit in kvm_run and handles it if it can: 1 handled, 0 for Python. */
+static int handle_mmio(struct pyvmm_fast *s, struct kvm_run *run)
+{
+    uint32_t len = run->mmio.len;
+
+    if (len < 1 || len > sizeof(run->mmio.data))
+        return 0;
+    return handle_access(s, run->mmio.phys_addr, 0, run->mmio.is_write != 0, run->mmio.data, len);
+}
+
+/* Handles the exit if it can (and counts it): 1 handled, 0 for Python,
+ * which counts the exits it handles itself. */
 static int handle_exit(struct pyvmm_fast *s)
 {
     struct kvm_run *run = s->run;
     uint32_t reason = run->exit_reason;
+    int handled;
 
-    if (reason < PYVMM_FAST_REASONS)
-        s->exits[reason]++;
+    if (reason == KVM_EXIT_IO)
+        handled = handle_io(s, run);
+    else if (reason == KVM_EXIT_MMIO)
+        handled = handle_mmio(s, run);
     else
-        s->exits_other++;
-    if (reason != KVM_EXIT_IO || !handle_io(s, run))
         return 0;
-    s->fast++;
-    return 1;
+    if (handled) {
+        s->exits[reason]++;
+        s->fast++;
+    }
+    return handled;
+}
+
+/* Moves KVM's ring into the log: 0, or -1 when the log is full. */
+static int collect_ring(struct pyvmm_fast *s)
+{
+    int full;
+
+    if (s->log == NULL || s->log->ring == NULL)
+        return 0;
+    pthread_mutex_lock(&s->log->lock);
+    full = ring_move(s->log);
+    pthread_mutex_unlock(&s->log->lock);
+    return full;
 }
 
 int pyvmm_fast_handle_exit(struct pyvmm_fast *state)
@@ -218,32 +236,47 @@ int pyvmm_fast_handle_exit(struct pyvmm_fast *state)
     return handle_exit(state);
 }
 
-int pyvmm_fast_pending(struct pyvmm_fast *s)
+/* The exit KVM_RUN returned before a PYVMM_FAST_DRAIN: 1 handled in C,
+ * else what pyvmm_fast_run returns. */
+static int resume(struct pyvmm_fast *s)
 {
-    int err = s->run_errno;
+    int err;
 
+    if (collect_ring(s) < 0)
+        return PYVMM_FAST_DRAIN;
+    s->resume = 0;
+    err = s->run_errno;
     s->run_errno = 0;
     if (err)
         return -err;
-    return handle_exit(s) ? PYVMM_FAST_HANDLED : PYVMM_FAST_EXIT;
+    return handle_exit(s) ? 1 : PYVMM_FAST_EXIT;
 }
 
 int pyvmm_fast_run(struct pyvmm_fast *s)
 {
     uint32_t handled = 0;
 
+    if (s->resume) {
+        int ret = resume(s);
+
+        if (ret != 1)
+            return ret;
+        handled++;
+    }
     for (;;) {
         int ret;
 
         if (s->stop != NULL && __atomic_load_n(s->stop, __ATOMIC_ACQUIRE))
             return PYVMM_FAST_STOP;
-        if (s->budget != 0 && handled >= s->budget)
+        if ((s->budget != 0 && handled >= s->budget) || (s->volume != 0 && s->posted >= s->volume))
             return PYVMM_FAST_BUDGET;
         ret = ioctl(s->vcpu_fd, KVM_RUN, 0);
         s->run_errno = ret < 0 ? errno : 0;
         /* writes the guest made before this exit come first */
-        if (s->ring != NULL && ring_drain(s->ring))
-            return PYVMM_FAST_RING;
+        if (collect_ring(s) < 0) {
+            s->resume = 1;
+            return PYVMM_FAST_DRAIN;
+        }
         if (ret < 0) {
             ret = -s->run_errno;
             s->run_errno = 0;

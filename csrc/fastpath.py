@@ -1,42 +1,56 @@
-"""cdef for fastpath.c: the C run loop that handles the hot exits (see fastpath.h)."""
+"""cdef for fastpath.c: the C run loop over the table of declared registers (see fastpath.h)."""
 
 INCLUDES = """
 #include "fastpath.h"
 """
 
 TYPES = """
-#define PYVMM_FAST_TXBUF ...
-#define PYVMM_FAST_MAX_SINKS ...
-#define PYVMM_FAST_SINK_PORTS ...
+#define PYVMM_FAST_REGS ...
+#define PYVMM_FAST_LOG ...
 #define PYVMM_FAST_REASONS ...
-#define PYVMM_FAST_STOP ...
+#define PYVMM_REG_POSTED ...
+#define PYVMM_REG_CACHED ...
+#define PYVMM_FROM_EXIT ...
+#define PYVMM_FROM_RING ...
+#define PYVMM_FROM_DOORBELL ...
 #define PYVMM_FAST_EXIT ...
+#define PYVMM_FAST_STOP ...
 #define PYVMM_FAST_BUDGET ...
-#define PYVMM_FAST_RING ...
-#define PYVMM_FAST_HANDLED ...
+#define PYVMM_FAST_DRAIN ...
 
-struct pyvmm_fast_uart {
-    int thr_plain;
-    int lsr;
+struct pyvmm_fast_reg {
+    uint64_t addr;
     uint32_t len;
-    uint64_t full;
+    uint8_t pio;
+    uint8_t kind;
+    int32_t active;
+    uint64_t value;
+    uint64_t count;
     ...;
 };
 
-struct pyvmm_fast_ring {
-    struct kvm_coalesced_mmio_ring *ring;
-    uint32_t max;
+struct pyvmm_fast_table {
+    uint32_t nregs;
+    struct pyvmm_fast_reg regs[...];
+    ...;
+};
+
+struct pyvmm_fast_entry {
+    uint64_t addr;
+    uint8_t pio;
+    uint8_t len;
+    uint8_t source;
+    uint8_t data[8];
+    ...;
+};
+
+struct pyvmm_fast_log {
+    uint32_t head;
+    uint32_t count;
     int python_holds;
-    struct pyvmm_fast_uart *uart;
-    uint16_t uart_base;
-    uint64_t thr_out;
-    ...;
-};
-
-struct pyvmm_fast_sink {
-    uint16_t base;
-    uint16_t length;
-    uint8_t fill;
+    int pending;
+    struct kvm_coalesced_mmio_ring *ring;
+    uint32_t ring_max;
     ...;
 };
 
@@ -44,32 +58,27 @@ struct pyvmm_fast {
     int vcpu_fd;
     struct kvm_run *run;
     uint64_t run_size;
-    struct pyvmm_fast_uart *uart;
-    uint16_t uart_base;
-    struct pyvmm_fast_ring *ring;
-    int run_errno;
+    struct pyvmm_fast_table *table;
+    struct pyvmm_fast_log *log;
     const int *stop;
     uint32_t budget;
-    uint32_t nsinks;
-    struct pyvmm_fast_sink sinks[8];
+    uint32_t volume;
+    uint32_t posted;
+    int resume;
+    int run_errno;
     uint64_t exits[64];
-    uint64_t exits_other;
     uint64_t fast;
-    uint64_t thr_out;
-    uint64_t lsr_in;
-    uint64_t sink_counts[8][8][2];
     ...;
 };
 """
 
 FUNCTIONS = """
-int pyvmm_fast_uart_init(struct pyvmm_fast_uart *uart);
-void pyvmm_fast_uart_publish(struct pyvmm_fast_uart *uart, int thr_plain, int lsr);
-uint32_t pyvmm_fast_uart_take(struct pyvmm_fast_uart *uart, unsigned char *out, uint32_t cap);
-int pyvmm_fast_ring_init(struct pyvmm_fast_ring *ring, void *page, uint32_t page_size);
-int pyvmm_fast_ring_pop(struct pyvmm_fast_ring *ring, struct kvm_coalesced_mmio *out);
-void pyvmm_fast_ring_release(struct pyvmm_fast_ring *ring);
+int pyvmm_fast_log_init(struct pyvmm_fast_log *log, void *ring, uint32_t ring_bytes);
+int pyvmm_fast_log_append(struct pyvmm_fast_log *log, uint64_t addr, int pio, const char *data,
+                          uint32_t len, int source);
+uint32_t pyvmm_fast_log_take(struct pyvmm_fast_log *log, struct pyvmm_fast_entry *out, uint32_t max);
+void pyvmm_fast_log_release(struct pyvmm_fast_log *log);
+void pyvmm_fast_reg_publish(struct pyvmm_fast_reg *reg, int active, uint64_t value);
 int pyvmm_fast_run(struct pyvmm_fast *state);
-int pyvmm_fast_pending(struct pyvmm_fast *state);
 int pyvmm_fast_handle_exit(struct pyvmm_fast *state);
 """

@@ -1,11 +1,15 @@
 /*
- * mbinfo.bin / mbinfo.elf: print what a Multiboot v1 loader handed over.
- * One source, built twice: mbinfo.bin is a flat a.out-kludge image like
- * the other guests; mbinfo.elf (built with -DMB_ELF) is an ELF32 whose
- * header has flag bit 16 clear, so the loader must load it by its program
- * headers.  Both ask for page-aligned modules and memory information.
+ * mbinfo.bin / mbinfo.elf / mbinfo-low.elf: print what a Multiboot v1
+ * loader handed over.  One source, built three times: mbinfo.bin is a flat
+ * a.out-kludge image like the other guests; mbinfo.elf (built with
+ * -DMB_ELF) is an ELF32 whose header has flag bit 16 clear, so the loader
+ * must load it by its program headers; mbinfo-low.elf (-DMB_ELF -DMB_LOW)
+ * is that ELF linked at 0x8000, spanning 0x8000-0xdc00 like the real-mode
+ * test kernels QEMU runs, over the places loaders like to put their boot
+ * data.  All ask for page-aligned modules and memory information.
  * Output format: README.md, "mbinfo".  Ends with outb 0 -> 0xf4
- * (status 1); 0x7f (status 0xff) when EAX is not the loader magic.
+ * (status 1); 0x7f (status 0xff) when EAX is not the loader magic; the
+ * low variant 1 (status 3) when its own image or bss is not as linked.
  */
 #include "guest32.h"
 
@@ -44,9 +48,86 @@
 .Lneed\@:
 .endm
 
+#ifdef MB_LOW
+#define PATTERN_WORDS	0x1000		/* 16 KiB of .data: 0x9000-0xd000 */
+#define PATTERN_BASE	0xa5000000	/* word i holds PATTERN_BASE + i */
+#define BSS_WORDS	0x200		/* 2 KiB of .bss that must read as zero */
+
+/*
+ * Print "image intact" when the .data pattern is as linked (no loader
+ * wrote its boot data over it) and "bss zero" when the .bss is zeroed;
+ * exit 1 at the first difference.  Then, when EBX points into the image
+ * (QEMU writes its info at 0x9500 and then copies the kernel over it),
+ * print "info inside the image" and stop there.
+ */
+.macro CHECK_LOW_IMAGE
+	xor	%ecx, %ecx
+.Lpattern\@:
+	lea	PATTERN_BASE(%ecx), %eax
+	cmp	%eax, pattern(,%ecx,4)
+	jne	.Lchanged\@
+	inc	%ecx
+	cmp	$PATTERN_WORDS, %ecx
+	jb	.Lpattern\@
+	PUTS	"image intact\n"
+	xor	%ecx, %ecx
+.Lbss\@:
+	cmpl	$0, bss_block(,%ecx,4)
+	jne	.Ldirty\@
+	inc	%ecx
+	cmp	$BSS_WORDS, %ecx
+	jb	.Lbss\@
+	PUTS	"bss zero\n"
+	cmp	$__image_start, %ebx
+	jb	.Lchecked\@
+	cmp	$__image_end, %ebx
+	jae	.Lchecked\@
+	PUTS	"info inside the image\n"
+	jmp	done
+.Lchanged\@:
+	PUTS	"image changed at "
+	lea	pattern(,%ecx,4), %eax
+	call	print_hex32
+	call	print_nl
+	mov	$1, %al
+	jmp	vm_exit
+.Ldirty\@:
+	PUTS	"bss not zero at "
+	lea	bss_block(,%ecx,4), %eax
+	call	print_hex32
+	call	print_nl
+	mov	$1, %al
+	jmp	vm_exit
+.Lchecked\@:
+.endm
+
+	.data
+	.balign	4
+pattern:
+	.set	word, 0
+	.rept	PATTERN_WORDS
+	.long	PATTERN_BASE + word
+	.set	word, word + 1
+	.endr
+
+	.bss
+	.balign	16
+bss_block:
+	.space	BSS_WORDS * 4
+low_stack:
+	.space	1024
+low_stack_top:
+#endif
+
 	GUEST32_HEAD main, HEADER_FLAGS
 main:
+#ifdef MB_LOW
+	cli				/* STACK_TOP is inside this image: */
+	cld				/* a stack of its own, in its bss */
+	mov	$low_stack_top, %esp
+#else
 	GUEST32_PROLOGUE		/* keeps %eax (magic) and %ebx (info) */
+#endif
 	mov	%eax, %ebp
 	call	uart_init
 	PUTS	"magic "
@@ -58,7 +139,11 @@ main:
 	mov	$0x7f, %al		/* %ebx is no info structure */
 	jmp	vm_exit
 
-1:	PUTS	"flags "
+1:
+#ifdef MB_LOW
+	CHECK_LOW_IMAGE
+#endif
+	PUTS	"flags "
 	mov	MBI_FLAGS(%ebx), %eax
 	call	print_hex32
 	call	print_nl

@@ -12,6 +12,12 @@
  * outb n -> 0xf4 (status (n << 1) | 1).  AP lines come in any order.
  * A fw_cfg count of 0 or above 255 prints "bad fw_cfg cpu count" and
  * exits with 0x7f (status 0xff).
+ *
+ * Built with -DSMP_FLOOD (smp_flood.bin), every CPU then also writes
+ * FLOOD_BYTES bytes straight to THR at once, without the lock: byte i of
+ * the CPU with APIC id n is 0x80 | n << 5 | (i & 31), so each CPU's stream
+ * can be picked out of the interleaved output. The BSP waits (bounded)
+ * until the APs are done before it prints "cpus <n>".
  */
 #include "guest32.h"
 
@@ -94,7 +100,26 @@ wait:	rdtsc
 	sub	%esi, %eax
 	sbb	%edi, %edx		/* now - deadline < 0: keep waiting */
 	js	1b
-2:	SPIN_LOCK
+2:
+#ifdef SMP_FLOOD
+	call	flood
+	rdtsc
+	add	$AP_WAIT_TSC_HI, %edx
+	mov	%eax, %esi
+	mov	%edx, %edi
+3:	mov	flood_done, %eax
+	cmp	ap_count, %eax
+	jae	4f
+	pause
+	rdtsc
+	sub	%esi, %eax
+	sbb	%edi, %edx
+	js	3b
+4:	mov	$'\n', %al
+	mov	$COM1, %dx
+	outb	%al, %dx
+#endif
+	SPIN_LOCK
 	PUTS	"cpus "
 	mov	ap_count, %eax
 	inc	%eax
@@ -147,7 +172,31 @@ ap_main:
 	PUTS	" up\n"
 	incl	ap_count
 	movl	$0, print_lock		/* release: stores are ordered on x86 */
+#ifdef SMP_FLOOD
+	call	flood
+	lock incl flood_done
+#endif
 	jmp	vm_halt
+
+#ifdef SMP_FLOOD
+#define FLOOD_BYTES	20000
+/* FLOOD_BYTES bytes of this CPU's stream to THR; clobbers %eax-%edx. */
+flood:
+	mov	LAPIC_ID, %ebx
+	shr	$24, %ebx
+	shl	$5, %ebx
+	or	$0x80, %ebx		/* 0x80 | id << 5 */
+	xor	%ecx, %ecx
+	mov	$COM1, %dx
+1:	mov	%ecx, %eax
+	and	$31, %eax
+	or	%ebx, %eax
+	outb	%al, %dx
+	inc	%ecx
+	cmp	$FLOOD_BYTES, %ecx
+	jb	1b
+	ret
+#endif
 
 	.section .rodata
 	.balign	8
@@ -160,5 +209,6 @@ gdt_end:
 	.balign	4
 ap_count:	.long	0
 print_lock:	.long	0
+flood_done:	.long	0
 ap_stack:	.space	256
 ap_stack_top:

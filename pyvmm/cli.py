@@ -11,18 +11,18 @@ import os
 import signal
 import sys
 
-from . import trace
 from .arch.x86_64.cpuid import CpuFeatureError, parse_feature_mask
 from .config import ConfigError, VmConfig, parse_address, parse_size
 from .devices import BusError
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
-from .stats import format_post_codes
-from .stop import STATUS_CRASH
+from .machine import InputFileError, Machine, read_kernel
+from .run import trace
+from .run.stats import format_post_codes
+from .run.stop import STATUS_CRASH
 from .terminal import raw_input_mode
 from .user_devices import parse_device_spec
-from .vmm import InputFileError, Machine, read_kernel
 
 EXIT_USAGE = 2
 EXIT_HOST = 1
@@ -56,10 +56,11 @@ def add_machine_arguments(parser):
                              "(features that depend on them are hidden too)")
     parser.add_argument("--stats", nargs="?", const="text", choices=("text", "json"),
                         help="print exit counters to stderr at the end (--stats=json for machines)")
-    parser.add_argument("--exit-path", choices=("python", "fast"), default="fast",
-                        help="run loop: hot exits (UART transmit, LSR polls) handled in C and "
-                             "write-only ports coalesced (fast, the default), or the Python "
-                             "reference loop, one trip through Python per exit (python)")
+    parser.add_argument("--exit-path", choices=("python", "fast"),
+                        help="run loop: the C loop, which handles the registers devices declare "
+                             "(posted writes, cached reads) without Python (fast, the default), or "
+                             "the Python reference loop, one trip through Python per exit (python); "
+                             "PYVMM_EXIT_PATH sets the default")
     parser.add_argument("--trace", metavar="FILE",
                         help="write one JSON line per VM exit (read it with `pyvmm stats FILE`)")
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
@@ -136,14 +137,18 @@ def config_from_args(args):
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
         raise ConfigError("--load-addr and --entry need --raw-mode")
-    return config.validate()
+    config.validate()
+    if config.has_virtio:     # before the kernel is read: a bad, locked or missing image
+        from .virtio_options import check
+        check(config)
+    return config
 
 
 def virtio_options(args):
     """VmConfig's console, rng and disks from --console, --rng and --disk."""
     if args.console == "off" and args.rng is None and not args.disk:
         return {}
-    from .devices.virtio.options import parse_disk, parse_rng
+    from .virtio_options import parse_disk, parse_rng
     return {"console": args.console, "rng": None if args.rng is None else parse_rng(args.rng),
             "disks": [parse_disk(text) for text in args.disk]}
 
@@ -195,8 +200,17 @@ def _terminate(signo, _frame):
 
 
 def boot(config, devices=()):
-    for signo in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signo, _terminate)
+    """Runs one VM to its end; the exit status. SIGTERM and SIGHUP unwind it
+    (their handlers are restored afterwards)."""
+    previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _boot(config, devices)
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
+
+
+def _boot(config, devices):
     image, options = read_kernel(config)
     user_devices = [(spec, spec.create()) for spec in devices]
     with Machine(config, image, options) as machine:
@@ -214,12 +228,19 @@ def boot(config, devices=()):
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
-            print(machine.stats.format(machine.port_bus.name_at, result), file=sys.stderr)
-            post = machine.platform.post
-            report = format_post_codes(post.history(), machine.started_ns, post.total_writes)
+            print(machine.stats.format(machine.port_name, result), file=sys.stderr)
+            history, total = machine.post_codes()
+            report = format_post_codes(history, machine.started_ns, total)
             if report:
                 print(report, file=sys.stderr)
-    if result.status == STATUS_CRASH:
+    for failure in machine.late_device_failures:
+        print(f"pyvmm: warning: after the run ended, device failure: {failure}", file=sys.stderr)
+    if machine.console_dropped:
+        print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
+              "the output did not take them in time", file=sys.stderr)
+    if result.reason == "device-failure":
+        print(f"pyvmm: device failure: {result.message}", file=sys.stderr)
+    elif result.status == STATUS_CRASH:
         print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
     elif result.reason == "timeout":
         print(f"pyvmm: {result.message}", file=sys.stderr)

@@ -54,12 +54,13 @@ class VmConfig:
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
     and entry; serial: stdio | null | file:PATH | buffer; timeout: seconds;
-    console, rng, disks: virtio devices (pyvmm.devices.virtio.options).
+    console, rng, disks: virtio devices (pyvmm.virtio_options), opened by
+    the Machine before anything else.
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None, exit_path="fast", gdb=None,
+                 masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None,
                  console="off", rng=None, disks=()):
         self.kernel = kernel
         self.memory = memory
@@ -75,9 +76,10 @@ class VmConfig:
         self.modules = list(modules)                   # "PATH[ ARGS]" strings, in order
         self.initrd = initrd                           # path
         self.trace = trace                             # path of the JSON-lines exit trace
-        self.exit_path = exit_path                     # fast (C, coalesced writes) | python (reference loop)
+        # fast (the C loop) | python (the reference loop); PYVMM_EXIT_PATH sets the default
+        self.exit_path = exit_path or os.environ.get("PYVMM_EXIT_PATH") or "fast"
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
-        self.console = console                         # off | virtio (pyvmm.devices.virtio.options)
+        self.console = console                         # off | virtio (pyvmm.virtio_options)
         self.rng = rng                                 # RngSpec or None
         self.disks = list(disks)                       # DiskSpec, in slot order
 
@@ -110,7 +112,9 @@ class VmConfig:
             raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
         if self.gdb is not None:
             parse_endpoint(self.gdb)
-        if self.has_virtio:
-            from .devices.virtio import options   # only a VM with virtio devices pays for it
-            options.check(self)
+        if isinstance(self.cmdline, str):
+            try:   # as the loaders and fw_cfg encode it: argv's undecodable bytes pass through
+                self.cmdline.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ConfigError(f"the command line {self.cmdline!r} cannot be encoded") from None
         return self

@@ -9,11 +9,10 @@ import bisect
 import mmap
 import struct
 
-from ._kvm import ffi
-
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 PAGE_SIZE = 4096
+_FILL_CHUNK = 1 << 20
 
 
 class GuestMemoryError(ValueError):
@@ -30,18 +29,36 @@ class MemoryRegion:
             self._map = mmap.mmap(-1, size, flags=_MAP_FLAGS)
         except (OSError, OverflowError) as error:
             raise GuestMemoryError(f"cannot map {size} bytes of guest memory: {error}") from None
+        # Guest RAM stays out of the VMM's core dumps, as QEMU's dump-guest-core=off.
+        self._map.madvise(mmap.MADV_DONTDUMP)
         self.guest_addr = guest_addr
         self.size = size
         self.end = guest_addr + size
         self.view = memoryview(self._map)
-        self._pointer = ffi.from_buffer(self._map)
-        self.host_addr = int(ffi.cast("uintptr_t", self._pointer))
+
+    @property
+    def mapping(self):
+        """The host mapping (an mmap) backing this region: what a KVM memory slot points at."""
+        return self._map
+
+    def zero(self, offset, length):
+        """Zeroes [offset, offset+length): whole pages are dropped with
+        MADV_DONTNEED (an anonymous private page then reads as zero and costs
+        no host memory until written), the partial pages at the ends written."""
+        end = offset + length
+        first_page = -(-offset // PAGE_SIZE) * PAGE_SIZE
+        last_page = end // PAGE_SIZE * PAGE_SIZE
+        if last_page <= first_page:
+            self.view[offset:end] = bytes(length)
+            return
+        self.view[offset:first_page] = bytes(first_page - offset)
+        self._map.madvise(mmap.MADV_DONTNEED, first_page, last_page - first_page)
+        self.view[last_page:end] = bytes(end - last_page)
 
     def close(self):
         if self._map is None:
             return
         self.view.release()
-        ffi.release(self._pointer)
         try:
             self._map.close()
         except BufferError:
@@ -103,8 +120,16 @@ class GuestMemory:
         region.view[offset:offset + len(data)] = data
 
     def fill(self, addr, length, byte=0):
+        """Sets [addr, addr+length) to `byte` without allocating `length` bytes
+        on the host; zeroing gives whole pages back (they read as zero again)."""
         region, offset = self._locate(addr, length)
-        region.view[offset:offset + length] = bytes([byte]) * length
+        if byte == 0:
+            region.zero(offset, length)
+            return
+        pattern = bytes([byte]) * min(length, _FILL_CHUNK)
+        for start in range(offset, offset + length, _FILL_CHUNK):
+            end = min(start + _FILL_CHUNK, offset + length)
+            region.view[start:end] = pattern[:end - start]
 
     # --- little-endian integers ---------------------------------------------
     def read_u8(self, addr):

@@ -1,7 +1,7 @@
 """Device models: pure Python, no KVM dependency (see bus.py for the contract)."""
 
 from pyvmm.devices.acpi_pm import AcpiPm
-from pyvmm.devices.bus import Bus, BusError, DeviceError
+from pyvmm.devices.bus import Bus, BusError, DeviceError, DeviceFailure
 from pyvmm.devices.cmos import Cmos
 from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.devices.debugcon import DebugConsole
@@ -20,6 +20,7 @@ __all__ = [
     "DebugConsole",
     "DebugExit",
     "DeviceError",
+    "DeviceFailure",
     "FwCfg",
     "I8042",
     "PcTestDev",

@@ -1,17 +1,15 @@
 """ACPI fixed-hardware registers (PM1 event/control, PM timer) and the
 chipset reset register, laid out as QEMU's q35 machine (ICH9 LPC) has them.
 
-The FADT must point at these ports, so they are exported for the ACPI table
-builder:
+The block is PM_LENGTH ports, registered where the platform's address map
+(pyvmm/arch/x86_64/layout.py, ACPI_PM) puts it; the FADT points at it from
+there. Offsets and values the ACPI table builder needs are exported:
 
-    PM_BASE       0x600                the whole block: register PM_BASE, PM_LENGTH
-    PM1_EVT       0x600, 4 bytes       PM1a_EVT_BLK: PM1_STS (2) then PM1_EN (2)
-    PM1_CNT       0x604, 2 bytes       PM1a_CNT_BLK
-    PM_TMR        0x608, 4 bytes       PM_TMR_BLK: 24-bit counter at 3.579545 MHz
+    EVT_OFFSET    +0, 4 bytes          PM1a_EVT_BLK: PM1_STS (2) then PM1_EN (2)
+    CNT_OFFSET    +4, 2 bytes          PM1a_CNT_BLK
+    TMR_OFFSET    +8, 4 bytes          PM_TMR_BLK: 24-bit counter at 3.579545 MHz
                                        (leave FADT flag TMR_VAL_EXT clear)
-    RESET_PORT    0xcf9, RESET_VALUE 0x0f   FADT RESET_REG (system I/O, 8 bits)
-                                       and RESET_VALUE, as QEMU's q35 FADT
-    SCI_IRQ       9                    FADT SCI_INT (QEMU's default)
+    RESET_VALUE   0x0f                 the FADT's RESET_VALUE, as QEMU's q35 FADT
     SLP_TYP_S3    1, SLP_TYP_S4 2, SLP_TYP_S5 0   the DSDT's \\_S3, \\_S4, \\_S5
                                        first package elements, as in QEMU's DSDT
 
@@ -52,25 +50,19 @@ import threading
 import time
 from typing import Callable, Optional
 
-PM_BASE = 0x600
-PM1_EVT = PM_BASE + 0x00
 PM1_EVT_LEN = 4
-PM1_CNT = PM_BASE + 0x04
 PM1_CNT_LEN = 2
-PM_TMR = PM_BASE + 0x08
 PM_TMR_LEN = 4
 PM_LENGTH = 0x0C
 PM_TMR_FREQUENCY = 3_579_545
 PM_TMR_BITS = 24
-RESET_PORT = 0xCF9
 RESET_VALUE = 0x0F
-SCI_IRQ = 9
 SLP_TYP_S5 = 0
 SLP_TYP_S3 = 1
 SLP_TYP_S4 = 2
 
 # Offsets inside the block.
-STS_OFFSET = 0
+EVT_OFFSET = STS_OFFSET = 0
 EN_OFFSET = 2
 CNT_OFFSET = 4
 TMR_OFFSET = 8

@@ -36,10 +36,7 @@ import threading
 import time
 from typing import Callable
 
-CMOS_BASE = 0x70
-CMOS_LENGTH = 2
-INDEX_PORT = 0x70
-DATA_PORT = 0x71
+CMOS_LENGTH = 2  # index port, then data port (0x70, 0x71 on a PC)
 CMOS_SIZE = 128
 INDEX_MASK = 0x7F
 NMI_DISABLE = 0x80

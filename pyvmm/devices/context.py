@@ -29,6 +29,9 @@ context.worker  the device's own thread (started on first use): call(fn,
                 order; an exception in one ends the run as a device failure
                 naming the device. The thread ends when the machine closes.
 context.fail(message)  ends the run as a device failure (status 125).
+context.registers  the RegisterState of the device's bus range: where a
+                device that declared posted_writes or cached_reads publishes
+                what may be posted or cached now (pyvmm/devices/delivery.py).
 
 Threads: register accesses arrive on the vCPU threads, callbacks on the
 worker; a device that uses both takes its own lock. Nothing here knows KVM:
@@ -45,6 +48,8 @@ import selectors
 import threading
 from time import monotonic
 from typing import Any, Callable, Optional
+
+from .bus import DeviceFailure
 
 
 class InterruptLine:
@@ -119,6 +124,7 @@ class DeviceWorker:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._selector.register(self._wake, selectors.EVENT_READ)
         self._closing = False
+        self._running = threading.Lock()     # held while a callback runs
         self._thread = threading.Thread(target=self._loop, name=f"pyvmm-dev-{name}", daemon=True)
         self._thread.start()
 
@@ -151,10 +157,15 @@ class DeviceWorker:
         self._poke()
 
     def unwatch(self, fd: int) -> None:
+        """Stops watching fd; once it returns (off the worker), fd's callback
+        is not running and will not run again."""
         with self._lock:
             if self._watches.pop(fd, None) is not None and not self._closing:
                 self._selector.unregister(fd)
         self._poke()
+        if not self.on_worker:
+            with self._running:
+                pass
 
     @property
     def on_worker(self) -> bool:
@@ -205,13 +216,15 @@ class DeviceWorker:
                         except BlockingIOError:
                             pass
                         continue
-                    fn = self._watches.get(key.fd)
-                    if fn is not None and not self._closing:
-                        fn()
+                    with self._running:
+                        fn = self._watches.get(key.fd)
+                        if fn is not None and not self._closing:
+                            fn()
                 for fn, args in self._due():
                     if self._closing:
                         break
-                    fn(*args)
+                    with self._running:
+                        fn(*args)
         except BaseException as error:  # a device bug: report it, never a traceback
             with self._lock:
                 self._closing = True
@@ -232,10 +245,11 @@ class DeviceContext:
     """
 
     def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
-                 on_failure: Optional[Callable[[str], None]] = None) -> None:
+                 on_failure: Optional[Callable[[str], None]] = None, registers: Any = None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
+        self.registers = registers
         self._on_failure = on_failure
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
@@ -258,7 +272,11 @@ class DeviceContext:
             self._on_failure(f"device {self.name}: {message}")
 
     def _worker_failed(self, error: BaseException) -> None:
-        self.fail(f"{type(error).__name__}: {error}")
+        if isinstance(error, DeviceFailure):       # it already names the device and the access
+            if self._on_failure is not None:
+                self._on_failure(str(error))
+        else:
+            self.fail(f"{type(error).__name__}: {error}")
 
     def close(self) -> None:
         """Stops the worker, if one was started."""

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-DEBUGCON_PORT = 0xE9
+from .bus import ONE_BYTE
+
 DEBUGCON_LENGTH = 1
 READBACK = 0xE9
-
-# Preallocated one-byte strings: a console write allocates nothing.
-_ONE_BYTE = tuple(bytes((value,)) for value in range(256))
 
 
 class DebugConsole:
@@ -39,7 +37,7 @@ class DebugConsole:
         if offset != 0 or not data:
             return
         self.bytes_written += 1
-        self._output(_ONE_BYTE[data[0]])
+        self._output(ONE_BYTE[data[0]])
 
     def __repr__(self) -> str:
         return f"DebugConsole(bytes_written={self.bytes_written})"

@@ -34,9 +34,8 @@ import struct
 import threading
 from typing import Mapping, Optional, Union
 
-FW_CFG_BASE = 0x510
 FW_CFG_LENGTH = 2
-SELECTOR_OFFSET = 0  # port 0x510
+SELECTOR_OFFSET = 0  # port 0x510 on a PC
 DATA_OFFSET = 1  # port 0x511
 
 KEY_SIGNATURE = 0x0000
@@ -154,9 +153,11 @@ class FwCfg:
 
 
 def _as_bytes(value: Text, what: str) -> bytes:
+    # As the loaders encode a command line: UTF-8, with bytes that came
+    # undecodable from argv (PEP 383) passed through unchanged.
     if isinstance(value, str):
         try:
-            return value.encode("utf-8")
+            return value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             raise ValueError(f"fw_cfg: {what} {value!r} cannot be encoded") from None
     return bytes(value)

@@ -8,7 +8,7 @@ Ports: 0x60 is the data port; 0x64 reads the status register and takes
 controller commands.  They are not adjacent (0x61 is system control port B,
 not part of the 8042), so one `I8042` object exposes two one-port views:
 the VMM registers `i8042.data` at 0x60 and `i8042.command` at 0x64, length 1
-each; `port_ranges()` lists them.
+each (pyvmm/arch/x86_64/layout.py).
 
 Model:
 * Status after reset is 0x18 (command/data flag and "keyboard unlocked", as
@@ -27,9 +27,9 @@ Model:
   controller translates) to "get ID", 0xEE to echo, 0xFE (resend) to unknown
   bytes.  It never produces scan codes.  No mouse is attached: bytes sent to
   it with 0xD4 are dropped.
-* `set_irq(line, level)` (optional) drives IRQ 1 while keyboard-side data
-  waits and the command byte enables it, and IRQ 12 for 0xD3 "mouse" bytes,
-  as QEMU's kbd_update_irq.
+* `set_irq(line, level)` (optional) drives the KEYBOARD_LINE (IRQ 1 on a
+  PC) while keyboard-side data waits and the command byte enables it, and
+  the MOUSE_LINE (IRQ 12) for 0xD3 "mouse" bytes, as QEMU's kbd_update_irq.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import threading
 from collections import deque
 from typing import Callable, Optional
 
-DATA_PORT = 0x60
-COMMAND_PORT = 0x64  # status register on read
-KEYBOARD_IRQ = 1
-MOUSE_IRQ = 12
+# The controller's two interrupt outputs (IRQ 1 and IRQ 12 on a PC: the
+# machine maps them, see pyvmm/arch/x86_64/layout.py).
+KEYBOARD_LINE = "keyboard"
+MOUSE_LINE = "mouse"
 
 # Status register bits.
 STATUS_OBF = 0x01  # output buffer full: a byte waits at port 0x60
@@ -135,17 +135,10 @@ class I8042:
         self._pending_command = 0  # controller command waiting for its data byte
         self._kbd_pending_command = 0  # keyboard command waiting for its parameter
         self._scancode_set = 2
-        self._irq_levels = {KEYBOARD_IRQ: False, MOUSE_IRQ: False}
+        self._irq_levels = {KEYBOARD_LINE: False, MOUSE_LINE: False}
         self.reset_requests = 0
         self.data = _Port(self._read_data, self._write_data)
         self.command = _Port(self._read_status, self._write_command)
-
-    def port_ranges(self) -> list[tuple[int, int, object, str]]:
-        """(base, length, device, name) of the two port views for the port bus."""
-        return [
-            (DATA_PORT, 1, self.data, "i8042 data"),
-            (COMMAND_PORT, 1, self.command, "i8042 status/command"),
-        ]
 
     # ------------------------------------------------------------ registers
 
@@ -289,7 +282,7 @@ class I8042:
                 aux = bool(self._mode & MODE_AUX_INT)
             else:
                 kbd = bool(self._mode & MODE_KBD_INT) and not self._mode & MODE_DISABLE_KBD
-        for line, level in ((KEYBOARD_IRQ, kbd), (MOUSE_IRQ, aux)):
+        for line, level in ((KEYBOARD_LINE, kbd), (MOUSE_LINE, aux)):
             if self._irq_levels[line] != level:
                 self._irq_levels[line] = level
                 if self._set_irq is not None:

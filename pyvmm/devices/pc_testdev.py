@@ -1,10 +1,10 @@
 """QEMU's pc-testdev, the test device kvm-unit-tests drive on x86
 (QEMU hw/misc/pc-testdev.c).
 
-It is three device objects, registered separately (`port_ranges()` and
-`mmio_ranges()` list them as (base, length, device, name)):
+It is three device objects, registered separately where the platform's
+address map puts them (pyvmm/arch/x86_64/layout.py):
 
-* `ports`, port bus 0xe0 length 8:
+* `ports`, PORTS_LENGTH (8) ports, at 0xe0 on a PC:
   - 0xe0-0xe3: a 32-bit scratch register; accesses of any size and offset
     read and write its bytes (QEMU's test_ioport ops, whose byte-lane
     masking makes it byte addressable);
@@ -14,19 +14,19 @@ It is three device objects, registered separately (`port_ranges()` and
     into the hypervisor again.  We call `flush_page(page_address)` if the
     VMM gave one, else the write is a no-op.  QEMU accepts only 4-byte
     accesses here; others are ignored.  The port is write-only (reads 0xff).
-* `irq_lines`, port bus 0x2000 length 24: writing a byte to 0x2000 + n sets
+* `irq_lines`, IRQ_LINE_COUNT (24) ports, at 0x2000: writing a byte to 0x2000 + n sets
   interrupt line n to 1 if the byte is non-zero, else 0, through
   `set_irq(n, level)`.  Wider writes act byte by byte (QEMU splits them, its
   ops being 1-byte only).  Write-only (reads 0xff).  Deviation: QEMU asserts
   for lines 16-23 (isa_get_irq knows 16 ISA lines); we pass them on, since
   with an in-kernel IOAPIC they are valid GSIs.
-* `iomem`, MMIO bus 0xff000000 length 64 KiB: plain scratch memory; reads of
+* `iomem`, IOMEM_SIZE (64 KiB) of MMIO, at 0xff000000: plain scratch memory; reads of
   any size up to 8 return what was written (QEMU's test_iomem memcpy).
 
 QEMU also mirrors the scratch register byte-wise at 0xe8-0xeb
 (pc-testdev-ioport-byte).  That range overlaps debugcon at 0xe9, so it is
-offered as the separate `byte_port` (0xe8, length 4) and is not in
-`port_ranges()`; register it only in a machine without debugcon.
+offered as the separate `byte_port` (BYTE_PORT_LENGTH ports, at 0xe8 in
+QEMU) and pyvmm does not register it; a machine without debugcon could.
 """
 
 from __future__ import annotations
@@ -34,16 +34,12 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-PORTS_BASE = 0xE0
 PORTS_LENGTH = 8
 SCRATCH_OFFSET = 0  # port 0xe0
 SCRATCH_SIZE = 4
 FLUSH_OFFSET = 4  # port 0xe4
-BYTE_PORT_BASE = 0xE8
 BYTE_PORT_LENGTH = 4
-IRQ_PORT_BASE = 0x2000
 IRQ_LINE_COUNT = 24
-IOMEM_BASE = 0xFF00_0000
 IOMEM_SIZE = 0x1_0000
 PAGE_MASK = ~0xFFF
 
@@ -60,15 +56,6 @@ class PcTestDev:
         self.byte_port = scratch  # QEMU's byte-wise mirror at 0xe8
         self.irq_lines = _IrqLines(set_irq)
         self.iomem = _IoMem()
-
-    def port_ranges(self) -> list[tuple[int, int, object, str]]:
-        return [
-            (PORTS_BASE, PORTS_LENGTH, self.ports, "pc-testdev ports"),
-            (IRQ_PORT_BASE, IRQ_LINE_COUNT, self.irq_lines, "pc-testdev irq lines"),
-        ]
-
-    def mmio_ranges(self) -> list[tuple[int, int, object, str]]:
-        return [(IOMEM_BASE, IOMEM_SIZE, self.iomem, "pc-testdev iomem")]
 
 
 class _Scratch:

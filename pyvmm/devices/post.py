@@ -18,7 +18,6 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-POST_PORT = 0x80
 POST_LENGTH = 1
 HISTORY_LIMIT = 1024
 

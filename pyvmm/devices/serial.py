@@ -35,11 +35,12 @@ read()/write() while a host input thread calls feed().  The `output` and
 `irq` callables run with the lock held, in whichever thread caused the
 event, so they must not call back into this device.
 
-Fast paths: `state_listener` (if set) is called with the lock held after
-every access and host event that may change state; from it,
-`thr_write_is_plain_output()` and `lsr_without_side_effects()` tell what a
-THR write or an LSR read would do, so a fast path can do the same without
-calling the model, and hand THR bytes back later with `transmit()`.
+Fast paths: THR is declared a posted write and SCR too, LSR a cached
+read (pyvmm/devices/bus.py). A device attached to a machine publishes,
+with its lock held, after every access and host event: whether a THR write
+is now plain output (DLAB off, no loopback, THR-empty interrupt off) and so
+may be queued, and LSR's value while reading it has no side effect.
+Queued THR writes come back as one write_many() call.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 from typing import Callable, Optional
+
+from .bus import ONE_BYTE
 
 REGISTER_COUNT = 8
 
@@ -118,12 +121,13 @@ FIFO_DEPTH = 16
 HOST_BACKLOG_LIMIT = 1 << 20
 RESET_DIVISOR = 0x0C  # 115200 / 12 = 9600 baud
 
-# Preallocated one-byte results: keeps LSR polling and THR output allocation-free.
-_ONE_BYTE = tuple(bytes((value,)) for value in range(256))
 
 
 class Serial16550:
     """A 16550A UART; see the module docstring for the model's semantics."""
+
+    posted_writes = ((THR, 1), (SCR, 1))
+    cached_reads = ((LSR, 1),)
 
     def __init__(
         self,
@@ -136,7 +140,8 @@ class Serial16550:
         self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
         self._backlog: deque[int] = deque()  # host input not yet in the receiver
         self._irq_level = False
-        self.state_listener: Optional[Callable[[], None]] = None
+        self._registers = None  # the RegisterState to publish to, once attached
+        self._published: tuple = (None, None)
         self.bytes_transmitted = 0  # bytes the guest wrote to THR
         self.bytes_received = 0  # bytes the guest read from RBR
         self.input_bytes_dropped = 0  # host bytes refused because the backlog was full
@@ -183,11 +188,10 @@ class Serial16550:
         # QEMU's UART only implements 1-byte accesses; wider ones are split.
         with self._lock:
             if size == 1:
-                value = _ONE_BYTE[self._read_register(offset)]
+                value = ONE_BYTE[self._read_register(offset)]
             else:
                 value = bytes([self._read_register(offset + i) for i in range(size)])
-            if self.state_listener is not None:
-                self.state_listener()
+            self._publish()
             return value
 
     def write(self, offset: int, data: bytes) -> None:
@@ -197,8 +201,7 @@ class Serial16550:
             else:
                 for i, value in enumerate(data):
                     self._write_register(offset + i, value)
-            if self.state_listener is not None:
-                self.state_listener()
+            self._publish()
 
     def _read_register(self, offset: int) -> int:
         if 0 <= offset < REGISTER_COUNT:
@@ -221,8 +224,7 @@ class Serial16550:
             self._backlog.extend(data)
             self._refill_rx()
             self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            self._publish()
 
     def pending_input(self) -> int:
         """Host bytes queued but not yet in the receiver."""
@@ -248,20 +250,34 @@ class Serial16550:
             self._reset_registers()
             self._refill_rx()
             self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            self._publish()
 
     # ----------------------------------------------------------- fast paths
 
-    @property
-    def lock(self) -> threading.Lock:
-        """The device lock, for a fast path that must act on a state it read."""
-        return self._lock
+    def attach(self, context) -> None:
+        """Drives context.irq (if any) and publishes to context.registers."""
+        with self._lock:
+            if context.irq is not None:
+                self._irq = context.irq.set
+                self._irq(self._irq_level)
+            self._registers = getattr(context, "registers", None)
+            self._published = (None, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Tells the fast path what it may do now (lock held); only changes."""
+        registers = self._registers
+        if registers is None:
+            return
+        state = (self.thr_write_is_plain_output(), self.lsr_without_side_effects())
+        if state != self._published:
+            self._published = state
+            registers.allow_posted(THR, state[0])
+            registers.publish(LSR, state[1])
 
     def thr_write_is_plain_output(self) -> bool:
         """Whether a THR write now only sends its byte to `output` (DLAB off,
-        no loopback, THR-empty interrupt disabled).  Call with the lock held
-        (from `state_listener`)."""
+        no loopback, THR-empty interrupt disabled).  Call with the lock held."""
         return not (self._lcr & LCR_DLAB or self._mcr & MCR_LOOP or self._ier & IER_THRI)
 
     def lsr_without_side_effects(self) -> Optional[int]:
@@ -269,18 +285,21 @@ class Serial16550:
         clear), else None.  Call with the lock held."""
         return None if self._lsr_errors else self._lsr_value()
 
-    def transmit(self, data: bytes) -> None:
-        """THR writes a fast path took while `thr_write_is_plain_output()`,
-        delivered late, in order: counted and sent to `output`, as each write
-        would have been."""
+    def write_many(self, offset: int, size: int, data: bytes) -> None:
+        """Queued writes delivered together: len(data) // size writes of `size`
+        bytes at `offset`, in order. Plain THR output goes out in one piece."""
         with self._lock:
-            self.bytes_transmitted += len(data)
-            if self._output is not None:
-                self._output(data)
-            self._thr_pending = True
-            self._update_irq()
-            if self.state_listener is not None:
-                self.state_listener()
+            if offset == THR and size == 1 and self.thr_write_is_plain_output():
+                self.bytes_transmitted += len(data)
+                if self._output is not None:
+                    self._output(data)
+                self._thr_pending = True
+                self._update_irq()
+            else:
+                for start in range(0, len(data) - size + 1, size):
+                    for i in range(size):
+                        self._write_register(offset + i, data[start + i])
+            self._publish()
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""
@@ -365,7 +384,7 @@ class Serial16550:
         if self._mcr & MCR_LOOP:
             self._receive_looped_back(value)
         elif self._output is not None:
-            self._output(_ONE_BYTE[value])
+            self._output(ONE_BYTE[value])
         # The write acknowledged any THR-empty interrupt; the instant
         # transmission empties THR again, which raises a new one.
         self._thr_pending = True

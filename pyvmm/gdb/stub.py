@@ -3,7 +3,7 @@
 Threads. The stub's own thread accepts one connection and serves it; the
 vCPU threads keep running their VcpuLoop. A vCPU stops ("parks") in one of
 two hooks the run loop calls on its own thread, never inside KVM_RUN:
-`interrupt_handler` after a kick (KVM_RUN returned EINTR, so every exit has
+a kick handler after a kick (KVM_RUN returned EINTR, so every exit has
 been completed and the registers are consistent) and `debug_handler` after
 a debug exit. The stub thread only touches a vCPU (registers, guest debug,
 translation) while it is parked; guest memory likewise.
@@ -32,6 +32,7 @@ guest run on without the stub; when the run ends while gdb waits for the
 guest, gdb gets `W` with pyvmm's exit status (modulo 256).
 """
 
+import ipaddress
 import os
 import select
 import socket
@@ -39,11 +40,11 @@ import sys
 import threading
 import time
 
-from .._kvm import lib
+from ..kvm.exits import DebugExit, InternalErrorExit
 from ..config import ConfigError, parse_endpoint
 from ..kvm import KvmError
 from ..memory import GuestMemoryError
-from ..stop import STATUS_OK
+from ..run.stop import STATUS_OK
 from . import registers
 from .commands import (E_FAULT, E_MALFORMED, E_REFUSED, SIGINT, SIGTRAP, Commands,
                        StopEvent, TargetError)
@@ -61,6 +62,13 @@ STEP_TIMEOUT = 2.0            # a step over a breakpoint that never ends (a halt
 PARK_POLL = 0.05
 SEND_TIMEOUT = 30.0
 RECV_SIZE = 65536
+
+
+def _is_loopback(host):
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class GdbError(ConfigError):
@@ -104,6 +112,10 @@ class GdbStub:
         self._listener = listener
         bound = listener.getsockname()
         self.host, self.port = bound[0], bound[1]
+        if not _is_loopback(self.host):
+            print(f"warning: the gdb stub listens on {self.endpoint}, which other hosts can "
+                  f"reach; gdb's protocol has no authentication: whoever connects controls "
+                  f"the guest", file=sys.stderr, flush=True)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -133,8 +145,8 @@ class GdbStub:
         self._kick = kick
         for loop in self._loops:
             loop.debug_handler = self._debug_exit
-            loop.interrupt_handler = self._interrupted
-            loop.vcpu.run.immediate_exit = 1
+            loop.kick_handlers.append(self._interrupted)
+            loop.vcpu.set_immediate_exit()
         self._thread = threading.Thread(target=self._serve, name="pyvmm-gdb", daemon=True)
         self._thread.start()
 
@@ -184,7 +196,7 @@ class GdbStub:
 
     # --- vCPU threads ------------------------------------------------------------------------
     def _interrupted(self, loop):
-        """interrupt_handler: a kicked vCPU parks unless it may run."""
+        """A kick handler: a kicked vCPU parks unless it may run."""
         if loop.vcpu.index not in self._runnable:
             self._park(loop.vcpu.index)
 
@@ -197,18 +209,18 @@ class GdbStub:
                 self._cond.wait(PARK_POLL)
             self._parked.discard(index)
 
-    def _debug_exit(self, loop, reason):
+    def _debug_exit(self, loop, exit):
         """debug_handler: True when the exit was the debugger's (the vCPU
         then parks until resumed), False to let the run loop handle it."""
         vcpu = loop.vcpu
         try:
-            kind = self._classify(vcpu, reason)
+            kind = self._classify(vcpu, exit)
         except (KvmError, GuestMemoryError):
             kind = None
         if kind is None:
             return False
         if not self._active:
-            return reason == lib.KVM_EXIT_DEBUG    # a late exit after detach: run on
+            return isinstance(exit, DebugExit)    # a late exit after detach: run on
         with self._cond:
             self._events.append(StopEvent(tid=vcpu.index + 1, signal=SIGTRAP, kind=kind))
             self._runnable.discard(vcpu.index)
@@ -217,21 +229,20 @@ class GdbStub:
         self._park(vcpu.index)
         return True
 
-    def _classify(self, vcpu, reason):
+    def _classify(self, vcpu, exit):
         """What a debug-related exit means: swbreak, hwbreak, step, trap, or None."""
-        if reason == lib.KVM_EXIT_INTERNAL_ERROR:
+        if isinstance(exit, InternalErrorExit):
             # kvm_pvm's emulator cannot execute int3: an emulation failure at
             # one of our breakpoints is the breakpoint hit, RIP still on it.
-            if vcpu.run.internal.suberror != lib.KVM_INTERNAL_ERROR_EMULATION:
+            if not exit.is_emulation_failure:
                 return None
             breakpoint = self._sw.get(vcpu.get_regs().rip)
             if breakpoint is None or self.machine.memory.read_u8(breakpoint.phys) != INT3:
                 return None
             return "swbreak"
-        if reason != lib.KVM_EXIT_DEBUG:
+        if not isinstance(exit, DebugExit):
             return None
-        arch = vcpu.run.debug.arch
-        if arch.exception == BP_VECTOR:
+        if exit.exception == BP_VECTOR:
             regs = vcpu.get_regs()
             if regs.rip in self._sw:
                 return "swbreak"
@@ -242,10 +253,10 @@ class GdbStub:
                 regs.rip += 1
                 vcpu.set_regs(regs)
             return "trap"
-        if arch.exception == DB_VECTOR:
-            if arch.dr6 & DR6_BS:
+        if exit.exception == DB_VECTOR:
+            if exit.dr6 & DR6_BS:
                 return "step"
-            if arch.dr6 & DR6_HIT:
+            if exit.dr6 & DR6_HIT:
                 return "hwbreak"
         return "trap"
 
@@ -329,15 +340,9 @@ class GdbStub:
         return event or StopEvent(tid=index + 1, signal=SIGTRAP)
 
     def _set_debug(self, index, step=False, skip_slot=None):
-        control = lib.KVM_GUESTDBG_ENABLE
-        if self._sw:
-            control |= lib.KVM_GUESTDBG_USE_SW_BP
-        if step:
-            control |= lib.KVM_GUESTDBG_SINGLESTEP
         debugreg = None
         slots = [None if slot == skip_slot else address for slot, address in enumerate(self._hw)]
         if any(address is not None for address in slots):
-            control |= lib.KVM_GUESTDBG_USE_HW_BP
             debugreg = [0] * 8
             dr7 = DR7_FIXED
             for slot, address in enumerate(slots):
@@ -345,7 +350,8 @@ class GdbStub:
                     debugreg[slot] = address
                     dr7 |= 2 << (2 * slot)          # G0-G3, execute, 1 byte
             debugreg[7] = dr7
-        self._vcpu(index).set_guest_debug(control, debugreg)
+        self._vcpu(index).set_guest_debug(software_breakpoints=bool(self._sw), single_step=step,
+                                          debugreg=debugreg)
 
     def _kill(self):
         self.machine.stop.request(STATUS_OK, "gdb-kill", "killed by gdb")
@@ -363,7 +369,7 @@ class GdbStub:
                     pass
             for loop in self._loops:
                 try:
-                    loop.vcpu.set_guest_debug(0)
+                    loop.vcpu.set_guest_debug(enable=False)
                 except KvmError:
                     pass
         self._sw.clear()

@@ -1,28 +1,27 @@
 """Vcpu: one virtual CPU, its registers and its shared `struct kvm_run`."""
 
-import errno
 import functools
 import mmap
+from errno import EAGAIN, EINTR
 
 from .._kvm import ffi, lib
 from ._ioctl import FdObject, cpuid_entries, ioctl
 from .errors import KvmError
+from .exits import INTERRUPTED, ExitReader, SyncedRip
 
-EXIT_REASON_NAMES = {getattr(lib, name): name[len("KVM_EXIT_"):].lower()
-                     for name in dir(lib)
-                     if name.startswith("KVM_EXIT_") and not name.startswith("KVM_EXIT_IO_")}
-
-
-def exit_reason_name(reason):
-    return EXIT_REASON_NAMES.get(reason, f"unknown_{reason}")
+MP_STATE_NAMES = {getattr(lib, name): name[len("KVM_MP_STATE_"):].lower()
+                  for name in dir(lib) if name.startswith("KVM_MP_STATE_")}
+LAPIC_SIZE = 1024
 
 
 class Vcpu(FdObject):
     """A vCPU fd plus its mmap'd kvm_run.
 
-    `run` is a typed cffi view of `struct kvm_run`; `run_buffer` is a
-    memoryview of the whole shared page(s), where port-I/O data lives at
-    `run.io.data_offset`.
+    run() enters the guest and returns the decoded exit (pyvmm.kvm.exits).
+    The hot loop instead calls enter() (KVM_RUN: 0 or -errno, nothing else)
+    and reads the exit through `exits` (an ExitReader); port-I/O data lives
+    in `run_buffer` (a memoryview of the whole mapping) at the exit's
+    data_offset. `run_pointer` is the mapping for the C helpers.
     """
 
     def __init__(self, vm, fd, index, mmap_size):
@@ -31,18 +30,34 @@ class Vcpu(FdObject):
         self.index = index
         self._map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_buffer = memoryview(self._map)
-        self.run = ffi.from_buffer("struct kvm_run *", self._map)
+        self._run = ffi.from_buffer("struct kvm_run *", self._map)
         self.run_size = mmap_size
+        self.exits = ExitReader(self._run, self.run_buffer)
         # KVM_RUN as one call: returns 0, or -errno (-EINTR after a kick).
         self.enter = functools.partial(lib.pyvmm_ioctl_value, fd, lib.KVM_RUN, 0)
 
+    @property
+    def run_pointer(self):
+        """The kvm_run mapping as a `struct kvm_run *`, for C code that loops on KVM_RUN."""
+        return self._run
+
     # --- running -----------------------------------------------------------
-    def run_once(self):
-        """KVM_RUN until the next exit. Returns 0, or -EINTR when interrupted."""
+    def run(self):
+        """KVM_RUN until the next exit: the decoded exit, or INTERRUPTED after a kick."""
         ret = self.enter()
-        if ret < 0 and ret != -errno.EINTR:  # EINTR: a kick from another thread
+        if ret < 0:
+            if ret in (-EINTR, -EAGAIN):
+                return INTERRUPTED
             raise KvmError("KVM_RUN", -ret, f"vCPU {self.index}")
-        return ret
+        return self.exits.decode()
+
+    def set_immediate_exit(self, flag=True):
+        """With the flag set, the next KVM_RUN returns -EINTR at once (a kick that cannot be lost)."""
+        self._run.immediate_exit = 1 if flag else 0
+
+    def synced_rip(self):
+        """Turns on KVM_CAP_SYNC_REGS; returns a SyncedRip whose read() is RIP at the last exit."""
+        return SyncedRip(self._run, self.run_buffer)
 
     # --- registers ---------------------------------------------------------
     def _get(self, name, ctype):
@@ -69,18 +84,28 @@ class Vcpu(FdObject):
         ioctl(self.fd, "KVM_SET_FPU", fpu)
 
     def get_lapic(self):
-        return self._get("KVM_GET_LAPIC", "struct kvm_lapic_state *")
+        """The local APIC's 1 KiB register page (KVM_GET_LAPIC), as a bytearray."""
+        return bytearray(ffi.buffer(self._get("KVM_GET_LAPIC", "struct kvm_lapic_state *")))
 
-    def set_lapic(self, lapic):
+    def set_lapic(self, registers):
+        lapic = ffi.new("struct kvm_lapic_state *")
+        ffi.buffer(lapic)[:] = bytes(registers)
         ioctl(self.fd, "KVM_SET_LAPIC", lapic)
 
-    def set_guest_debug(self, control, debugreg=None):
-        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags; `debugreg`
-        the eight DR0-DR7 values for hardware breakpoints."""
+    def set_guest_debug(self, enable=True, software_breakpoints=False, single_step=False, debugreg=None):
+        """KVM_SET_GUEST_DEBUG. `debugreg`: the eight DR0-DR7 values, which turn
+        on hardware breakpoints; enable=False gives the guest its debug state back."""
         debug = ffi.new("struct kvm_guest_debug *")
+        control = lib.KVM_GUESTDBG_ENABLE if enable else 0
+        if enable and software_breakpoints:
+            control |= lib.KVM_GUESTDBG_USE_SW_BP
+        if enable and single_step:
+            control |= lib.KVM_GUESTDBG_SINGLESTEP
+        if enable and debugreg is not None:
+            control |= lib.KVM_GUESTDBG_USE_HW_BP
+            for index, value in enumerate(debugreg):
+                debug.arch.debugreg[index] = value
         debug.control = control
-        for index, value in enumerate(debugreg or ()):
-            debug.arch.debugreg[index] = value
         ioctl(self.fd, "KVM_SET_GUEST_DEBUG", debug)
 
     def translate(self, linear_address):
@@ -90,14 +115,9 @@ class Vcpu(FdObject):
         return translation.physical_address, bool(translation.valid), bool(translation.writeable)
 
     def get_mp_state(self):
-        return self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
-
-    def set_mp_state(self, state):
-        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
-
-    def get_xcrs(self):
-        xcrs = self._get("KVM_GET_XCRS", "struct kvm_xcrs *")
-        return {xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(xcrs.nr_xcrs)}
+        """"runnable", "halted", "uninitialized", "init_received", "sipi_received", ..."""
+        state = self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
+        return MP_STATE_NAMES.get(state, f"unknown_{state}")
 
     def set_xcrs(self, values):
         xcrs = ffi.new("struct kvm_xcrs *")
@@ -142,6 +162,7 @@ class Vcpu(FdObject):
         return cpuid_entries(cpuid)
 
     def _release(self):
+        self.exits = None
         self.run_buffer.release()
-        ffi.release(self.run)
+        ffi.release(self._run)
         self._map.close()

@@ -21,7 +21,6 @@ class Vm(FdObject):
         self.fd = fd
         self.vcpus = []
         self.slots = {}
-        self.has_irqchip = False
 
     def set_user_memory_region(self, slot, guest_phys_addr, size, host_addr, flags=0):
         region = ffi.new("struct kvm_userspace_memory_region *", {
@@ -36,10 +35,15 @@ class Vm(FdObject):
             self.slots.pop(slot, None)
 
     def add_memory(self, memory):
-        """Registers every region of a GuestMemory as its own slot."""
+        """Registers every region of a GuestMemory as its own slot. The regions
+        must outlive the VM (KVM keeps their host addresses)."""
         for region in memory.regions:
-            self.set_user_memory_region(len(self.slots), region.guest_addr, region.size,
-                                        region.host_addr)
+            pointer = ffi.from_buffer(region.mapping)
+            try:
+                host_addr = int(ffi.cast("uintptr_t", pointer))
+            finally:
+                ffi.release(pointer)
+            self.set_user_memory_region(len(self.slots), region.guest_addr, region.size, host_addr)
 
     def set_tss_addr(self, addr):
         ioctl_value(self.fd, "KVM_SET_TSS_ADDR", addr)
@@ -49,9 +53,10 @@ class Vm(FdObject):
 
     def create_irqchip(self):
         ioctl_value(self.fd, "KVM_CREATE_IRQCHIP")
-        self.has_irqchip = True
 
-    def create_pit2(self, flags=0):
+    def create_pit2(self, speaker_dummy=True):
+        """The in-kernel PIT; speaker_dummy: KVM also answers the PC speaker port 0x61."""
+        flags = lib.KVM_PIT_SPEAKER_DUMMY if speaker_dummy else 0
         ioctl(self.fd, "KVM_CREATE_PIT2", ffi.new("struct kvm_pit_config *", {"flags": flags}))
 
     def irq_line(self, irq, level):
@@ -81,7 +86,7 @@ class Vm(FdObject):
         vcpu = self.vcpus[0]
         if vcpu.run_size < (offset + 1) * page:
             return None
-        return ffi.cast("char *", vcpu.run) + offset * page, page
+        return ffi.cast("char *", vcpu.run_pointer) + offset * page, page
 
     def irqfd(self, gsi):
         """An IrqFd: its signal() raises an edge on `gsi` with no ioctl (closed with the VM)."""

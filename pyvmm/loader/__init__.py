@@ -7,7 +7,7 @@ they are loaded only when the user names an entry mode.
 """
 
 from . import bzimage, elf, multiboot, pvh, raw
-from .common import BootSpec, LoaderError, LoadOptions, place
+from .common import BootSpec, LoaderError, LoadOptions
 
 # Tried in order, as QEMU's -kernel does: a Linux setup header first, then a
 # multiboot header (it wins over the ELF it may sit in), then an ELF with a
@@ -15,7 +15,7 @@ from .common import BootSpec, LoaderError, LoadOptions, place
 FORMATS = (bzimage, multiboot, pvh, elf)
 
 
-__all__ = ["BootSpec", "LoaderError", "LoadOptions", "load_kernel", "detect", "place"]
+__all__ = ["BootSpec", "LoaderError", "LoadOptions", "load_kernel", "detect"]
 
 
 def detect(image, options=None):

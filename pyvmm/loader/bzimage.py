@@ -10,8 +10,8 @@ with RSI = the zero page. That needs boot protocol 2.12 (Linux 3.8) and a
 import struct
 
 from ..arch.x86_64 import layout, memmap, modes
-from .common import (PAGE_SIZE, BootSpec, GuestWriter, LoaderError, align_down, align_up,
-                     c_string, format_errors)
+from .common import (PAGE_SIZE, GuestWriter, LoaderError, align_down, align_up, c_string,
+                     format_errors)
 
 HEADER_MAGIC = b"HdrS"
 MIN_PROTOCOL = 0x020C
@@ -116,9 +116,12 @@ def load(image, memory, options):
         if options.rsdp_addr:
             struct.pack_into("<Q", params, ACPI_RSDP_ADDR, options.rsdp_addr)
         _write_e820(params, memmap.memory_map(memory.size))
-        writer.write(layout.ZERO_PAGE, bytes(params), "the zero page (boot_params)")
-        return BootSpec(format="bzImage", mode=modes.LONG, entry=load_addr + ENTRY_64_OFFSET,
-                        regs={"rsi": layout.ZERO_PAGE}, loaded=writer.loaded)
+        entry = load_addr + ENTRY_64_OFFSET
+        tables = writer.place_entry_tables(modes.LONG, entry)
+        zero_page = writer.place(bytes(params), "the zero page (boot_params)", layout.ZERO_PAGE,
+                                 align=PAGE_SIZE)
+        return writer.boot_spec("bzImage", modes.LONG, entry, regs={"rsi": zero_page},
+                                tables=tables)
 
 
 def _check_image(image):
@@ -144,7 +147,7 @@ def _check_image(image):
     if setup_size >= len(image):
         raise LoaderError(f"the file ({len(image)} bytes) ends within its "
                           f"{setup_size}-byte setup code: no protected-mode kernel")
-    return header_end, image[setup_size:]
+    return header_end, memoryview(image)[setup_size:]
 
 
 def _choose_load_address(params, kernel_size, low_top):

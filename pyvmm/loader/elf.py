@@ -9,7 +9,7 @@ import collections
 import struct
 
 from ..arch.x86_64 import modes
-from .common import BootSpec, LoaderError, place
+from .common import GuestWriter, LoaderError
 
 MAGIC = b"\x7fELF"
 CLASS32, CLASS64 = 1, 2
@@ -21,6 +21,9 @@ SHT_NOTE = 7
 PF_X = 1
 MAX_PROGRAM_HEADERS = 128
 MAX_SECTION_HEADERS = 4096
+# Linux's vmlinux has about ten notes in a few hundred bytes.
+MAX_NOTES = 256
+MAX_NOTE_BYTES = 1 << 20
 
 # (ident, e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags,
 #  e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx)
@@ -79,12 +82,6 @@ def program_header_table(image, elf_class, phoff, phentsize, phnum):
     return table
 
 
-def program_headers(image, elf_class, phoff, phentsize, phnum):
-    """Yields (type, offset, paddr, filesz, memsz) for each program header."""
-    for ph in program_header_table(image, elf_class, phoff, phentsize, phnum):
-        yield ph.type, ph.offset, ph.paddr, ph.filesz, ph.memsz
-
-
 def load_segments(image):
     """(class, entry, [ProgramHeader of each PT_LOAD]) of an x86 executable, or LoaderError."""
     hdr = header(image)
@@ -114,8 +111,18 @@ def parse(image):
 
 
 def notes(image):
-    """[(name, type, desc)] of the ELF notes: from the PT_NOTE segments, or,
-    when there are none, from the SHT_NOTE sections. Names lose their NULs."""
+    """[(name, type, desc)] of the ELF notes (see iter_notes)."""
+    return list(iter_notes(image))
+
+
+def iter_notes(image):
+    """Yields (name, type, desc) of each ELF note: from the PT_NOTE segments,
+    or, when there are none, from the SHT_NOTE sections. Names lose their NULs.
+
+    Reading is lazy (a caller looking for one note stops there) and bounded:
+    more than MAX_NOTES notes, or note areas of more than MAX_NOTE_BYTES bytes
+    in all (many sections may describe one area), are a LoaderError.
+    """
     hdr = header(image)
     regions = [(ph.offset, ph.filesz, ph.align)
                for ph in program_header_table(image, hdr.elf_class, hdr.phoff, hdr.phentsize,
@@ -123,13 +130,19 @@ def notes(image):
                if ph.type == PT_NOTE]
     if not regions:
         regions = _note_sections(image, hdr)
-    found = []
+    count = area_bytes = 0
     for offset, size, align in regions:
         if offset + size > len(image):
             raise LoaderError(f"ELF note area at file offset {offset:#x} runs past "
                               f"the end of the file")
-        found.extend(_parse_notes(image, offset, size, align))
-    return found
+        area_bytes += size
+        if area_bytes > MAX_NOTE_BYTES:
+            raise LoaderError(f"ELF has note areas of more than {MAX_NOTE_BYTES} bytes in all")
+        for found in _parse_notes(image, offset, size, align):
+            count += 1
+            if count > MAX_NOTES:
+                raise LoaderError(f"ELF has more than {MAX_NOTES} notes")
+            yield found
 
 
 def _note_sections(image, hdr):
@@ -156,7 +169,6 @@ def _parse_notes(image, start, size, align):
     align = 8 if align == 8 else 4
     end = start + size
     position = start
-    found = []
     while end - position >= _NHDR.size:
         namesz, descsz, note_type = _NHDR.unpack_from(image, position)
         name_at = position + _NHDR.size
@@ -164,10 +176,9 @@ def _parse_notes(image, start, size, align):
         next_at = desc_at + _round_up(descsz, align)
         if desc_at + descsz > end:
             raise LoaderError(f"ELF note at file offset {position:#x} runs past its note area")
-        found.append((bytes(image[name_at:name_at + namesz]).rstrip(b"\0"), note_type,
-                      bytes(image[desc_at:desc_at + descsz])))
+        yield (bytes(image[name_at:name_at + namesz]).rstrip(b"\0"), note_type,
+               bytes(image[desc_at:desc_at + descsz]))
         position = next_at
-    return found
 
 
 def _round_up(value, alignment):
@@ -175,11 +186,21 @@ def _round_up(value, alignment):
 
 
 def load(image, memory, options):
-    elf_class, entry, segments = parse(image)
-    loaded = [place(memory, paddr, image[offset:offset + filesz], memsz)
-              for offset, paddr, filesz, memsz in segments]
+    elf_class, entry, segments = load_segments(image)
     if entry >= 1 << 32:
         raise LoaderError(f"ELF entry {entry:#x} is above 4 GiB, which pyvmm does not map at entry")
     mode = modes.LONG if elf_class == CLASS64 else modes.PROTECTED
-    return BootSpec(format=f"elf{32 if elf_class == CLASS32 else 64}", mode=mode, entry=entry,
-                    loaded=loaded)
+    # Segments go exactly where they say (as they always could); pyvmm's GDT,
+    # page tables and stack move out of their way.
+    writer = GuestWriter(memory, kernel_over_firmware=True)
+    writer.write_kernel(segment_pieces(image, segments))
+    tables = writer.place_entry_tables(mode, entry)
+    return writer.boot_spec(f"elf{32 if elf_class == CLASS32 else 64}", mode, entry,
+                            tables=tables)
+
+
+def segment_pieces(image, segments):
+    """[(paddr, file bytes, memsz)] of PT_LOAD ProgramHeaders, the file bytes
+    as views of `image` rather than copies."""
+    view = memoryview(image)
+    return [(ph.paddr, view[ph.offset:ph.offset + ph.filesz], ph.memsz) for ph in segments]

@@ -8,15 +8,16 @@ It builds the info structure with a memory map, the command line
 command line "module-path args", and enters the kernel in 32-bit protected
 mode with EAX = 0x2BADB002 and EBX = the info structure. pyvmm does the same
 at pyvmm's own addresses: the info block at layout.BOOT_INFO, the command
-line at layout.CMDLINE. Only the boot loader name differs ("pyvmm").
+line at layout.CMDLINE, each moved elsewhere when the kernel is there (QEMU
+writes its info at 0x9000-0x9558 even then, and the kernel overwrites it).
+Only the boot loader name differs ("pyvmm").
 """
 
 import struct
 
 from ..arch.x86_64 import memmap, modes
 from . import elf
-from .common import (PAGE_SIZE, BootSpec, GuestWriter, InfoArea, LoaderError, align_up,
-                     c_string, format_errors)
+from .common import PAGE_SIZE, GuestWriter, InfoArea, LoaderError, align_up, c_string, format_errors
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
@@ -79,9 +80,11 @@ def load(image, memory, options):
             entry, kernel_end = _load_by_address_fields(image, offset, writer)
         else:
             entry, kernel_end = _load_elf(image, writer)
-        info = _write_boot_information(writer, memory.size, kernel_end, options)
-        return BootSpec(format="multiboot", mode=modes.PROTECTED, entry=entry,
-                        regs={"rax": BOOTLOADER_MAGIC, "rbx": info}, loaded=writer.loaded)
+        modules = _place_modules(writer, kernel_end, options.modules)
+        tables = writer.place_entry_tables(modes.PROTECTED, entry)
+        info = _write_boot_information(writer, memory.size, modules, options)
+        return writer.boot_spec("multiboot", modes.PROTECTED, entry,
+                                regs={"rax": BOOTLOADER_MAGIC, "rbx": info}, tables=tables)
 
 
 def _load_by_address_fields(image, offset, writer):
@@ -114,7 +117,8 @@ def _load_by_address_fields(image, offset, writer):
         kernel_size = bss_end_addr - load_addr
     if kernel_size == 0:
         raise LoaderError("the address fields load nothing")
-    writer.write_kernel([(load_addr, image[text_offset:text_offset + load_size], kernel_size)])
+    text = memoryview(image)[text_offset:text_offset + load_size]
+    writer.write_kernel([(load_addr, text, kernel_size)])
     return entry, load_addr + kernel_size
 
 
@@ -127,8 +131,7 @@ def _load_elf(image, writer):
         raise LoaderError("a 64-bit ELF cannot be booted as multiboot (QEMU refuses it too); "
                           "link it as ELF32 or set the header's address fields")
     _class, entry, segments = elf.load_segments(image)
-    writer.write_kernel([(ph.paddr, image[ph.offset:ph.offset + ph.filesz], ph.memsz)
-                         for ph in segments])
+    writer.write_kernel(elf.segment_pieces(image, segments))
     # Like QEMU's ELF loader: an entry given as a virtual address inside an
     # executable segment whose vaddr differs from its paddr is translated.
     for ph in segments:
@@ -139,9 +142,8 @@ def _load_elf(image, writer):
     return entry, max(ph.paddr + ph.memsz for ph in segments)
 
 
-def _write_boot_information(writer, ram_size, kernel_end, options):
-    """Writes modules, command line and info block; returns the info block's address."""
-    modules = _place_modules(writer, kernel_end, options.modules)
+def _write_boot_information(writer, ram_size, modules, options):
+    """Writes the command line and the info block; returns the info block's address."""
     if options.kernel_path is None:
         cmdline = options.cmdline
     else:  # QEMU passes "path args", so "path " when there are no args
@@ -149,13 +151,14 @@ def _write_boot_information(writer, ram_size, kernel_end, options):
     cmdline_addr = writer.write_cmdline(cmdline)
 
     area = InfoArea()
-    info_addr = area.add(bytes(INFO_SIZE))
+    info_at = area.add(bytes(INFO_SIZE))
     entries = memmap.memory_map(ram_size)
-    mmap_addr = area.add(b"".join(MMAP_ENTRY.pack(MMAP_ENTRY_SIZE_FIELD, addr, size, kind)
-                                  for addr, size, kind in entries))
-    mods_addr = area.add(b"".join(MODULE_ENTRY.pack(start, end, string, 0)
-                                  for start, end, string in modules))
-    name_addr = area.add(c_string(BOOT_LOADER_NAME, "the boot loader name"), align=1)
+    mmap_at = area.add(b"".join(MMAP_ENTRY.pack(MMAP_ENTRY_SIZE_FIELD, addr, size, kind)
+                                for addr, size, kind in entries))
+    mods_at = area.add(b"".join(MODULE_ENTRY.pack(start, end, string, 0)
+                                for start, end, string in modules))
+    name_at = area.add(c_string(BOOT_LOADER_NAME, "the boot loader name"), align=1)
+    base = area.address(writer)
     info = bytearray(INFO_SIZE)
     for field, value in ((INFO_FLAGS, INFO_FLAGS_GIVEN),
                          (INFO_MEM_LOWER, memmap.mem_lower_kib(ram_size)),
@@ -163,27 +166,32 @@ def _write_boot_information(writer, ram_size, kernel_end, options):
                          (INFO_BOOT_DEVICE, BOOT_DEVICE),
                          (INFO_CMDLINE, cmdline_addr),
                          (INFO_MODS_COUNT, len(modules)),
-                         (INFO_MODS_ADDR, mods_addr),
+                         (INFO_MODS_ADDR, base + mods_at),
                          (INFO_MMAP_LENGTH, MMAP_ENTRY.size * len(entries)),
-                         (INFO_MMAP_ADDR, mmap_addr),
-                         (INFO_BOOT_LOADER_NAME, name_addr)):
+                         (INFO_MMAP_ADDR, base + mmap_at),
+                         (INFO_BOOT_LOADER_NAME, base + name_at)):
         struct.pack_into("<I", info, field, value)
-    area.put(info_addr, info)
-    area.write_to(writer)
-    return info_addr
+    area.put(info_at, info)
+    area.write_to(writer, base)
+    return base + info_at
 
 
 def _place_modules(writer, kernel_end, modules):
-    """Each module page-aligned after the kernel, its command line right after
-    its bytes; returns [(mod_start, mod_end, string address)]."""
+    """Each module page-aligned after the kernel (at the first free page from
+    there on), its command line right after its bytes; returns
+    [(mod_start, mod_end, string address)]."""
     placed = []
     cursor = align_up(kernel_end, PAGE_SIZE)
+    ceiling = min(memmap.low_ram_end(writer.memory.size), FOUR_GIB)
     for index, (name, data) in enumerate(modules):
         string = c_string(name, f"module {index + 1}'s command line")
         what = f"module {index + 1} ({len(data)} bytes)"
-        if cursor + len(data) + len(string) > FOUR_GIB:
-            raise LoaderError(f"{what} does not fit below 4 GiB")
-        writer.write(cursor, bytes(data) + string, what)
-        placed.append((cursor, cursor + len(data), cursor + len(data)))
-        cursor = align_up(cursor + len(data) + len(string), PAGE_SIZE)
+        size = len(data) + len(string)
+        addr = writer.find_free(size, PAGE_SIZE, [(cursor, ceiling)])
+        if addr is None:
+            raise LoaderError(f"{what} does not fit in guest memory after the kernel and the "
+                              f"modules before it (guest RAM below 4 GiB ends at {ceiling:#x})")
+        writer.write_parts(addr, [data, string], what)
+        placed.append((addr, addr + len(data), addr + len(data)))
+        cursor = align_up(addr + size, PAGE_SIZE)
     return placed

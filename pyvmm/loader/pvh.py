@@ -10,10 +10,9 @@ the RAM below 4 GiB, as QEMU and Firecracker place an initrd.
 
 import struct
 
-from ..arch.x86_64 import memmap, modes
+from ..arch.x86_64 import layout, memmap, modes
 from . import elf
-from .common import (PAGE_SIZE, BootSpec, GuestWriter, InfoArea, LoaderError, align_down,
-                     c_string, format_errors)
+from .common import PAGE_SIZE, GuestWriter, InfoArea, LoaderError, c_string, format_errors
 
 XEN_NOTE_NAME = b"Xen"
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -32,7 +31,7 @@ ACCEPTS = ("initrd", "modules")
 def phys32_entry(image):
     """The 32-bit entry from the Xen PHYS32_ENTRY note, None if there is no
     such note; LoaderError if the ELF or the note is malformed."""
-    for name, note_type, desc in elf.notes(image):
+    for name, note_type, desc in elf.iter_notes(image):
         if name != XEN_NOTE_NAME or note_type != XEN_ELFNOTE_PHYS32_ENTRY:
             continue
         if len(desc) < 4:
@@ -57,7 +56,7 @@ def probe(image):
 
 def _has_pvh_note(image):
     return any(name == XEN_NOTE_NAME and note_type == XEN_ELFNOTE_PHYS32_ENTRY
-               for name, note_type, _desc in elf.notes(image))
+               for name, note_type, _desc in elf.iter_notes(image))
 
 
 def load(image, memory, options):
@@ -67,33 +66,35 @@ def load(image, memory, options):
             raise LoaderError("the ELF has no XEN_ELFNOTE_PHYS32_ENTRY note")
         _class, _elf_entry, segments = elf.load_segments(image)
         writer = GuestWriter(memory)
-        writer.write_kernel([(ph.paddr, image[ph.offset:ph.offset + ph.filesz], ph.memsz)
-                             for ph in segments])
+        writer.write_kernel(elf.segment_pieces(image, segments))
         modules = []
         if options.initrd is not None:
             modules.append((None, options.initrd, "the initrd"))
         modules.extend((name, data, f"module {index + 1}")
                        for index, (name, data) in enumerate(options.modules))
         placed = _place_modules_high(writer, memmap.low_ram_end(memory.size), modules)
+        tables = writer.place_entry_tables(modes.PROTECTED, entry)
         cmdline_addr = writer.write_cmdline(options.cmdline)
         info = _write_start_info(writer, memory.size, placed, cmdline_addr,
                                  options.rsdp_addr or 0)
-        return BootSpec(format="pvh", mode=modes.PROTECTED, entry=entry,
-                        regs={"rbx": info}, loaded=writer.loaded)
+        return writer.boot_spec("pvh", modes.PROTECTED, entry, regs={"rbx": info},
+                                tables=tables)
 
 
 def _place_modules_high(writer, ceiling, modules):
     """Each module (with its NUL-terminated command line after its bytes, if it
-    has one) page-aligned, top-down from `ceiling`; returns
-    [(addr, size, cmdline address or 0)] in the given order."""
+    has one) page-aligned, top-down from `ceiling` (at the highest free place
+    below the one before, in RAM above 1 MiB, else in conventional memory);
+    returns [(addr, size, cmdline address or 0)] in the given order."""
     placed = []
     for name, data, what in modules:
         string = b"" if name is None else c_string(name, f"{what}'s command line")
         total = len(data) + len(string)
-        addr = align_down(ceiling - total, PAGE_SIZE)
-        if addr < 0:
-            raise LoaderError(f"{what} ({len(data)} bytes) does not fit in guest RAM")
-        writer.write(addr, bytes(data) + string, f"{what} ({len(data)} bytes)")
+        windows = [(layout.HIGH_MEMORY, ceiling), layout.BOOT_DATA_LOW]
+        addr = writer.find_free_high(total, PAGE_SIZE, windows)
+        if addr is None:
+            raise writer.no_room(what, total, windows)
+        writer.write_parts(addr, [data, string], f"{what} ({len(data)} bytes)")
         placed.append((addr, len(data), addr + len(data) if string else 0))
         ceiling = addr
     return placed
@@ -101,15 +102,16 @@ def _place_modules_high(writer, ceiling, modules):
 
 def _write_start_info(writer, ram_size, modules, cmdline_addr, rsdp_addr):
     area = InfoArea()
-    info_addr = area.add(bytes(START_INFO.size))
-    modlist_addr = area.add(b"".join(MODLIST_ENTRY.pack(addr, size, string, 0)
-                                     for addr, size, string in modules))
+    info_at = area.add(bytes(START_INFO.size))
+    modlist_at = area.add(b"".join(MODLIST_ENTRY.pack(addr, size, string, 0)
+                                   for addr, size, string in modules))
     entries = memmap.memory_map(ram_size)
-    memmap_addr = area.add(b"".join(MEMMAP_ENTRY.pack(addr, size, kind, 0)
-                                    for addr, size, kind in entries))
-    area.put(info_addr, START_INFO.pack(
+    memmap_at = area.add(b"".join(MEMMAP_ENTRY.pack(addr, size, kind, 0)
+                                  for addr, size, kind in entries))
+    base = area.address(writer)
+    area.put(info_at, START_INFO.pack(
         START_MAGIC, START_INFO_VERSION, 0, len(modules),
-        modlist_addr if modules else 0, cmdline_addr, rsdp_addr,
-        memmap_addr, len(entries), 0))
-    area.write_to(writer)
-    return info_addr
+        base + modlist_at if modules else 0, cmdline_addr, rsdp_addr,
+        base + memmap_at, len(entries), 0))
+    area.write_to(writer, base)
+    return base + info_at

@@ -1,7 +1,7 @@
 """Flat binaries: bytes copied to a load address, entered in a chosen mode."""
 
 from ..arch.x86_64 import layout, modes
-from .common import BootSpec, LoaderError, place
+from .common import GuestWriter, LoaderError
 
 REAL_MODE_LIMIT = 1 << 20
 FOUR_GIB = 1 << 32
@@ -29,5 +29,9 @@ def load(image, memory, options):
             raise LoaderError(f"real-mode entry {entry:#x} cannot be reached")
     elif entry >= FOUR_GIB:
         raise LoaderError(f"entry {entry:#x} is above 4 GiB, which pyvmm does not map at entry")
-    loaded = place(memory, load_addr, image, avoid_boot_tables=mode != modes.REAL)
-    return BootSpec(format=f"raw-{mode}", mode=mode, entry=entry, loaded=[loaded])
+    # A flat binary goes exactly where the user said, firmware areas included;
+    # pyvmm's GDT, page tables and stack move out of its way.
+    writer = GuestWriter(memory, kernel_over_firmware=True)
+    writer.write_kernel([(load_addr, image, len(image))])
+    tables = writer.place_entry_tables(mode, entry)
+    return writer.boot_spec(f"raw-{mode}", mode, entry, tables=tables)

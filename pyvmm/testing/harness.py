@@ -120,9 +120,6 @@ class Report:
         """Per access: the bytes read, or None for a write."""
         return [outcome.data for outcome in self.outcomes]
 
-    def events_of(self, device: str) -> List[Event]:
-        return [event for event in self.events if event.device == device]
-
 
 class Sentinel:
     """A recorder for the space around a device: answers reads with a

@@ -162,7 +162,7 @@ def replay_on_kvm(accesses: Iterable[Access], devices: Any = (), *, base: Option
     # Imported here: the rest of pyvmm.testing works without KVM.
     from pyvmm import guests
     from pyvmm.config import VmConfig
-    from pyvmm.vmm import Machine
+    from pyvmm.machine import Machine
 
     accesses = list(accesses)
     _validate(accesses, memory, mark_port)

@@ -15,7 +15,8 @@ MmioTransport) takes three pieces, all usable with hypothesis:
 VirtioBench(device, memory_size=..., irq=True)
     guest RAM (a real GuestMemory: every access bounds-checked), a
     TestContext (memory, a recording InterruptLine, an InlineWorker whose
-    calls run when bench.run() is called) and the transport, attached.
+    calls run when bench.run() is called, the RegisterState the cached
+    reads are published to) and the transport, attached.
     bench.levels lists the interrupt line's changes, bench.failures what the
     device reported through context.fail.
 Driver (bench.driver)
@@ -51,6 +52,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from hypothesis import strategies as st
 
 from pyvmm.devices.context import InterruptLine
+from pyvmm.devices.delivery import Delivery
 from pyvmm.devices.virtio import spec
 from pyvmm.devices.virtio.mmio import MmioTransport
 from pyvmm.devices.virtio.queue import ring_sizes
@@ -110,10 +112,12 @@ class TestContext:
 
     __test__ = False      # not a pytest class
 
-    def __init__(self, memory, irq: Optional[InterruptLine], name: str = "virtio") -> None:
+    def __init__(self, memory, irq: Optional[InterruptLine], name: str = "virtio",
+                 registers=None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
+        self.registers = registers       # the RegisterState the device publishes cached reads to
         self.worker = InlineWorker()
         self.failures: List[str] = []
 
@@ -133,9 +137,10 @@ class VirtioBench:
         self._own_memory = memory is None
         self.levels: List[bool] = []
         line = InterruptLine(self.levels.append, "virtio-test") if irq else None
-        self.context = TestContext(self.memory, line)
         self.device = device
         self.transport = MmioTransport(device)
+        registers = Delivery.declared_by(self.transport, spec.MMIO_SLOT_SIZE, pio=False).registers
+        self.context = TestContext(self.memory, line, registers=registers)
         self.transport.attach(self.context)
         self.driver = Driver(self)
 

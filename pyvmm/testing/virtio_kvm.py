@@ -163,8 +163,8 @@ def run_block_program(ops: Sequence[BlockOp], image: str, readonly: bool = False
     ends (timeout, or the VMM killed); `serial` is VmConfig's."""
     from pyvmm import guests
     from pyvmm.config import VmConfig
-    from pyvmm.devices.virtio.options import DiskSpec
-    from pyvmm.vmm import Machine
+    from pyvmm.virtio_options import DiskSpec
+    from pyvmm.machine import Machine
 
     for op in ops:
         if op.sectors > MAX_SECTORS:
@@ -206,9 +206,9 @@ def replay_rings_on_kvm(chains, device: str, queue_size: int, base: int, feature
     with `features`."""
     from pyvmm import guests
     from pyvmm.config import VmConfig
-    from pyvmm.devices.virtio.options import DiskSpec, RngSpec
+    from pyvmm.virtio_options import DiskSpec, RngSpec
     from pyvmm.testing.virtio import Driver, DriverQueue
-    from pyvmm.vmm import Machine
+    from pyvmm.machine import Machine
 
     if device == "rng":
         options = dict(rng=RngSpec(entropy) if entropy else RngSpec())

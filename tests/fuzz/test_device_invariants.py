@@ -14,13 +14,14 @@ checked on the way.
 import pytest
 from hypothesis import given, strategies as st
 
+from pyvmm.arch.x86_64 import layout
 from pyvmm.config import VmConfig
 from pyvmm.devices import (AcpiPm, Bus, Cmos, DebugConsole, DebugExit, FwCfg, I8042, PcTestDev,
                            PciConfigAbsent, PostCode, Serial16550)
-from pyvmm.devices.acpi_pm import PM_BASE, PM_LENGTH, RESET_PORT
-from pyvmm.devices.pc_testdev import BYTE_PORT_BASE, BYTE_PORT_LENGTH
-from pyvmm.platform import PcPlatform
-from pyvmm.stop import StopSignal
+from pyvmm.devices.pc_testdev import BYTE_PORT_LENGTH
+from pyvmm.machine.devices import DeviceManager
+from pyvmm.memory import GuestMemory
+from pyvmm.run.stop import StopSignal
 from pyvmm.testing import (MMIO, PIO, Placement, access_sequences, accesses_for, drive,
                            fuzz_settings)
 
@@ -63,7 +64,8 @@ def debug_exit(calls):
 
 def i8042(calls):
     device = I8042(on_reset=calls.record("reset"), set_irq=calls.record("irq"))
-    return [Placement(PIO, base, length, port, name) for base, length, port, name in device.port_ranges()]
+    return [Placement(PIO, *layout.I8042_DATA, device.data, "i8042 data"),
+            Placement(PIO, *layout.I8042_COMMAND, device.command, "i8042 status/command")]
 
 
 def cmos(calls):
@@ -81,8 +83,8 @@ def debugcon(calls):
 def acpi(calls):
     pm = AcpiPm(on_poweroff=calls.record("poweroff"), on_reset=calls.record("reset"),
                 on_sleep=calls.record("sleep"), now=Clock().nanoseconds, set_sci=calls.record("sci"))
-    return [Placement(PIO, PM_BASE, PM_LENGTH, pm, "acpi-pm"),
-            Placement(PIO, RESET_PORT - 8, 1, pm.reset_control, "reset-control")]
+    return [Placement(PIO, *layout.ACPI_PM, pm, "acpi-pm"),
+            Placement(PIO, layout.ACPI_RESET_PORT - 8, 1, pm.reset_control, "reset-control")]
 
 
 def pci(calls):
@@ -98,12 +100,11 @@ def fw_cfg(calls):
 
 def pc_testdev(calls):
     device = PcTestDev(set_irq=calls.record("irq"), flush_page=calls.record("flush"))
-    placements = [Placement(PIO, base, length, dev, name) for base, length, dev, name in device.port_ranges()]
-    placements += [Placement(MMIO, base, length, dev, name) for base, length, dev, name in device.mmio_ranges()]
-    # The byte-wise scratch mirror, at its own place (it overlaps debugcon in a machine).
-    placements.append(Placement(PIO, BYTE_PORT_BASE + 0x100, BYTE_PORT_LENGTH, device.byte_port,
-                                "pc-testdev byte port"))
-    return placements
+    return [Placement(PIO, *layout.PC_TESTDEV_PORTS, device.ports, "pc-testdev ports"),
+            Placement(PIO, *layout.PC_TESTDEV_IRQ_LINES, device.irq_lines, "pc-testdev irq lines"),
+            Placement(MMIO, *layout.PC_TESTDEV_MMIO, device.iomem, "pc-testdev iomem"),
+            # The byte-wise scratch mirror, at a place of its own (QEMU's 0xe8 is debugcon's here).
+            Placement(PIO, 0x1E8, BYTE_PORT_LENGTH, device.byte_port, "pc-testdev byte port")]
 
 
 DEVICES = {
@@ -153,18 +154,24 @@ def test_device_alone_on_a_bus_keeps_the_contract(name, data):
     drive((port_bus, mmio_bus), accesses, sentinels=False)
 
 
+class IrqRecorder:
+    """What DeviceManager needs of a Vm: interrupt lines, recorded."""
+
+    def __init__(self, calls):
+        self.irq_line = calls.record("irq")
+
+
+MEMORY = GuestMemory([(0, MIB)])
+
+
 def platform():
-    """The PC platform's devices on fresh buses, as a Machine builds them
-    (with COM1 and debug-exit), without KVM."""
+    """The PC platform's devices on fresh buses, as a Machine's device manager
+    places them (COM1 and debug-exit included), without KVM."""
     stop = StopSignal()
     calls = Calls()
-    port_bus, mmio_bus = Bus.port_io(), Bus.mmio()
-    port_bus.register(0x3F8, 8, Serial16550(output=calls.record("output")), name="serial (COM1)")
-    port_bus.register(0xF4, 4, DebugExit(lambda status: stop.request(status, "debug-exit")),
-                      name="debug-exit")
-    PcPlatform(VmConfig(memory=64 * MIB, cpus=2, cmdline="x"), port_bus, mmio_bus, stop,
-               calls.record("irq"), calls.record("console"), "pvh")
-    return port_bus, mmio_bus, stop, calls
+    devices = DeviceManager(VmConfig(memory=64 * MIB, cpus=2, cmdline="x"), MEMORY, IrqRecorder(calls),
+                            stop, calls.record("console"), "pvh")
+    return devices.port_bus, devices.mmio_bus, stop, calls
 
 
 PLATFORM_PORT_BUS, PLATFORM_MMIO_BUS, _, _ = platform()

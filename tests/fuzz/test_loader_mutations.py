@@ -1,7 +1,8 @@
 """Every kernel loader, fed mutated images, loads them or raises LoaderError.
 
 Seeds: the bundled guests (hello.bin, a multiboot a.out-kludge image;
-mbinfo.elf, multiboot ELF; pvhinfo.elf, PVH; compute.elf, ELF64) and a
+mbinfo.elf, multiboot ELF, and mbinfo-low.elf, the same at 0x8000;
+pvhinfo.elf, PVH; compute.elf, ELF64) and a
 synthetic bzImage.  Mutations: bit flips, interesting bytes and 32-bit
 words (mostly in the headers), truncation and appended junk; the load
 options (command line, modules, initrd) are fuzzed too.  Each image goes
@@ -105,6 +106,7 @@ def _read(name):
 SEEDS = {
     "hello.bin": _read("hello.bin"),
     "mbinfo.elf": _read("mbinfo.elf"),
+    "mbinfo-low.elf": _read("mbinfo-low.elf"),
     "pvhinfo.elf": _read("pvhinfo.elf"),
     "compute.elf": _read("compute.elf"),
     "bzImage": make_bzimage(),
@@ -114,6 +116,7 @@ SEEDS = {
 HOT_SPOTS = {
     "hello.bin": [(0, 0x40)],
     "mbinfo.elf": [(0, 0x34 + 4 * 32), (0x1000, 0x1040)],
+    "mbinfo-low.elf": [(0, 0x34 + 4 * 32), (0x1000, 0x1040)],
     "pvhinfo.elf": [(0, 0x34 + 5 * 32)],
     "compute.elf": [(0, 0x40 + 3 * 56)],
     "bzImage": [(0x1F0, 0x270)],

@@ -20,9 +20,9 @@ from hypothesis import event, given, strategies as st
 
 from pyvmm.config import VmConfig
 from pyvmm.loader import LoadOptions
-from pyvmm.stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT
+from pyvmm.run.stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT
 from pyvmm.testing import fuzz_settings
-from pyvmm.vmm import Machine
+from pyvmm.machine import Machine
 
 pytestmark = pytest.mark.kvm
 

@@ -211,7 +211,7 @@ def test_the_example_database_is_in_the_ignored_folder():
 def test_a_bad_record_stops_the_replay_guest():
     from pyvmm import guests
     from pyvmm.config import VmConfig
-    from pyvmm.vmm import Machine
+    from pyvmm.machine import Machine
 
     with Machine(VmConfig(kernel=guests.path("replay.bin"), memory=16 << 20, serial="buffer",
                           timeout=20)) as machine:

@@ -3,7 +3,7 @@ import pytest
 from pyvmm import guests
 from pyvmm.config import VmConfig
 from pyvmm.loader import LoadOptions
-from pyvmm.vmm import Machine
+from pyvmm.machine import Machine
 
 
 def pytest_collection_modifyitems(items):

@@ -137,3 +137,40 @@ def test_both_exit_paths_boot_hello(exit_path):
     result = pyvmm("run", "--exit-path", exit_path, "--stats=json")
     assert (result.returncode, result.stdout) == (0, b"Hello from a pyvmm guest!\n")
     assert '"reason": "halt"' in result.stderr.decode()
+
+
+def test_boot_restores_the_signal_handlers_it_installs():
+    import signal
+
+    from pyvmm import cli
+
+    def mine(signo, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["run", "--serial", "null"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGHUP))
+        hup = signal.getsignal(signal.SIGHUP)
+        cli.main(["run", "--serial", "null"])
+        assert signal.getsignal(signal.SIGHUP) is hup
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_device_that_raises_is_named_as_a_device_failure(tmp_path):
+    (tmp_path / "brokendev.py").write_text(
+        "class Broken:\n"
+        "    def read(self, offset, size):\n"
+        "        raise RuntimeError('model bug')\n"
+        "    def write(self, offset, data):\n"
+        "        pass\n")
+    import os
+    result = subprocess.run([sys.executable, "-m", "pyvmm", "run", guests.path("exits.bin"),
+                             "--device", "brokendev:Broken@0x500-0x50f", "--exit-path", "python"],
+                            capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert result.returncode == 125
+    assert result.stderr.decode().splitlines()[-1] == (
+        "pyvmm: device failure: device 'brokendev:Broken' failed on a 1-byte read at port 0x501: "
+        "RuntimeError: model bug")

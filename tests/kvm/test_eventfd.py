@@ -16,7 +16,7 @@ from pyvmm.config import VmConfig
 from pyvmm.kvm import Kvm, KvmError
 from pyvmm.kvm._ioctl import ioctl
 from pyvmm.kvm.eventfd import EventFd
-from pyvmm.vmm import Machine, read_kernel
+from pyvmm.machine import Machine, read_kernel
 
 BENCH_PORT, DEBUG_EXIT_PORT = 0x560, 0xF4
 BENCH_BYTE = 0x00               # bench_exit.bin writes AL = 0

@@ -3,7 +3,7 @@
 import pytest
 from example_devices import Recorder
 
-from pyvmm.stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT
+from pyvmm.run.stop import STATUS_CRASH, STATUS_OK, STATUS_TIMEOUT
 
 PORT_BASE, MMIO_BASE = 0x500, 0xD0000000
 

@@ -1,4 +1,7 @@
-"""The C fast path (pyvmm.fastpath.FastLoop) against the Python loop, guest by guest.
+"""The C fast path (pyvmm.run.fast.FastLoop) against the Python loop, guest by guest.
+
+A device gets the fast path by declaring its registers (posted writes,
+cached reads): the tests below use the platform's own and a user's device.
 
 Each tiny guest that ends by itself runs once on VcpuLoop and once on
 FastLoop; the serial output, the result, the UART's registers and counters,
@@ -15,9 +18,9 @@ from example_devices import Recorder
 
 from pyvmm import guests
 from pyvmm.config import VmConfig
-from pyvmm.fastpath import FastLoop, Sink
+from pyvmm.run.fast import FastLoop
 from pyvmm.loader import LoadOptions
-from pyvmm.vmm import Machine, read_kernel
+from pyvmm.machine import Machine, read_kernel
 
 COM1, LSR_PORT = 0x3F8, 0x3FD
 UART_COUNTERS = ("bytes_transmitted", "bytes_received", "input_bytes_dropped", "overruns")
@@ -67,8 +70,7 @@ def run(name, fast, stdin=b"", devices=None, image=None, raw_mode=None, timeout=
             "ports": stats.by_port(),
             "mmio": stats.by_mmio(),
             "devices": [device.log for _, _, _, device in devices if hasattr(device, "log")],
-            "fast_bytes": sum(loop.share.flushed for loop in machine.loops[:1]
-                              if getattr(loop, "share", None) is not None),
+            "handled_in_c": stats.fast,
         }
 
 
@@ -118,8 +120,9 @@ def test_fast_loop_matches_python_loop(name, options, exact):
     python = run(name, fast=False, **options)
     fast = run(name, fast=True, **options)
     if name not in ("exits.bin", "status.bin") and fast["output"]:
-        assert fast["fast_bytes"] > 0, "the fast path handled no UART output"
-    python.pop("fast_bytes"), fast.pop("fast_bytes")
+        assert fast["handled_in_c"] > 0, "the fast path handled no UART access"
+    assert python.pop("handled_in_c") == 0
+    fast.pop("handled_in_c")
     assert python["coalesced"] == 0
     python, fast = as_exits(python), as_exits(fast)
     if not exact:
@@ -141,7 +144,8 @@ def test_a_short_greeting_is_not_coalesced():
     # Registering the THR zone would cost a removal (an SRCU grace period)
     # at the next divisor change: a line of output stays on fast exits.
     fast = run("hello.bin", fast=True)
-    assert fast["coalesced"] == 0 and fast["fast_bytes"] == len(fast["output"])
+    assert fast["coalesced"] == 0
+    assert fast["handled_in_c"] >= 2 * len(fast["output"])        # each byte: an LSR poll, a THR write
 
 
 def test_smp_guest_matches_with_two_cpus():
@@ -172,20 +176,52 @@ def test_flood_output_is_complete_and_in_order():
     assert observed["ports"][(COM1, "out")] == count + 1          # + the divisor latch write
     assert observed["ports"][(LSR_PORT, "in")] >= count
     assert observed["reasons"]["io"] + observed["coalesced"] == sum(observed["ports"].values())
-    assert observed["fast_bytes"] == count
+    assert observed["handled_in_c"] + observed["coalesced"] >= 2 * count
     assert observed["result"][:2] == (1, "debug-exit")
 
 
-def test_sink_ports_are_handled_in_c_with_the_python_result():
-    # bench_exit.bin writes N bytes to port 0x560; a Sink there is handled in C.
-    with open(guests.path("bench_exit.bin"), "rb") as f:
-        image = bytearray(f.read())
-    struct.pack_into("<I", image, 0x24, 500)
-    devices = lambda: [("port", 0x560, 1, Sink())]   # noqa: E731
-    python = run("bench_exit.bin", fast=False, image=bytes(image), devices=devices)
-    fast = run("bench_exit.bin", fast=True, image=bytes(image), devices=devices)
-    assert fast == python
-    assert fast["ports"][(0x560, "out")] == 500
+class PostedRecorder(Recorder):
+    """A user's device that declares its register 0 posted and 4 cached (and
+    publishes what its read of 4 returns)."""
+
+    posted_writes = ((0, 1),)
+    cached_reads = ((4, 1),)
+
+    def attach(self, context):
+        context.registers.publish(4, 0x33)
+
+
+def loop_image(count, port, out):
+    """Real-mode code: `count` times `out`/`in` al at `port` (summing what comes
+    in), then the low byte of the sum to debug-exit."""
+    load = 0x7C00
+    body = b"\xEE" if out else b"\xEC\x00\xC3"                    # out dx,al | in al,dx; add bl,al
+    code = struct.pack("<BHBHB", 0xB9, count, 0xBA, port, 0x31) + b"\xDB"  # mov cx; mov dx; xor bx,bx
+    code += b"\xB0\x07" + body + b"\x49\x75" + bytes((256 - len(body) - 3,))  # mov al,7; body; dec cx; jnz
+    code += b"\x88\xD8\xE6\xF4\xF4"                                  # mov al,bl; out 0xf4,al; hlt
+    assert load                                                      # position independent
+    return code
+
+
+@pytest.mark.parametrize("out", [True, False], ids=["posted-writes", "cached-reads"])
+def test_a_users_device_gets_the_fast_path_by_declaring_its_registers(out):
+    count = 3000
+    devices = lambda: [("port", 0x560, 8, PostedRecorder({4: 0x33}))]   # noqa: E731
+    image = loop_image(count, 0x564 if not out else 0x560, out)
+    python = run("real.bin", fast=False, image=image, devices=devices, raw_mode="real")
+    fast = run("real.bin", fast=True, image=image, devices=devices, raw_mode="real")
+    handled, coalesced = fast.pop("handled_in_c"), fast["coalesced"]
+    python.pop("handled_in_c")
+    python_log, fast_log = python.pop("devices"), fast.pop("devices")
+    assert as_exits(fast) == as_exits(python)
+    status = ((0 if out else 0x33 * count) & 0xFF) << 1 | 1
+    assert fast["result"][:2] == (status, "debug-exit")
+    if out:
+        assert fast_log == python_log == [[("write", 0, b"\x07")] * count]
+        assert handled + coalesced == count and coalesced > count // 2     # a zone after volume
+    else:
+        assert python_log == [[("read", 4, 1)] * count]
+        assert fast_log == [[]] and handled == count                       # C answered every read
 
 
 def test_hooks_select_the_python_loop():
@@ -216,6 +252,7 @@ def test_input_fed_during_the_run_reaches_a_polling_guest():
         assert machine.serial_output == b"late input\nbye\n"
         assert result.reason == "halt"
         assert machine.stats.by_port()[(LSR_PORT, "in")] > 20     # it polled, in C
+        assert machine.stats.fast > 20
 
 
 def test_timeout_stops_a_guest_spinning_in_fast_exits():
@@ -251,3 +288,16 @@ def test_string_output_longer_than_the_ring_loses_nothing():
         assert machine.serial_output == text
         assert 0 < machine.stats.coalesced < len(text)       # some writes found the ring full
         assert machine.stats.by_port()[(port, "out")] == len(text)
+
+
+@pytest.mark.parametrize("cpus", [2, 3])
+def test_every_vcpu_output_arrives_once_and_in_order(cpus):
+    """All vCPUs write to THR at once while the supervisor and the vCPUs
+    flush: each CPU's stream must come out whole and in its own order."""
+    observed = run("smp_flood.bin", fast=True, cpus=cpus, timeout=120)
+    assert observed["result"][:2] == (cpus << 1 | 1, "debug-exit")
+    output = observed["output"]
+    for cpu in range(cpus):
+        stream = bytes(byte for byte in output if byte & 0xE0 == 0x80 | cpu << 5)
+        assert stream == bytes(0x80 | cpu << 5 | i & 31 for i in range(20000)), f"CPU {cpu}"
+    assert output.endswith(f"\ncpus {cpus}\n".encode())

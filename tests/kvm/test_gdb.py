@@ -331,7 +331,7 @@ def test_bad_gdb_addresses_are_usage_errors(target):
 
 def test_a_machine_from_python_serves_gdb_and_releases_its_port(target):
     from pyvmm.config import VmConfig
-    from pyvmm.vmm import Machine
+    from pyvmm.machine import Machine
 
     results = []
     with Machine(VmConfig(kernel=target, serial="buffer", timeout=60, gdb="127.0.0.1:0")) as machine:
@@ -348,3 +348,13 @@ def test_a_machine_from_python_serves_gdb_and_releases_its_port(target):
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen(1)
+
+
+def test_the_command_line_warns_before_it_waits_for_gdb():
+    result = subprocess.run([sys.executable, "-m", "pyvmm", "run", guests.path("gdbtarget.elf"),
+                             "--gdb", "0.0.0.0:0", "--serial", "null", "--timeout", "0.5"],
+                            capture_output=True, timeout=60)
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 124, lines
+    assert lines[0].startswith("warning: the gdb stub listens on 0.0.0.0:")
+    assert lines[1].startswith("warning: waiting for gdb on 0.0.0.0:")

@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from pyvmm.stop import STATUS_OK
+from pyvmm.run.stop import STATUS_OK
 
 FNV_OFFSET, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 

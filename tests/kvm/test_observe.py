@@ -10,7 +10,7 @@ import pytest
 from pyvmm import guests
 from pyvmm.config import VmConfig
 from pyvmm.loader import LoadOptions
-from pyvmm.vmm import Machine
+from pyvmm.machine import Machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

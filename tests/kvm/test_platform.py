@@ -6,7 +6,7 @@ from pyvmm import guests
 from pyvmm.arch.x86_64 import cpuid
 from pyvmm.config import VmConfig
 from pyvmm.loader import LoadOptions
-from pyvmm.vmm import Machine
+from pyvmm.machine import Machine
 
 
 def hello_config(**overrides):

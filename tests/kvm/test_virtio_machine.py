@@ -9,8 +9,8 @@ from pyvmm import guests
 from pyvmm.config import ConfigError, VmConfig
 from pyvmm.devices.virtio.image import RawImage
 from pyvmm.devices.virtio.mmio import EmptySlot, MmioTransport
-from pyvmm.devices.virtio.options import DiskSpec, RngSpec
-from pyvmm.vmm import Machine
+from pyvmm.virtio_options import DiskSpec, RngSpec
+from pyvmm.machine import Machine
 
 
 def open_fds():

@@ -18,12 +18,12 @@ import pytest
 
 from pyvmm.arch.x86_64 import memmap
 from pyvmm.config import VmConfig
-from pyvmm.devices.virtio.options import DiskSpec, RngSpec
+from pyvmm.virtio_options import DiskSpec, RngSpec
 from pyvmm.linux import fetch
 from pyvmm.linux import initramfs
-from pyvmm.vmm import Machine, read_kernel
+from pyvmm.machine import Machine, read_kernel
 
-pytestmark = pytest.mark.kvm
+pytestmark = [pytest.mark.kvm, pytest.mark.network]
 
 MEMORY = 256 << 20
 EARLY_BOOT_DEADLINE = 175      # seconds: the proof must come within three minutes

@@ -267,10 +267,12 @@ def assets():
     return fetched
 
 
+@pytest.mark.network
 def test_version_is_a_debian_cloud_kernel(assets):
     assert re.fullmatch(r"\d+\.\d+\.\d+-\d+-cloud-amd64", assets.version), assets.version
 
 
+@pytest.mark.network
 def test_kernel_is_a_bzimage_of_that_version(assets):
     kernel = _read(assets.kernel)
     assert kernel[0x202:0x206] == b"HdrS"
@@ -281,6 +283,7 @@ def test_kernel_is_a_bzimage_of_that_version(assets):
     assert kernel[version_at:].startswith(f"{assets.version} ".encode())
 
 
+@pytest.mark.network
 def test_busybox_is_a_static_elf(assets):
     busybox = _read(assets.busybox)
     assert busybox[:4] == b"\x7fELF" and busybox[4] == 2, "not a 64-bit ELF"
@@ -288,11 +291,13 @@ def test_busybox_is_a_static_elf(assets):
     assert os.stat(assets.busybox).st_mode & stat.S_IXUSR
 
 
+@pytest.mark.network
 def test_initramfs_holds_that_busybox(assets):
     archive = gzip.decompress(_read(assets.initramfs))
     assert archive.startswith(b"070701") and _read(assets.busybox) in archive
 
 
+@pytest.mark.network
 def test_second_fetch_is_served_from_the_cache(assets, monkeypatch):
     monkeypatch.setattr(subprocess, "run", _no_commands)
     monkeypatch.setattr(subprocess, "Popen", _no_commands)
@@ -317,6 +322,7 @@ def _boot_in_qemu(assets, cmdline, cpus=1, memory_mb=256):
 
 
 @pytest.mark.qemu
+@pytest.mark.network
 def test_init_default_prints_nproc_and_memtotal_then_powers_off(assets):
     lines = _boot_in_qemu(assets, "", cpus=2, memory_mb=256)
     assert lines[:2] == ["pyvmm-initramfs: init reached", "pyvmm-nproc: 2"]
@@ -326,6 +332,7 @@ def test_init_default_prints_nproc_and_memtotal_then_powers_off(assets):
 
 
 @pytest.mark.qemu
+@pytest.mark.network
 def test_init_runs_the_actions_of_the_command_line(assets):
     lines = _boot_in_qemu(assets, "pyvmm.run=uname,bogus,nproc,reboot")
     assert lines == ["pyvmm-initramfs: init reached", f"pyvmm-uname: {assets.version}",

@@ -241,10 +241,11 @@ def test_fadt_fields_at_their_spec_offsets():
 def test_fadt_defaults_point_at_the_pm_device():
     fadt = read_tables(1).fadt
     assert (field(fadt, 56, "I"), field(fadt, 64, "I"), field(fadt, 76, "I")) == (
-        acpi_pm.PM1_EVT, acpi_pm.PM1_CNT, acpi_pm.PM_TMR)
+        layout.ACPI_PM.base + acpi_pm.EVT_OFFSET, layout.ACPI_PM.base + acpi_pm.CNT_OFFSET,
+        layout.ACPI_PM.base + acpi_pm.TMR_OFFSET)
     assert tuple(fadt[88:92]) == (acpi_pm.PM1_EVT_LEN, acpi_pm.PM1_CNT_LEN, 0, acpi_pm.PM_TMR_LEN)
-    assert field(fadt, 46, "H") == acpi_pm.SCI_IRQ
-    assert gas(fadt, 116) == (1, 8, 0, 1, acpi_pm.RESET_PORT)
+    assert field(fadt, 46, "H") == layout.SCI_IRQ
+    assert gas(fadt, 116) == (1, 8, 0, 1, layout.ACPI_RESET_PORT)
     assert fadt[128] == acpi_pm.RESET_VALUE
     assert bool(field(fadt, 112, "I") & (1 << 8)) == (acpi_pm.PM_TMR_BITS == 32)   # TMR_VAL_EXT
 

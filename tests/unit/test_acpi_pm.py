@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyvmm.arch.x86_64 import layout
 from pyvmm.devices import AcpiPm, Bus
 from pyvmm.devices import acpi_pm
 
@@ -61,13 +62,13 @@ def pm():
 
 
 def test_exported_constants_match_the_documented_layout():
-    assert (acpi_pm.PM_BASE, acpi_pm.PM_LENGTH) == (0x600, 12)
-    assert (acpi_pm.PM1_EVT, acpi_pm.PM1_EVT_LEN) == (0x600, 4)
-    assert (acpi_pm.PM1_CNT, acpi_pm.PM1_CNT_LEN) == (0x604, 2)
-    assert (acpi_pm.PM_TMR, acpi_pm.PM_TMR_LEN) == (0x608, 4)
-    assert (acpi_pm.RESET_PORT, acpi_pm.RESET_VALUE) == (0xCF9, 0x0F)
+    assert (layout.ACPI_PM.base, layout.ACPI_PM.length, acpi_pm.PM_LENGTH) == (0x600, 12, 12)
+    assert (acpi_pm.EVT_OFFSET, acpi_pm.PM1_EVT_LEN) == (0, 4)
+    assert (acpi_pm.CNT_OFFSET, acpi_pm.PM1_CNT_LEN) == (4, 2)
+    assert (acpi_pm.TMR_OFFSET, acpi_pm.PM_TMR_LEN) == (8, 4)
+    assert (layout.ACPI_RESET_PORT, acpi_pm.RESET_VALUE) == (0xCF9, 0x0F)
     assert (acpi_pm.SLP_TYP_S5, acpi_pm.SLP_TYP_S3, acpi_pm.SLP_TYP_S4) == (0, 1, 2)
-    assert acpi_pm.SCI_IRQ == 9
+    assert layout.SCI_IRQ == 9
     assert acpi_pm.PM_TMR_BITS == 24
 
 

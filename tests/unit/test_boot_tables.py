@@ -2,9 +2,10 @@
 
 import struct
 
+import pytest
 from hypothesis import given, strategies as st
 
-from pyvmm.arch.x86_64 import gdt, layout, paging
+from pyvmm.arch.x86_64 import gdt, layout, modes, paging
 
 
 def test_known_descriptors_match_the_sdm():
@@ -28,23 +29,44 @@ def test_descriptor_fields_decode_back(base, limit, flags):
     assert segment["l"] == (flags >> 13) & 1
 
 
-def test_identity_tables_map_each_2mib_page_to_itself():
-    tables = dict(paging.identity_tables())
-    pml4 = struct.unpack("<Q", tables[layout.PML4])[0]
-    assert pml4 & ~0xFFF == layout.PDPT and pml4 & 3 == 3
-    pdpt = struct.unpack("<4Q", tables[layout.PDPT])
-    assert [entry & ~0xFFF for entry in pdpt] == [layout.PAGE_DIRECTORIES + i * 0x1000 for i in range(4)]
-    directories = struct.unpack("<2048Q", tables[layout.PAGE_DIRECTORIES])
+@given(base=st.integers(0, (1 << 32) // 0x1000 - 6).map(lambda page: page * 0x1000))
+def test_identity_tables_map_each_2mib_page_to_itself(base):
+    tables = dict(paging.identity_tables(base))
+    assert sorted(tables) == [base, base + 0x1000, base + 0x2000]
+    assert sum(len(blob) for blob in tables.values()) <= layout.PAGE_TABLES_SIZE
+    pml4 = struct.unpack("<Q", tables[base])[0]
+    assert pml4 & ~0xFFF == base + 0x1000 and pml4 & 3 == 3
+    pdpt = struct.unpack("<4Q", tables[base + 0x1000])
+    assert [entry & ~0xFFF for entry in pdpt] == [base + 0x2000 + i * 0x1000 for i in range(4)]
+    directories = struct.unpack("<2048Q", tables[base + 0x2000])
     for index, entry in enumerate(directories):
         assert entry & ~0xFFF == index * paging.TWO_MIB
         assert entry & 0x83 == 0x83   # present, writable, 2 MiB page
 
 
-def test_boot_structures_do_not_overlap():
-    spans = [(layout.BOOT_GDT, 8 * 5), (layout.BOOT_IDT, 8), (layout.PML4, 0x1000),
-             (layout.PDPT, 0x1000), (layout.PAGE_DIRECTORIES, 0x4000)]
+def test_the_usual_places_are_in_conventional_memory_and_do_not_overlap():
+    spans = [(layout.BOOT_GDT, layout.BOOT_GDT_SIZE), (layout.PML4, layout.PAGE_TABLES_SIZE),
+             (layout.ZERO_PAGE, 0x1000), (layout.BOOT_STACK_TOP & ~0xFFF, layout.STACK_SIZE),
+             (layout.BOOT_INFO, layout.BOOT_INFO_SIZE), (layout.CMDLINE, layout.CMDLINE_MAX)]
     spans.sort()
     for (start, size), (next_start, _) in zip(spans, spans[1:]):
         assert start + size <= next_start
-    assert spans[-1][0] + spans[-1][1] <= layout.RESERVED_LOW[1]
-    assert layout.RESERVED_LOW[1] <= layout.BOOT_STACK_TOP - 0x1000 + 0x10
+    low, high = layout.BOOT_DATA_LOW
+    assert low <= spans[0][0] and spans[-1][0] + spans[-1][1] <= high
+    assert layout.BOOT_IDT == layout.BOOT_GDT + modes.IDT_OFFSET
+    assert layout.BOOT_STACK_TOP & 0xFFF == layout.STACK_TOP_OFFSET
+
+
+@pytest.mark.parametrize("mode", ["protected", "long"])
+def test_table_blobs_fill_exactly_their_blocks(mode):
+    tables = modes.EntryTables(gdt=0x12340, page_tables=0x200000)
+    blobs = modes.boot_table_blobs(mode, tables)
+    gdt_blob = blobs[0]
+    assert gdt_blob[0] == 0x12340 and len(gdt_blob[1]) == layout.BOOT_GDT_SIZE
+    assert tables.idt == 0x12340 + modes.IDT_OFFSET
+    assert gdt_blob[1][modes.IDT_OFFSET:] == bytes(8)            # the empty IDT
+    if mode == "long":
+        assert [addr for addr, _blob, _what in blobs[1:]] == [0x200000, 0x201000, 0x202000]
+    else:
+        assert len(blobs) == 1
+    assert modes.boot_table_blobs("real", tables) == []

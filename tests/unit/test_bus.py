@@ -334,26 +334,96 @@ def test_random_accesses_never_raise_and_reach_only_the_containing_device(data):
                 assert result == b"\xff" * size
 
 
-def test_interpose_runs_before_every_access_until_restored():
+class Logged:
+    """A device that logs its accesses; optional delivery declarations."""
+
+    def __init__(self, calls, **declarations):
+        self.calls = calls
+        for name, value in declarations.items():
+            setattr(self, name, value)
+
+    def read(self, offset, size):
+        self.calls.append(("read", offset))
+        return bytes(size)
+
+    def write(self, offset, data):
+        self.calls.append(("write", offset, bytes(data)))
+
+
+def test_settle_runs_before_every_access_that_reaches_a_device_but_not_a_queued_write():
     calls = []
-
-    class Device:
-        def read(self, offset, size):
-            calls.append(("read", offset))
-            return bytes(size)
-
-        def write(self, offset, data):
-            calls.append(("write", offset))
-
     bus = Bus.port_io()
-    bus.register(0x600, 4, Device())
-    restore = bus.interpose(0x600, lambda: calls.append("before"))
+    bus.register(0x600, 4, Logged(calls))
+    bus.settle = lambda entry: calls.append(("settle", entry.base))
     bus.write(0x601, b"\x01")
     assert bus.read(0x602, 2) == b"\x00\x00"
-    assert calls == ["before", ("write", 1), "before", ("read", 2)]
-    restore()
-    calls.clear()
-    bus.write(0x600, b"\x01")
-    assert calls == [("write", 0)]
-    with pytest.raises(BusError):
-        bus.interpose(0x601, lambda: None)          # not the base of a range
+    bus.read(0x700, 1)                              # no device: nothing to settle
+    bus.write(0x603, b"\x07", queued=True)
+    assert calls == [("settle", 0x600), ("write", 1, b"\x01"), ("settle", 0x600), ("read", 2),
+                     ("write", 3, b"\x07")]
+
+
+def test_deliver_many_uses_write_many_when_the_device_has_it():
+    calls = []
+    plain = Logged(calls)
+    batched = Logged(calls)
+    batched.write_many = lambda offset, size, data: calls.append(("many", offset, size, data))
+    bus = Bus.port_io()
+    bus.register(0x600, 4, plain)
+    bus.register(0x700, 4, batched)
+    bus.deliver_many(0x602, 1, b"ab")
+    bus.deliver_many(0x701, 2, b"abcd")
+    bus.deliver_many(0x800, 1, b"zz")               # nobody there: unhandled, counted
+    assert calls == [("write", 2, b"a"), ("write", 2, b"b"), ("many", 1, 2, b"abcd")]
+    assert bus.unhandled_writes == 2
+
+
+@pytest.mark.parametrize("declarations, message", [
+    ({"posted_writes": ((2, 4),)}, "outside"),
+    ({"posted_writes": ((0, 2), (1, 1))}, "overlap"),
+    ({"posted_writes": ((0, 0),)}, "outside"),
+    ({"posted_writes": "abc"}, "integers"),
+    ({"posted_writes": ((0, 1, 2),)}, "integers"),
+    ({"cached_reads": ((0, 3),)}, "size"),
+    ({"cached_reads": ((3, 2),)}, "outside"),
+    ({"doorbells": ((0, 1, 256),)}, "does not fit"),
+    ({"doorbells": ((0, 8, 1),)}, "cannot be matched"),          # 8 bytes: MMIO only
+    ({"doorbells": ((0, 1, 1),), "posted_writes": ((2, 1),)}, "both"),
+])
+def test_bad_delivery_declarations_are_refused_at_registration(declarations, message):
+    bus = Bus.port_io()
+    with pytest.raises(BusError, match=message):
+        bus.register(0x600, 4, Logged([], **declarations))
+    assert bus.ranges() == []
+
+
+def test_good_declarations_are_kept_with_the_range():
+    bus = Bus.mmio()
+    device = Logged([], posted_writes=((0, 8),), cached_reads=((8, 8), (16, 3)), doorbells=())
+    bus.register(0xD0000000, 0x20, device)
+    delivery = bus.delivery_at(0xD0000010)
+    assert (delivery.posted, delivery.cached, delivery.doorbells) == (((0, 8),), ((8, 8), (16, 3)), ())
+    mmio_doorbell = Logged([], doorbells=((0x50, 8, 1),))
+    bus.register(0xD0001000, 0x100, mmio_doorbell)
+    assert bus.delivery_at(0xD0001000).doorbells == ((0x50, 8, 1),)
+
+
+def test_register_state_tells_its_listener_of_changes_only():
+    bus = Bus.port_io()
+    bus.register(0x600, 8, Logged([], posted_writes=((0, 1),), cached_reads=((5, 1),)))
+    state = bus.delivery_at(0x600).registers
+    heard = []
+    assert state.posting == {0: True} and state.values == {5: None}
+    state.bind(lambda kind, offset: heard.append((kind, offset)))
+    assert heard == [("posted", 0), ("cached", 5)]          # the state at binding
+    heard.clear()
+    state.allow_posted(0, True)
+    state.publish(5, None)
+    state.publish(5, 0x60)
+    state.publish(5, 0x60)
+    state.allow_posted(0, False)
+    assert heard == [("cached", 5), ("posted", 0)]
+    with pytest.raises(KeyError):
+        state.publish(4, 1)
+    with pytest.raises(KeyError):
+        state.allow_posted(5, True)

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from pyvmm.arch.x86_64 import layout, memmap
 from pyvmm.loader import LoaderError, LoadOptions, bzimage, detect, load_kernel
-from pyvmm.loader.common import PYVMM_AREAS
+from pyvmm.loader.common import FIRMWARE_AREAS
 from pyvmm.memory import GuestMemory
 
 MIB = 1 << 20
@@ -61,11 +61,21 @@ def u32(memory, offset):
     return memory.read_u32(ZP + offset)
 
 
+KERNEL_PARTS = {"the kernel", "the kernel (with its init_size)"}
+
+
 def assert_placed_safely(memory, spec):
+    """Everything inside RAM and outside the firmware areas; the kernel, the
+    modules and each of pyvmm's structures clear of each other."""
     for addr, size in spec.loaded:
         assert memory.contains(addr, size)
-        for start, end, _what in PYVMM_AREAS:
+        for start, end, _what in FIRMWARE_AREAS:
             assert addr + size <= start or end <= addr
+    regions = spec.regions
+    for index, (start, end, what) in enumerate(regions):
+        for other_start, other_end, other in regions[index + 1:]:
+            if what != other and not {what, other} <= KERNEL_PARTS:
+                assert end <= other_start or other_end <= start, (what, other)
 
 
 def test_detected_by_the_hdrs_magic():

@@ -104,11 +104,15 @@ def test_kernel_larger_than_memory(tmp_path):
                        "does not fit in guest memory")
 
 
-def test_raw_binary_over_boot_tables(tmp_path):
+def test_raw_binary_that_leaves_no_room_for_the_boot_tables(tmp_path):
+    # It fills all conventional memory of a 1 MiB guest: pyvmm's GDT has
+    # nowhere to go, and the error says what is in the way.
     path = tmp_path / "low.bin"
-    path.write_bytes(b"\xf4" * 4096)
-    assert_usage_error(pyvmm("run", str(path), "--raw-mode", "protected", "--load-addr", "0x1000"),
-                       "boot tables")
+    path.write_bytes(b"\xf4" * 0x9FC00)
+    assert_usage_error(pyvmm("run", str(path), "--raw-mode", "protected", "--load-addr", "0",
+                             "--memory", "1M"),
+                       "no room for pyvmm's GDT and IDT (72 bytes): 0x500-0x9fc00 is taken by "
+                       "the kernel (0x0-0x9fc00)")
 
 
 def test_real_mode_binary_above_1mib(tmp_path):

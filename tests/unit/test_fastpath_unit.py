@@ -1,43 +1,227 @@
-"""The fast path without KVM: the UART state Python publishes, and the C exit
-handler's checks on a fake `struct kvm_run`."""
+"""The fast path without KVM: the register table compiled from the devices'
+declarations, the C exit handler's checks on a fake `struct kvm_run`, the
+deferred-write queue (fed by C, by a hand-filled coalesced ring and by
+concurrent producers), and the coalesced zones."""
 
+import sys
 import threading
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from pyvmm._kvm import ffi, lib
-from pyvmm.devices import Bus
+from pyvmm.devices import Bus, Cmos, DebugConsole, PostCode
+from pyvmm.devices.bus import ONE_BYTE
+from pyvmm.devices.context import DeviceContext
 from pyvmm.devices.serial import Serial16550
-from pyvmm.fastpath import THR_ZONE_REMOVALS, FastLoop, FastPath, Sink, UartShare, available, stop_flag
-from pyvmm.stats import ExitStats
-from pyvmm.stop import StopSignal
-
-pytestmark = pytest.mark.skipif(not available(), reason="pyvmm._kvm was built without csrc/fastpath.c")
+from pyvmm.run.fast import POSTED_VOLUME, ZONE_REMOVALS, FastLoop, FastPath, stop_flag
+from pyvmm.run.stats import ExitStats
+from pyvmm.run.stop import StopSignal
 
 RUN_SIZE = 3 * 4096
 HEADER = ffi.sizeof("struct kvm_run")
+UNION = ffi.offsetof("struct kvm_run", "io")
 BASE = 0x3F8
-SINK_BASE, SINK_LENGTH, SINK_FILL = 0x560, 4, 0xA5
+LSR, SCR = BASE + 5, BASE + 7
 
+
+def attached(bus, base, device):
+    """Registers `device` and hands it a context with its range's published state."""
+    bus.register(base, 8 if isinstance(device, Serial16550) else 1, device)
+    device.attach(DeviceContext("test", None, registers=bus.delivery_at(base).registers))
+    return device
+
+
+class Probe:
+    """A device with declared registers that records what reaches it."""
+
+    def __init__(self, posted=(), cached=(), answer=0x5A):
+        self.posted_writes, self.cached_reads, self.answer = posted, cached, answer
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("read", offset, size))
+        return bytes((self.answer,)) * size
+
+    def write(self, offset, data):
+        self.log.append(("write", offset, bytes(data)))
+
+
+class FakeState:
+    """A vCPU's C state over a bytearray standing in for the kvm_run mapping."""
+
+    def __init__(self, fast):
+        self.buffer = bytearray(RUN_SIZE)
+        self.run = ffi.from_buffer("struct kvm_run *", self.buffer)
+        self.state = ffi.new("struct pyvmm_fast *")
+        self.state.vcpu_fd = -1
+        self.state.run = self.run
+        self.state.run_size = RUN_SIZE
+        fast.attach(self.state)
+
+    def io(self, direction, size, port, count=1, offset=HEADER, data=b""):
+        """Puts a port-I/O exit in kvm_run and lets C handle it: 1 handled, 0 not."""
+        self.put_io(direction, size, port, count, offset, data)
+        return self.handle()
+
+    def handle(self):
+        return lib.pyvmm_fast_handle_exit(self.state)
+
+    def put_io(self, direction, size, port, count=1, offset=HEADER, data=b""):
+        run = self.run
+        run.exit_reason = lib.KVM_EXIT_IO
+        run.io.direction, run.io.size, run.io.port = direction, size, port
+        run.io.count, run.io.data_offset = count, offset
+        if HEADER <= offset < RUN_SIZE:
+            end = min(RUN_SIZE, offset + len(data))
+            self.buffer[offset:end] = data[:end - offset]
+
+    def mmio(self, address, length, is_write, data=bytes(8)):
+        run = self.run
+        run.exit_reason = lib.KVM_EXIT_MMIO
+        run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = address, length, is_write
+        ffi.memmove(run.mmio.data, data, 8)
+        return lib.pyvmm_fast_handle_exit(self.state)
+
+
+# --- what C may handle ------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(direction=st.integers(0, 1), size=st.sampled_from([0, 1, 2, 3, 4, 8, 255]),
+       port=st.one_of(st.sampled_from([0x500, 0x503, 0x504, 0x507, 0x508, 0x4FF, 0x506]),
+                      st.integers(0, 0xFFFF)),
+       count=st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
+       offset=st.one_of(st.integers(HEADER, RUN_SIZE + 8),
+                        st.sampled_from([RUN_SIZE - 1, RUN_SIZE - 4, 2**63, 2**64 - 1])),
+       posting=st.booleans(), cached=st.sampled_from([None, 0x60, 0xABCD]))
+def test_c_handles_exactly_the_declared_port_accesses_and_writes_nothing_else(
+        direction, size, port, count, offset, posting, cached):
+    # posted: ports 0x500-0x503 (any size inside); cached: a 2-byte read at 0x506
+    bus = Bus.port_io()
+    bus.register(0x500, 8, Probe(posted=((0, 4),), cached=((6, 2),)))
+    registers = bus.delivery_at(0x500).registers
+    registers.allow_posted(0, posting)
+    registers.publish(6, cached)
+    fast = FastPath(bus, Bus.mmio())
+    fake = FakeState(fast)
+    fake.put_io(direction, size, port, count, offset, b"\x42" * 8)
+    before = bytes(fake.buffer)
+    handled = fake.handle()
+
+    valid = count == 1 and size in (1, 2, 4) and offset + size <= RUN_SIZE
+    posted = valid and direction == 1 and posting and 0x500 <= port and port + size <= 0x504
+    answered = valid and direction == 0 and cached is not None and port == 0x506 and size == 2
+    assert handled == int(posted or answered)
+    changed = [i for i in range(RUN_SIZE) if fake.buffer[i] != before[i]]
+    if answered:
+        assert fake.buffer[offset:offset + 2] == (cached & 0xFFFF).to_bytes(2, "little")
+        assert all(offset <= i < offset + 2 for i in changed)
+    else:
+        assert changed == []
+    assert fast.deferred.log.count == int(posted)
+    assert fake.state.fast == handled and fake.state.exits[lib.KVM_EXIT_IO] == handled
+    fast.close()
+    assert bus.device_at(0x500).log == ([("write", port - 0x500, b"\x42" * size)] if posted else [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=st.one_of(st.integers(0xD0000000 - 8, 0xD0000020), st.integers(0, 2**64 - 1)),
+       length=st.integers(0, 12), is_write=st.booleans(), data=st.binary(min_size=8, max_size=8))
+def test_c_handles_exactly_the_declared_mmio_accesses(address, length, is_write, data):
+    bus = Bus.mmio()
+    bus.register(0xD0000000, 0x20, Probe(posted=((0, 0x10),), cached=((0x10, 8),)))
+    bus.delivery_at(0xD0000000).registers.publish(0x10, 0x1122334455667788)
+    fast = FastPath(Bus.port_io(), bus)
+    fake = FakeState(fast)
+    handled = fake.mmio(address, length, is_write, data)
+    posted = is_write and 1 <= length <= 8 and 0xD0000000 <= address and address + length <= 0xD0000010
+    answered = not is_write and length == 8 and address == 0xD0000010
+    assert handled == int(posted or answered)
+    if answered:
+        assert bytes(ffi.buffer(fake.run.mmio.data, 8)) == (0x1122334455667788).to_bytes(8, "little")
+    fast.close()
+    assert bus.device_at(0xD0000000).log == ([("write", address - 0xD0000000, data[:length])] if posted
+                                             else [])
+
+
+def test_other_exit_reasons_go_to_python_uncounted():
+    fast = FastPath(Bus.port_io(), Bus.mmio())
+    fake = FakeState(fast)
+    for reason in (lib.KVM_EXIT_HLT, lib.KVM_EXIT_SHUTDOWN, 200):
+        fake.run.exit_reason = reason
+        assert lib.pyvmm_fast_handle_exit(fake.state) == 0
+    assert fake.state.fast == 0 and sum(fake.state.exits) == 0
+
+
+def test_a_full_queue_sends_the_write_to_python_and_a_drain_makes_room():
+    bus = Bus.port_io()
+    probe = Probe(posted=((0, 1),))
+    bus.register(0x500, 1, probe)
+    fast = FastPath(bus, Bus.mmio())
+    fake = FakeState(fast)
+    for value in range(lib.PYVMM_FAST_LOG):
+        assert fake.io(1, 1, 0x500, data=ONE_BYTE[value & 0xFF]) == 1
+    assert fake.io(1, 1, 0x500, data=b"x") == 0
+    fast.flush()
+    assert [entry[2][0] for entry in probe.log] == [value & 0xFF for value in range(lib.PYVMM_FAST_LOG)]
+    assert fake.io(1, 1, 0x500, data=b"y") == 1
+    fast.close()
+    assert probe.log[-1] == ("write", 0, b"y")
+
+
+def test_more_registers_than_the_table_holds_stay_with_python():
+    bus = Bus.port_io()
+    probes = [Probe(cached=((0, 1),)) for _ in range(lib.PYVMM_FAST_REGS + 3)]
+    for index, probe in enumerate(probes):
+        bus.register(0x1000 + index, 1, probe)
+        bus.delivery_at(0x1000 + index).registers.publish(0, 7)
+    fast = FastPath(bus, Bus.mmio())
+    fake = FakeState(fast)
+    assert fake.io(0, 1, 0x1000) == 1
+    assert fake.io(0, 1, 0x1000 + lib.PYVMM_FAST_REGS) == 0
+    fast.close()
+
+
+def test_a_value_published_while_the_table_is_built_is_not_lost():
+    """Host input changes the UART's LSR from the input thread at any time, the
+    start of a run included: the table must end with the device's last word."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                     # switch threads as often as possible
+    try:
+        for _ in range(200):
+            bus = Bus.port_io()
+            bus.register(0x500, 1, Probe(cached=((0, 1),)))
+            state = bus.delivery_at(0x500).registers
+            done = threading.Event()
+
+            def publish():
+                value = 0
+                while not done.is_set():
+                    value = (value + 1) % 256
+                    state.publish(0, value)
+
+            publisher = threading.Thread(target=publish)
+            publisher.start()
+            fast = FastPath(bus, Bus.mmio())
+            done.set()
+            publisher.join()
+            fake = FakeState(fast)
+            assert fake.io(0, 1, 0x500) == 1 and fake.buffer[HEADER] == state.values[0]
+            fast.close()
+    finally:
+        sys.setswitchinterval(interval)
+
+
+# --- the UART publishes what C may do -------------------------------------------------------
 
 def expected_state(serial):
     """What the C side may do, derived from the public register snapshot only."""
     regs = serial.register_snapshot()
     thr_plain = not (regs["LCR"] & 0x80 or regs["MCR"] & 0x10 or regs["IER"] & 0x02)
-    return thr_plain, (-1 if regs["LSR"] & 0x1E else regs["LSR"])     # error bits clear on read
+    return thr_plain, (None if regs["LSR"] & 0x1E else regs["LSR"])     # error bits clear on read
 
 
-def published(share):
-    return bool(share.uart.thr_plain), share.uart.lsr
-
-
-def snapshot(serial):
-    return serial.register_snapshot(), serial.bytes_transmitted, serial.bytes_received
-
-
-# Operations a guest (register reads and writes) or the host (feed, reset) can do.
-operations = st.lists(st.one_of(
+uart_operations = st.lists(st.one_of(
     st.tuples(st.just("write"), st.integers(0, 7), st.integers(0, 255)),
     st.tuples(st.just("read"), st.integers(0, 7)),
     st.tuples(st.just("feed"), st.binary(min_size=1, max_size=20)),
@@ -58,253 +242,52 @@ def apply(serial, operation):
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=operations)
-def test_published_state_follows_every_register_change(ops):
-    serial = Serial16550(output=lambda data: None)
-    share = UartShare(serial)
-    assert published(share) == expected_state(serial) == (True, 0x60)
-    for operation in ops:
+@given(ops=uart_operations)
+def test_the_uart_publishes_every_change_of_what_may_be_posted_or_cached(ops):
+    bus = Bus.port_io()
+    serial = attached(bus, BASE, Serial16550())
+    state = bus.delivery_at(BASE).registers
+    for operation in [("read", 0)] + ops:
         apply(serial, operation)
-        assert published(share) == expected_state(serial)
+        assert (state.posting[0], state.values[5]) == expected_state(serial)
+        assert state.posting[7] is True                     # the scratch register always posts
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=operations)
-def test_what_c_answers_is_what_python_would_do(ops):
-    """When the published state allows a fast LSR read or THR write, the Python
-    model gives the same answer and ends in the same state as the C path + flush."""
+@given(ops=uart_operations)
+def test_what_c_answers_is_what_the_python_model_would(ops):
+    """Whenever the table lets C take a THR write or answer LSR, the UART ends
+    exactly as if the Python model had been called, once the queue is delivered."""
     out_python, out_fast = [], []
     python = Serial16550(output=out_python.append)
-    fast = Serial16550(output=out_fast.append)
-    share = UartShare(fast)
-    for operation in ops:
-        apply(python, operation)
-        apply(fast, operation)
-        thr_plain, lsr = published(share)
-        if lsr >= 0:
-            before = snapshot(python)
-            assert python.read(5, 1) == bytes((lsr,))
-            assert snapshot(python) == before                  # no side effect: C may answer it
-        if thr_plain:
-            python.write(0, b"Z")
-            state = fake_state(share)
-            write_io(state, 1, 1, BASE, 1, HEADER, b"Z")
-            assert _handle(state) == 1
-            share.flush()
-        assert snapshot(fast) == snapshot(python)
-        assert b"".join(out_fast) == b"".join(out_python)
-        assert fast.irq_level == python.irq_level
-
-
-def test_flush_moves_bytes_in_order_and_counts_them():
-    out = []
-    serial = Serial16550(output=out.append)
-    share = UartShare(serial)
-    state = fake_state(share)
-    for value in b"hello":
-        write_io(state, 1, 1, BASE, 1, HEADER, bytes((value,)))
-        assert _handle(state) == 1
-    assert share.uart.len == 5 and serial.bytes_transmitted == 0
-    share.flush()
-    assert out == [b"hello"] and serial.bytes_transmitted == 5 and share.uart.len == 0
-    assert state.thr_out == 5 and state.fast == 5 and state.exits[lib.KVM_EXIT_IO] == 5
-
-
-def test_a_full_buffer_sends_the_write_to_python():
-    serial = Serial16550(output=lambda data: None)
-    share = UartShare(serial)
-    state = fake_state(share)
-    for _ in range(lib.PYVMM_FAST_TXBUF):
-        write_io(state, 1, 1, BASE, 1, HEADER, b"x")
-        assert _handle(state) == 1
-    write_io(state, 1, 1, BASE, 1, HEADER, b"y")
-    assert _handle(state) == 0
-    assert share.uart.full == 1
-    share.flush()
-    assert serial.bytes_transmitted == lib.PYVMM_FAST_TXBUF
-    assert _handle(state) == 1
-
-
-def test_divisor_latch_and_loopback_and_thr_interrupt_are_not_simple():
-    serial = Serial16550()
-    share = UartShare(serial)
-    for offset, value in ((3, 0x80), (4, 0x10), (1, 0x02)):
-        serial.write(offset, bytes((value,)))
-        assert published(share)[0] is False
-        serial.write(offset, b"\x00")
-        assert published(share)[0] is True
-
-
-def test_input_from_another_thread_updates_the_lsr_answer():
-    serial = Serial16550()
-    share = UartShare(serial)
-    assert published(share) == (True, 0x60)
-    thread = threading.Thread(target=serial.feed, args=(b"k",))
-    thread.start()
-    thread.join()
-    assert published(share) == (True, 0x61)          # data ready
-    assert serial.read(0, 1) == b"k"
-    assert published(share) == (True, 0x60)
-
-
-def test_one_share_per_uart_and_close_detaches_it():
-    serial = Serial16550()
-    share = UartShare(serial)
-    with pytest.raises(ValueError):
-        UartShare(serial)
-    share.close()
-    assert serial.state_listener is None and published(share) == (False, -1)
-    serial.write(3, b"\x80")                          # no longer heard
-    assert published(share) == (False, -1)
-    assert UartShare(serial).plain_output is False   # DLAB set
-
-
-def test_the_plain_output_callback_hears_only_changes():
-    heard = []
-    serial = Serial16550()
-    UartShare(serial, on_plain_output=heard.append)
-    for offset, value in ((1, 0x02), (1, 0x03), (1, 0x00), (7, 0x55), (3, 0x80), (3, 0x03)):
-        serial.write(offset, bytes((value,)))
-    assert heard == [True, False, True, False, True]
-
-
-def test_stop_flag_follows_the_stop_signal():
-    stop = StopSignal()
-    flag = stop_flag(stop)
-    assert stop_flag(stop) is flag and flag[0] == 0
-    stop.request(3, "test")
-    assert flag[0] == 1 and stop.requested and stop.result.status == 3
-    late = StopSignal()
-    late.request(0, "halt")
-    assert stop_flag(late)[0] == 1
-
-
-# --- the C checks on a fake kvm_run ---------------------------------------------------
-
-class FakeState:
-    """A pyvmm_fast state over a bytearray standing in for the kvm_run mapping."""
-
-    def __init__(self, share=None, sinks=()):
-        self.buffer = bytearray(RUN_SIZE)
-        self.run = ffi.from_buffer("struct kvm_run *", self.buffer)
-        self.state = ffi.new("struct pyvmm_fast *")
-        self.state.vcpu_fd = -1
-        self.state.run = self.run
-        self.state.run_size = RUN_SIZE
-        if share is not None:
-            self.state.uart = share.uart
-            self.state.uart_base = BASE
-        for index, (base, length, fill) in enumerate(sinks):
-            self.state.sinks[index].base = base
-            self.state.sinks[index].length = length
-            self.state.sinks[index].fill = fill
-        self.state.nsinks = len(sinks)
-
-    def __getattr__(self, name):
-        return getattr(self.state, name)
-
-
-def fake_state(share=None, sinks=()):
-    return FakeState(share, sinks)
-
-
-def write_io(fake, direction, size, port, count, offset, data=b""):
-    run = fake.run
-    run.exit_reason = lib.KVM_EXIT_IO
-    run.io.direction, run.io.size, run.io.port = direction, size, port
-    run.io.count, run.io.data_offset = count, offset
-    if HEADER <= offset < RUN_SIZE:
-        end = min(RUN_SIZE, offset + len(data))
-        fake.buffer[offset:end] = data[:end - offset]
-
-
-def _handle(fake):
-    return lib.pyvmm_fast_handle_exit(fake.state)
-
-
-@settings(max_examples=500, deadline=None)
-@given(direction=st.integers(0, 1), size=st.sampled_from([0, 1, 2, 3, 4, 8, 255]),
-       port=st.one_of(st.sampled_from([BASE, BASE + 5, BASE + 1, SINK_BASE, SINK_BASE + 3,
-                                       SINK_BASE + 2, SINK_BASE - 1, SINK_BASE + 4]),
-                      st.integers(0, 0xFFFF)),
-       count=st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
-       offset=st.one_of(st.integers(HEADER, RUN_SIZE + 8), st.sampled_from([RUN_SIZE - 1, RUN_SIZE - 4,
-                                                                            2**63, 2**64 - 1])),
-       thr_plain=st.booleans(), lsr=st.sampled_from([0x60, -1]))
-def test_c_handles_exactly_the_valid_fast_exits_and_writes_nothing_else(
-        direction, size, port, count, offset, thr_plain, lsr):
-    serial = Serial16550()
-    share = UartShare(serial)
-    lib.pyvmm_fast_uart_publish(share.uart, thr_plain, lsr)
-    fake = fake_state(share, sinks=[(SINK_BASE, SINK_LENGTH, SINK_FILL)])
-    write_io(fake, direction, size, port, count, offset, b"\x42" * 8)
-    before = bytes(fake.buffer)
-    handled = _handle(fake)
-
-    valid = count == 1 and size in (1, 2, 4) and offset + size <= RUN_SIZE
-    out = direction == 1
-    thr = valid and out and size == 1 and port == BASE and thr_plain
-    lsr_read = valid and not out and size == 1 and port == BASE + 5 and lsr == 0x60
-    sink = valid and SINK_BASE <= port and port + size <= SINK_BASE + SINK_LENGTH
-    assert handled == int(thr or lsr_read or sink)
-    changed = [i for i in range(RUN_SIZE) if fake.buffer[i] != before[i]]
-    if lsr_read:
-        assert changed in ([], [offset]) and fake.buffer[offset] == 0x60
-    elif sink and not out:
-        assert all(offset <= i < offset + size for i in changed)
-        assert fake.buffer[offset:offset + size] == bytes((SINK_FILL,)) * size
-    else:
-        assert changed == []
-    assert share.uart.len == int(thr)
-    assert fake.state.exits[lib.KVM_EXIT_IO] == 1 and fake.state.fast == handled
-    if sink:
-        assert fake.state.sink_counts[0][port - SINK_BASE][direction] == 1
-
-
-def test_other_exit_reasons_go_to_python_and_are_counted():
-    fake = fake_state()
-    for reason in (lib.KVM_EXIT_HLT, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_SHUTDOWN, 200):
-        fake.run.exit_reason = reason
-        assert _handle(fake) == 0
-    assert fake.state.exits[lib.KVM_EXIT_HLT] == 1 and fake.state.exits_other == 1
-    assert fake.state.fast == 0
-
-
-def test_sink_device_answers_like_the_c_path():
-    sink = Sink(fill=0x1FF)
-    assert sink.fill == 0xFF
-    assert sink.read(0, 4) == b"\xff" * 4
-    assert sink.write(0, b"\x00") is None
-
-
-def test_fast_loop_merges_the_c_counters_into_exit_stats():
-    class NoVcpu:
-        index, fd, run_size = 0, -1, RUN_SIZE
-
-        def __init__(self):
-            self.buffer = bytearray(RUN_SIZE)
-            self.run = ffi.from_buffer("struct kvm_run *", self.buffer)
-            self.run_buffer = memoryview(self.buffer)
-
-    from pyvmm.devices import Bus
     bus = Bus.port_io()
-    serial = Serial16550()
-    bus.register(BASE, 8, serial)
-    bus.register(SINK_BASE, 2, Sink())
-    stats = ExitStats()
-    loop = FastLoop(NoVcpu(), bus, Bus.mmio(), StopSignal(), stats)
-    assert loop.uart_base == BASE and loop.sinks == [(SINK_BASE, 2)]
-    state = loop.state
-    state.exits[lib.KVM_EXIT_IO] = 7
-    state.exits[lib.KVM_EXIT_HLT] = 1
-    state.fast, state.thr_out, state.lsr_in = 6, 2, 3
-    state.sink_counts[0][1][1] = 1
-    loop._collect()
-    assert stats.by_reason() == {"io": 7, "hlt": 1}
-    assert stats.by_port() == {(BASE, "out"): 2, (BASE + 5, "in"): 3, (SINK_BASE + 1, "out"): 1}
-    loop._collect()                                  # counters were reset: nothing counted twice
-    assert stats.total == 8
+    fast_uart = attached(bus, BASE, Serial16550(output=out_fast.append))
+    fast = FastPath(bus, Bus.mmio())
+    fake = FakeState(fast)
+    for operation in ops:
+        if operation[0] == "write" and operation[1] in (0, 7):
+            python.write(operation[1], bytes((operation[2],)))
+            if not fake.io(1, 1, BASE + operation[1], data=ONE_BYTE[operation[2]]):
+                bus.write(BASE + operation[1], ONE_BYTE[operation[2]])
+        elif operation[0] == "read" and operation[1] == 5:
+            expected = python.read(5, 1)
+            if fake.io(0, 1, LSR):
+                assert bytes(fake.buffer[HEADER:HEADER + 1]) == expected
+                fast_uart.read(5, 1)        # no side effect: keeps the two in step
+            else:
+                assert bus.read(LSR, 1) == expected
+        else:
+            apply(python, operation)
+            fast.flush()
+            apply(fast_uart, operation)
+    fast.close()
+    assert b"".join(out_fast) == b"".join(out_python)
+    assert fast_uart.register_snapshot() == python.register_snapshot()
+    assert fast_uart.bytes_transmitted == python.bytes_transmitted
+    assert fast_uart.irq_level == python.irq_level
 
+
+# --- the queue: ring, producers, order ---------------------------------------------------
 
 class ZoneRecorder:
     """A Vm stand-in for FastPath: a ring page in host memory, zone calls logged."""
@@ -333,44 +316,6 @@ class ZoneRecorder:
         self.removals += 1
 
 
-def fast_path_with_uart():
-    from pyvmm.devices import Bus, DebugConsole
-    port_bus = Bus.port_io()
-    serial = Serial16550()
-    port_bus.register(BASE, 8, serial)
-    port_bus.register(0xE9, 1, DebugConsole(lambda data: None))
-    vm = ZoneRecorder()
-    return FastPath(port_bus, Bus.mmio(), vm), serial, vm
-
-
-def test_posted_write_zones_are_registered_and_the_thr_zone_waits_for_volume():
-    fast, serial, vm = fast_path_with_uart()
-    assert vm.zones == {(0xE9, 1, True)}
-    fast.coalesce_busy_uart()
-    assert (BASE, 1, True) in vm.zones
-    fast.close()
-    assert vm.zones == set()
-
-
-def test_the_thr_zone_follows_plain_output_and_stops_after_its_removal_budget():
-    fast, serial, vm = fast_path_with_uart()
-    thr = (BASE, 1, True)
-    for removal in range(THR_ZONE_REMOVALS + 3):
-        fast.coalesce_busy_uart()
-        registered = thr in vm.zones
-        assert registered == (removal < THR_ZONE_REMOVALS)
-        serial.write(1, b"\x02")                  # THR-empty interrupt on: no longer plain
-        assert thr not in vm.zones
-        fast.coalesce_busy_uart()                  # not while the interrupt is on
-        assert thr not in vm.zones
-        serial.write(1, b"\x00")
-    assert vm.removals == THR_ZONE_REMOVALS
-    fast.close(vm_ending=True)
-    assert vm.zones == {(0xE9, 1, True)}          # left to the VM's teardown
-
-
-# --- the coalesced ring, filled by hand -------------------------------------------------
-
 RING_HEADER = ffi.sizeof("struct kvm_coalesced_mmio_ring")
 RING_ENTRY = ffi.sizeof("struct kvm_coalesced_mmio")
 RING_SLOTS = (4096 - RING_HEADER) // RING_ENTRY
@@ -394,10 +339,8 @@ def push(ring, address, data, pio=1):
 
 def platform(output):
     """The UART, debugcon, POST and CMOS on a port bus, all printing to `output`."""
-    from pyvmm.devices import Bus, Cmos, DebugConsole, PostCode
     bus = Bus.port_io()
-    serial = Serial16550(output=output.append)
-    bus.register(BASE, 8, serial)
+    serial = attached(bus, BASE, Serial16550(output=output.append))
     bus.register(0xE9, 1, DebugConsole(output.append))
     post = PostCode(now=lambda: 0)
     bus.register(0x80, 1, post)
@@ -406,63 +349,95 @@ def platform(output):
     return bus, serial, post, cmos
 
 
+def zoned_platform(output):
+    """platform(output) under a FastPath with a ring: (bus, serial, vm, fast)."""
+    bus, serial, _post, _cmos = platform(output)
+    vm = ZoneRecorder()
+    return bus, serial, vm, FastPath(bus, Bus.mmio(), vm)
+
+
 def observed(output, serial, post, cmos):
     return (b"".join(output), serial.bytes_transmitted, serial.irq_level, serial.register_snapshot(),
             [value for _, value in post.history()], cmos.read(1, 1))
 
 
-ring_operations = st.lists(st.one_of(
-    st.tuples(st.just("write"), st.sampled_from([BASE, 0xE9, 0x80, 0x70]), st.integers(0, 255)),
-    st.tuples(st.just("exit"), st.sampled_from([(1, 0x00), (1, 0x02), (3, 0x80), (3, 0x03), (4, 0x10),
-                                                 (4, 0x00)])),
-    st.tuples(st.just("drain")),
+queue_operations = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.sampled_from([BASE, SCR, 0xE9, 0x80, 0x70]), st.integers(0, 255)),
+    st.tuples(st.just("register"), st.sampled_from([(1, 0x00), (1, 0x02), (3, 0x80), (3, 0x03), (4, 0x10),
+                                                     (4, 0x00), (7, None)])),
+    st.tuples(st.just("flush")),
     st.tuples(st.just("busy")),
-), max_size=400)
+), max_size=300)
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=ring_operations)
-def test_ring_writes_reach_devices_as_direct_writes_would(ops):
-    """Writes through the ring (C takes THR bytes while plain output, Python the
-    rest), drained at exits and flushes, end exactly as the same writes made
-    directly in order: one output stream shared by the UART and debugcon,
-    UART registers and interrupt line, POST history, CMOS index."""
-    reference_out, ring_out = [], []
+@given(ops=queue_operations)
+def test_deferred_writes_reach_devices_as_direct_writes_would(ops):
+    """Writes that KVM's ring queued (where a zone is registered), writes C
+    took on exits, and everything else through the bus (which delivers the
+    queue first) end exactly as the same writes made directly in order: one
+    output stream shared by the UART and debugcon, UART registers and
+    interrupt line, POST history, CMOS index, the scratch register."""
+    reference_out, queued_out = [], []
     reference_bus, *reference = platform(reference_out)
-    bus, serial, post, cmos = platform(ring_out)
+    bus, serial, post, cmos = platform(queued_out)
     vm = ZoneRecorder()
     fast = FastPath(bus, Bus.mmio(), vm)
-    fast.attach(ffi.new("struct pyvmm_fast *"))
+    fake = FakeState(fast)
     ring = ring_of(vm)
     pushed = 0
     for op in ops:
         if op[0] == "write":
             _, port, value = op
-            reference_bus.write(port, bytes((value,)))
-            if (port, 1, True) in vm.zones and push(ring, port, bytes((value,))):
+            reference_bus.write(port, ONE_BYTE[value])
+            if (port, 1, True) in vm.zones and push(ring, port, ONE_BYTE[value]):
                 pushed += 1
-            else:
-                fast.flush()                        # an exit: the ring is drained first
-                bus.write(port, bytes((value,)))
-        elif op[0] == "exit":                       # a UART register write, handled after a drain
+            elif not fake.io(1, 1, port, data=ONE_BYTE[value]):
+                bus.write(port, ONE_BYTE[value])
+        elif op[0] == "register":                   # a UART register access through the bus
             _, (offset, value) = op
-            reference_bus.write(BASE + offset, bytes((value,)))
-            fast.flush()
-            bus.write(BASE + offset, bytes((value,)))
-        elif op[0] == "drain":
+            if value is None:
+                assert bus.read(BASE + offset, 1) == reference_bus.read(BASE + offset, 1)
+            else:
+                reference_bus.write(BASE + offset, ONE_BYTE[value])
+                bus.write(BASE + offset, ONE_BYTE[value])
+        elif op[0] == "flush":
             fast.flush()
         else:
-            fast.coalesce_busy_uart()
+            fast.coalesce_busy_ranges()
     fast.close()
-    assert observed(ring_out, serial, post, cmos) == observed(reference_out, *reference)
-    assert fast.stats.coalesced == pushed and ring.first == ring.last
+    assert observed(queued_out, serial, post, cmos) == observed(reference_out, *reference)
+    assert fast.deferred.stats.coalesced == pushed and ring.first == ring.last
+
+
+def test_posted_ranges_get_a_zone_after_volume_and_lose_it_when_posting_stops():
+    output = []
+    bus, serial, vm, fast = zoned_platform(output)
+    fake = FakeState(fast)
+    thr = (BASE, 1, True)
+    for removal in range(ZONE_REMOVALS + 3):
+        for _ in range(POSTED_VOLUME):
+            assert fake.io(1, 1, BASE, data=b"x") == 1
+        fast.coalesce_busy_ranges()
+        assert (thr in vm.zones) == (removal < ZONE_REMOVALS)
+        bus.write(BASE + 1, b"\x02")                # THR-empty interrupt on: no longer plain
+        assert thr not in vm.zones
+        for _ in range(POSTED_VOLUME):
+            assert fake.io(1, 1, BASE, data=b"x") == 0
+        fast.coalesce_busy_ranges()                 # not while the interrupt is on
+        assert thr not in vm.zones
+        bus.write(BASE + 1, b"\x00")
+    assert vm.removals == ZONE_REMOVALS
+    assert (0xE9, 1, True) not in vm.zones          # a quiet range never gets one
+    fast.close(vm_ending=True)
+    # the writes C took were delivered, as plain output, before each IER write
+    assert b"".join(output) == b"x" * (POSTED_VOLUME * (ZONE_REMOVALS + 3))
+    assert serial.bytes_transmitted == POSTED_VOLUME * (ZONE_REMOVALS + 3)
 
 
 def test_ring_indices_out_of_range_are_dropped_not_followed():
     output = []
-    bus, serial, post, cmos = platform(output)
-    vm = ZoneRecorder()
-    fast = FastPath(bus, Bus.mmio(), vm)
+    bus, serial, vm, fast = zoned_platform(output)
     ring = ring_of(vm)
     push(ring, 0xE9, b"a")
     ring.last = RING_SLOTS + 5                     # a ring page nobody should trust
@@ -475,3 +450,86 @@ def test_ring_indices_out_of_range_are_dropped_not_followed():
     assert output == [] and bus.unhandled_writes == 1   # an 8-byte write: wider than debugcon
     assert ring.first == ring.last == 1
     fast.close()
+
+
+def test_concurrent_producers_and_drainers_keep_every_write_once_and_in_order():
+    """vCPUs take posted writes in C while the supervisor and other vCPUs
+    deliver the queue: each producer's bytes must reach the UART exactly
+    once, in the order it wrote them."""
+    out = []
+    bus = Bus.port_io()
+    attached(bus, BASE, Serial16550(output=out.append))
+    fast = FastPath(bus, Bus.mmio())
+    producers = 2
+    total = 60_000
+    stop = threading.Event()
+
+    def drainer():
+        while not stop.is_set():
+            fast.flush()
+
+    def producer(tag):
+        fake = FakeState(fast)
+        for i in range(total):
+            while not fake.io(1, 1, BASE, data=ONE_BYTE[0x80 | tag << 5 | i & 31]):
+                pass                                # queue full: the drainers catch up
+
+    drainers = [threading.Thread(target=drainer) for _ in range(3)]
+    writers = [threading.Thread(target=producer, args=(tag,)) for tag in range(producers)]
+    for thread in drainers + writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    for thread in drainers:
+        thread.join()
+    fast.close()
+    output = b"".join(out)
+    assert len(output) == producers * total
+    for tag in range(producers):
+        stream = bytes(byte for byte in output if byte & 0xE0 == 0x80 | tag << 5)
+        assert stream == bytes(0x80 | tag << 5 | i & 31 for i in range(total)), f"producer {tag}"
+
+
+# --- the loop's side ---------------------------------------------------------------------------
+
+def test_fast_loop_merges_the_c_counters_and_delivers_at_each_return():
+    class NoVcpu:
+        index, fd, run_size = 0, -1, RUN_SIZE
+
+        def __init__(self):
+            self.buffer = bytearray(RUN_SIZE)
+            self.run_pointer = ffi.from_buffer("struct kvm_run *", self.buffer)
+            self.run_buffer = memoryview(self.buffer)
+            self.enter = None
+            self.exits = None
+
+    bus = Bus.port_io()
+    probe = Probe(posted=((0, 1),))
+    bus.register(0x500, 1, probe)
+    fast = FastPath(bus, Bus.mmio())
+    stats = ExitStats()
+    loop = FastLoop(NoVcpu(), bus, Bus.mmio(), StopSignal(), stats, fast)
+    state = loop.state
+    fake = FakeState(fast)
+    assert fake.io(1, 1, 0x500, data=b"a") == 1
+    state.exits[lib.KVM_EXIT_IO] = 7
+    state.fast = 7
+    loop._collect()
+    assert stats.by_reason() == {"io": 7}
+    assert probe.log == [("write", 0, b"a")]
+    loop._collect()                                  # counters were reset: nothing counted twice
+    assert stats.total == 7
+    fast.close()
+    assert fast.counts().by_port() == {(0x500, "out"): 1}
+
+
+def test_stop_flag_follows_the_stop_signal():
+    stop = StopSignal()
+    flag = stop_flag(stop)
+    assert flag[0] == 0 and stop_flag(stop) is flag
+    stop.request(0, "halt")
+    assert flag[0] == 1
+    late = StopSignal()
+    late.request(0, "halt")
+    assert stop_flag(late)[0] == 1

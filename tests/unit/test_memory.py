@@ -1,5 +1,7 @@
 """GuestMemory: every access is bounds-checked; nothing outside guest RAM is touched."""
 
+import ctypes
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -75,3 +77,28 @@ def test_view_outlives_close_safely():
     view = mem.view(0, 4)
     mem.close()
     assert bytes(view) == b"kept"   # the mapping lives until the view is gone
+
+
+def _vm_flags(host_addr, size):
+    """The VmFlags of the mapping that holds [host_addr, host_addr+size), from /proc/self/smaps."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and not line.startswith("VmFlags"):
+                start, end = (int(value, 16) for value in first.split("-"))
+                inside = start <= host_addr and host_addr + size <= end
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no one mapping holds {size:#x} bytes at {host_addr:#x}")
+
+
+def test_guest_ram_is_left_out_of_core_dumps():
+    # As QEMU does by default (dump-guest-core=off): a crash dump of the VMM
+    # must not carry the guest's memory.
+    with GuestMemory([(0, 2 * MIB), (4 * MIB, MIB)]) as memory:
+        for region in memory.regions:
+            anchor = ctypes.c_char.from_buffer(region.mapping)
+            host_addr = ctypes.addressof(anchor)
+            del anchor                              # the mapping must stay closable
+            assert "dd" in _vm_flags(host_addr, region.size)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from pyvmm import guests
 from pyvmm.arch.x86_64 import layout, memmap
 from pyvmm.loader import LoaderError, LoadOptions, detect, elf, load_kernel, multiboot
-from pyvmm.loader.common import PYVMM_AREAS
+from pyvmm.loader.common import FIRMWARE_AREAS
 from pyvmm.memory import GuestMemory
 
 MIB = 1 << 20
@@ -68,11 +68,21 @@ def c_string_at(memory, addr):
     return data[:data.index(b"\0")].decode()
 
 
+KERNEL_PARTS = {"the kernel", "the kernel (with its init_size)"}
+
+
 def assert_placed_safely(memory, spec):
+    """Everything inside RAM and outside the firmware areas; the kernel, the
+    modules and each of pyvmm's structures clear of each other."""
     for addr, size in spec.loaded:
         assert memory.contains(addr, size)
-        for start, end, _what in PYVMM_AREAS:
+        for start, end, _what in FIRMWARE_AREAS:
             assert addr + size <= start or end <= addr
+    regions = spec.regions
+    for index, (start, end, what) in enumerate(regions):
+        for other_start, other_end, other in regions[index + 1:]:
+            if what != other and not {what, other} <= KERNEL_PARTS:
+                assert end <= other_start or other_end <= start, (what, other)
 
 
 # --- the bundled guests ---------------------------------------------------------------
@@ -175,7 +185,6 @@ def test_aout_loads_from_the_header_offset_with_bss_zeroed(memory):
     ({"load_end": 0x0FF000}, "below load_addr"),
     ({"load_end": 0x110000}, "more bytes than the file"),
     ({"bss_end": 0x100001}, "bss_end_addr"),
-    ({"load_addr": 0x9000}, "overlap"),
     ({"load_addr": 0xFFFFF000, "code": b"\0" * 0x2000}, "below 4 GiB"),
     ({"load_addr": 0x1F00000, "bss_end": 0x2100000}, "does not fit"),
     ({"load_addr": 0xA0000}, "VGA"),
@@ -218,10 +227,28 @@ def test_bad_options_are_refused(memory, options, message):
         load_kernel(make_aout(), memory, options)
 
 
-def test_a_low_kernel_over_the_command_line_is_refused(memory):
+def test_a_low_kernel_over_the_command_line_moves_it(memory):
     image = make_aout(load_addr=0x10000, code=bytes(0x20000))
-    with pytest.raises(LoaderError, match="multiboot: the command line .* overlap the kernel"):
-        load_kernel(image, memory)
+    spec = load_kernel(image, memory, LoadOptions(cmdline="low", kernel_path="k"))
+    cmdline = memory.read_u32(spec.regs["rbx"] + 16)
+    assert cmdline != layout.CMDLINE and c_string_at(memory, cmdline) == "k low"
+    assert_placed_safely(memory, spec)
+
+
+def test_a_kernel_at_0x8000_gets_its_info_elsewhere(memory):
+    # The kernel the issue reported: 0x8000-0xda30 covers the usual stack
+    # page and boot information block.
+    image = make_aout(load_addr=0x8000, code=b"\xf4" * (0xDA30 - 0x8000 - 36), entry=0x8000)
+    spec = load_kernel(image, memory, LoadOptions(modules=[("m1 x", b"M" * 5000)]))
+    assert [(s, e) for s, e, what in spec.regions if what == "the kernel"] == [(0x8000, 0xDA30)]
+    info = spec.regs["rbx"]
+    assert not 0x8000 <= info < 0xDA30 and info < 0x9FC00      # real-mode reachable still
+    assert spec.tables.gdt == layout.BOOT_GDT                   # free: unchanged
+    assert not 0x7000 <= spec.tables.stack < 0xE000 and spec.tables.stack % 0x1000 == 0xFF0
+    mods = memory.read_u32(info + 24)
+    assert memory.read_u32(mods) == 0xE000                      # after the kernel, as in QEMU
+    assert memory.read_u32(info + 48) > info                    # mmap follows the info
+    assert_placed_safely(memory, spec)
 
 
 # --- ELF ---------------------------------------------------------------------------------

@@ -1,9 +1,19 @@
 """Unit tests for pyvmm.devices.pc_testdev (QEMU pc-testdev model, no KVM)."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyvmm.devices import Bus, DebugConsole, PcTestDev
+from pyvmm.arch.x86_64 import layout
+from pyvmm.devices import Bus, BusError, DebugConsole, PcTestDev
+from pyvmm.devices.pc_testdev import IOMEM_SIZE, IRQ_LINE_COUNT, PORTS_LENGTH
+
+
+def placements(dev):
+    """(bus, window, device) of each view, where the PC platform puts them."""
+    return [("pio", layout.PC_TESTDEV_PORTS, dev.ports),
+            ("pio", layout.PC_TESTDEV_IRQ_LINES, dev.irq_lines),
+            ("mmio", layout.PC_TESTDEV_MMIO, dev.iomem)]
 
 
 class Machine:
@@ -18,21 +28,22 @@ class Machine:
         )
         self.pio = Bus.port_io()
         self.mmio = Bus.mmio()
-        for base, length, device, name in self.dev.port_ranges():
-            self.pio.register(base, length, device, name=name)
-        for base, length, device, name in self.dev.mmio_ranges():
-            self.mmio.register(base, length, device, name=name)
+        for bus, window, device in placements(self.dev):
+            getattr(self, bus).register(window.base, window.length, device)
 
 
-def test_ranges_match_qemu_addresses():
-    dev = PcTestDev(lambda line, level: None)
-    assert [(base, length) for base, length, _, _ in dev.port_ranges()] == [(0xE0, 8), (0x2000, 24)]
-    assert [(base, length) for base, length, _, _ in dev.mmio_ranges()] == [(0xFF000000, 0x10000)]
+def test_ranges_match_qemu_addresses_and_the_devices_sizes():
+    assert [tuple(window) for _, window, _ in placements(PcTestDev(lambda line, level: None))] == [
+        (0xE0, PORTS_LENGTH), (0x2000, IRQ_LINE_COUNT), (0xFF000000, IOMEM_SIZE)]
+    assert (PORTS_LENGTH, IRQ_LINE_COUNT, IOMEM_SIZE) == (8, 24, 0x10000)
 
 
-def test_port_ranges_leave_room_for_debugcon():
+def test_port_ranges_leave_room_for_debugcon_but_not_for_the_byte_mirror():
     machine = Machine()
     machine.pio.register(0xE9, 1, DebugConsole(lambda data: None))
+    assert machine.pio.device_at(0xE9) is not None and machine.pio.device_at(0xE7) is machine.dev.ports
+    with pytest.raises(BusError):
+        machine.pio.register(0xE8, 4, machine.dev.byte_port)
 
 
 def test_scratch_reads_back_the_last_dword():
@@ -161,12 +172,13 @@ def test_iomem_last_byte_and_outside():
 )
 def test_random_accesses_never_raise_and_reads_have_the_right_size(accesses):
     machine = Machine()
-    regions = {"pio": machine.dev.port_ranges(), "mmio": machine.dev.mmio_ranges()}
+    regions = {"pio": [(window, device) for bus, window, device in placements(machine.dev) if bus == "pio"],
+               "mmio": [(window, device) for bus, window, device in placements(machine.dev) if bus == "mmio"]}
     for bus_name, position, size, data, is_write in accesses:
         if bus_name == "pio" and size == 8:
             size = 4
         ranges = regions[bus_name]
-        base, length, device, _ = ranges[position % len(ranges)]
+        (base, length), device = ranges[position % len(ranges)]
         if size > length:
             continue
         offset = position % (length - size + 1)

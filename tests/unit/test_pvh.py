@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from pyvmm.arch.x86_64 import layout, memmap
 from pyvmm.loader import LoaderError, LoadOptions, detect, elf, load_kernel, multiboot, pvh
-from pyvmm.loader.common import PYVMM_AREAS
+from pyvmm.loader.common import FIRMWARE_AREAS
 from pyvmm.memory import GuestMemory
 
 MIB = 1 << 20
@@ -83,11 +83,21 @@ def c_string_at(memory, addr):
     return data[:data.index(b"\0")].decode()
 
 
+KERNEL_PARTS = {"the kernel", "the kernel (with its init_size)"}
+
+
 def assert_placed_safely(memory, spec):
+    """Everything inside RAM and outside the firmware areas; the kernel, the
+    modules and each of pyvmm's structures clear of each other."""
     for addr, size in spec.loaded:
         assert memory.contains(addr, size)
-        for start, end, _what in PYVMM_AREAS:
+        for start, end, _what in FIRMWARE_AREAS:
             assert addr + size <= start or end <= addr
+    regions = spec.regions
+    for index, (start, end, what) in enumerate(regions):
+        for other_start, other_end, other in regions[index + 1:]:
+            if what != other and not {what, other} <= KERNEL_PARTS:
+                assert end <= other_start or other_end <= start, (what, other)
 
 
 # --- the note ---------------------------------------------------------------------------
@@ -196,9 +206,9 @@ def test_initrd_then_modules_go_page_aligned_to_the_top_of_ram(memory):
 
 
 def test_modules_that_do_not_fit_are_refused(memory):
-    with pytest.raises(LoaderError, match="^PVH: the initrd .* overlap the kernel"):
+    with pytest.raises(LoaderError, match="^PVH: no room for the initrd .* taken by the kernel"):
         load_kernel(make_elf(), memory, LoadOptions(initrd=bytes(RAM - 16 * MIB)))
-    with pytest.raises(LoaderError, match="^PVH: module 1 .*does not fit"):
+    with pytest.raises(LoaderError, match="^PVH: no room for module 1"):
         load_kernel(make_elf(), memory, LoadOptions(modules=[("big", bytes(RAM + 4096))]))
 
 
@@ -206,9 +216,19 @@ def test_kernel_segments_must_fit(memory):
     image = make_elf(segments=((RAM - 0x1000, b"x", 0x2000),))
     with pytest.raises(LoaderError, match="^PVH: the kernel .*does not fit"):
         load_kernel(image, memory)
-    image = make_elf(segments=((0x8000, b"x", 0x10),))
-    with pytest.raises(LoaderError, match="^PVH: the kernel .*boot stack"):
+    image = make_elf(segments=((0xA0000, b"x", 0x10),))
+    with pytest.raises(LoaderError, match="^PVH: the kernel .*VGA hole"):
         load_kernel(image, memory)
+
+
+def test_a_low_kernel_gets_its_start_info_and_stack_elsewhere(memory):
+    image = make_elf(segments=((0x8000, b"x", 0x8000),))
+    spec = load_kernel(image, memory, LoadOptions(cmdline="low"))
+    assert not 0x8000 <= spec.regs["rbx"] < 0x10000
+    assert not 0x8000 <= spec.tables.stack < 0x10000
+    info = pvh.START_INFO.unpack(memory.read(spec.regs["rbx"], 56))
+    assert info[0] == pvh.START_MAGIC and c_string_at(memory, info[5]) == "low"
+    assert_placed_safely(memory, spec)
 
 
 # --- robustness ----------------------------------------------------------------------

@@ -10,9 +10,10 @@ from hypothesis import given, settings, strategies as st
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.devices import Bus
-from pyvmm.runloop import VcpuLoop
-from pyvmm.stats import ExitStats
-from pyvmm.stop import STATUS_CRASH, STATUS_OK, StopSignal
+from pyvmm.kvm.exits import ExitReader
+from pyvmm.run.loop import VcpuLoop
+from pyvmm.run.stats import ExitStats
+from pyvmm.run.stop import STATUS_CRASH, STATUS_OK, StopSignal
 
 RUN_SIZE = 3 * 4096
 EINTR = -4
@@ -30,11 +31,12 @@ class FakeVcpu:
         self.run_buffer = memoryview(self._buffer)
         self.run = ffi.from_buffer("struct kvm_run *", self._buffer)
         self.run_size = RUN_SIZE
-        self.exits = list(exits) + [("hlt",)]
+        self.exits = ExitReader(self.run, self.run_buffer)
+        self.to_play = list(exits) + [("hlt",)]
         self.entered = 0
 
     def enter(self):
-        exit = self.exits[self.entered]
+        exit = self.to_play[self.entered]
         self.entered += 1
         kind = exit[0]
         if kind == "eintr":
@@ -67,6 +69,9 @@ class FakeVcpu:
 
     def get_regs(self):
         return ffi.new("struct kvm_regs *", {"rip": 0x1234})
+
+    def set_immediate_exit(self, flag=True):
+        self.run.immediate_exit = int(flag)
 
 
 class Recorder:

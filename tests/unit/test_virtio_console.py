@@ -2,12 +2,13 @@
 
 import pytest
 
-from pyvmm.console import BufferSink
-from pyvmm.devices.virtio.console import INPUT_BACKLOG, OUTPUT_CHUNK, RECEIVE, TRANSMIT, VirtioConsole
+from pyvmm.console import BufferOutput, ConsoleOutput
+from pyvmm.devices.virtio.console import (INPUT_BACKLOG, OUTPUT_CHUNK, OUTPUT_HIGH_WATER, RECEIVE, TRANSMIT,
+                                          VirtioConsole)
 from pyvmm.testing.virtio import VirtioBench
 
 
-class RecordingSink(BufferSink):
+class RecordingSink(BufferOutput):
     def __init__(self):
         super().__init__()
         self.writes, self.flushes = [], 0
@@ -23,15 +24,14 @@ class RecordingSink(BufferSink):
 @pytest.fixture
 def console():
     sink = RecordingSink()
-    before = []
-    device = VirtioConsole(sink, before_output=lambda: before.append(len(sink.data)))
+    device = VirtioConsole(sink)
     with VirtioBench(device, memory_size=4 << 20) as bench:
         rx, tx = bench.driver.start()
-        yield bench, device, sink, rx, tx, before
+        yield bench, device, sink, rx, tx
 
 
 def test_transmit_writes_every_readable_byte_in_order(console):
-    bench, device, sink, rx, tx, before = console
+    bench, device, sink, rx, tx = console
     bench.memory.write(0x100000, b"hello, ")
     bench.memory.write(0x101000, b"world\n")
     head = tx.add([(0x100000, 7, False), (0x101000, 6, False)])
@@ -39,11 +39,10 @@ def test_transmit_writes_every_readable_byte_in_order(console):
     bench.run()
     assert bytes(sink.data) == b"hello, world\n"
     assert tx.take_used() == [(head, 0)]
-    assert before == [0]                      # the UART's bytes are handed over first
 
 
 def test_a_huge_buffer_goes_out_in_bounded_pieces(console):
-    bench, device, sink, rx, tx, before = console
+    bench, device, sink, rx, tx = console
     bench.memory.fill(0x100000, 3 << 20, 0x41)
     tx.add([(0x100000, 3 << 20, False)])
     tx.kick()
@@ -53,7 +52,7 @@ def test_a_huge_buffer_goes_out_in_bounded_pieces(console):
 
 
 def test_input_waits_for_receive_buffers_then_fills_them(console):
-    bench, device, sink, rx, tx, before = console
+    bench, device, sink, rx, tx = console
     device.feed(b"abcdefghij")
     bench.run()
     assert device.pending_input() == 10                 # no buffers yet
@@ -73,14 +72,14 @@ def test_input_waits_for_receive_buffers_then_fills_them(console):
 
 
 def test_input_backlog_is_bounded(console):
-    bench, device, sink, rx, tx, before = console
+    bench, device, sink, rx, tx = console
     device.feed(b"x" * (INPUT_BACKLOG - 10))
     device.feed(b"y" * 100)
     assert device.pending_input() == INPUT_BACKLOG and device.input_bytes_dropped == 90
 
 
 def test_emergency_write_prints_the_low_byte(console):
-    bench, device, sink, rx, tx, before = console
+    bench, device, sink, rx, tx = console
     transport = bench.transport
     transport.write(0x108, b"A\0\0\0")
     transport.write(0x108, b"B")
@@ -94,4 +93,42 @@ def test_emergency_write_prints_the_low_byte(console):
 
 def test_queues_are_receive_then_transmit():
     assert (RECEIVE, TRANSMIT) == (0, 1)
-    assert VirtioConsole(BufferSink()).queue_count == 2
+    assert VirtioConsole(BufferOutput()).queue_count == 2
+
+
+class StalledOutput(ConsoleOutput):
+    """A terminal that takes nothing until `opened`."""
+
+    def __init__(self):
+        super().__init__(limit=8 << 20)
+        self.taken, self.opened = bytearray(), False
+
+    def flush(self):
+        if self.opened:
+            with self.lock:
+                self.taken += self.pending
+                self.pending.clear()
+        return not self.pending
+
+
+def test_a_stalled_output_makes_the_driver_wait_and_loses_nothing():
+    output = StalledOutput()
+    device = VirtioConsole(output)
+    with VirtioBench(device, memory_size=4 << 20) as bench:
+        rx, tx = bench.driver.start()
+        bench.memory.fill(0x100000, 3 << 20, 0x42)
+        heads = [tx.add([(0x100000 + (n << 18), 1 << 18, False)]) for n in range(6)]
+        tx.kick()
+        bench.run()
+        used = tx.take_used()
+        assert 0 < len(used) < 6                           # the rest waits in the queue
+        assert len(output.pending) >= OUTPUT_HIGH_WATER
+        assert bench.context.worker.timers                 # and the device will look again
+        output.opened = True
+        for _delay, fn, args in bench.context.worker.timers:
+            fn(*args)
+        bench.run()
+        used += tx.take_used()
+        assert [head for head, _ in used] == heads
+        output.flush()
+        assert bytes(output.taken) == b"\x42" * (6 << 18) and output.dropped == 0

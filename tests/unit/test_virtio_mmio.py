@@ -355,3 +355,17 @@ def test_transport_is_built_before_a_context():
     transport = MmioTransport(Echo())
     transport.notify(0)                            # no context yet, status 0: nothing
     assert transport.read(spec.MMIO_STATUS, 4) == bytes(4)
+
+
+def test_cached_reads_are_published_as_they_change(bench):
+    published = bench.context.registers.values
+    assert published[spec.MMIO_MAGIC_VALUE] == 0x74726976 and published[spec.MMIO_DEVICE_ID] == 0x55
+    assert published[spec.MMIO_INTERRUPT_STATUS] == 0
+    q0, _ = bench.driver.start()
+    q0.add([(0x80000, 4, True)])
+    q0.kick()
+    bench.run()
+    assert published[spec.MMIO_INTERRUPT_STATUS] == spec.INT_USED_BUFFER
+    bench.driver.ack_interrupt()
+    assert published[spec.MMIO_INTERRUPT_STATUS] == 0
+    assert bench.transport.cached_reads == ((0, 4), (4, 4), (8, 4), (0xC, 4), (0x60, 4))

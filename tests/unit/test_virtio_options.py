@@ -10,8 +10,8 @@ from pyvmm import guests
 from pyvmm.config import ConfigError, VmConfig
 from pyvmm.devices.virtio.image import RawImage
 from pyvmm.devices.virtio.mmio import EmptySlot, MmioTransport
-from pyvmm.devices.virtio.options import DiskSpec, RngSpec, check, parse_disk, parse_rng
-from pyvmm.devices.virtio.slots import VirtioSlots
+from pyvmm.virtio_options import DiskSpec, RngSpec, check, parse_disk, parse_rng
+from pyvmm.machine.virtio import VirtioSlots
 from pyvmm.loader import LoadOptions
 
 
@@ -54,6 +54,7 @@ def test_bad_rng_options():
 
 
 def test_check_refuses_what_cannot_work(image, tmp_path):
+    """check() is what `pyvmm run` calls before it reads the kernel."""
     with pytest.raises(ConfigError, match="at most 8"):
         check(VmConfig(console="virtio", rng=RngSpec(), disks=[DiskSpec(image, True)] * 7))
     with pytest.raises(ConfigError, match="two disks with id 'disk1'"):
@@ -68,10 +69,10 @@ def test_check_refuses_what_cannot_work(image, tmp_path):
     held = RawImage(image)
     try:
         with pytest.raises(ConfigError, match="in use by another VM"):
-            VmConfig(disks=[DiskSpec(image)]).validate()
+            check(VmConfig(disks=[DiskSpec(image)]))
     finally:
         held.close()
-    VmConfig(disks=[DiskSpec(image)]).validate()
+    check(VmConfig(disks=[DiskSpec(image)]))
 
 
 def test_devices_fill_the_slots_from_the_top(image):
@@ -113,9 +114,10 @@ def test_the_command_line_grows_for_a_linux_bzimage_only(image):
         kernels = [(make_bzimage(), True)] + [(open(guests.path(guest), "rb").read(), False)
                                               for guest in ("pvhinfo.elf", "hello.bin", "compute.elf")]
         for kernel, appended in kernels:
-            cmdline = slots.boot_cmdline(kernel, LoadOptions(cmdline="x=1"))
+            cmdline = slots.boot_options(kernel, LoadOptions(cmdline="x=1")).cmdline
             assert cmdline == ("x=1 virtio_mmio.device=512@0xfeb02e00:23" if appended else "x=1")
-        assert slots.boot_cmdline(b"junk", LoadOptions(cmdline="y")) == "y"
+        assert slots.boot_options(b"junk", LoadOptions(cmdline="y")).cmdline == "y"
+        assert slots.boot_options(kernels[0][0], None).cmdline == "virtio_mmio.device=512@0xfeb02e00:23"
     finally:
         slots.close()
 

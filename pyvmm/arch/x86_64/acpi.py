@@ -15,8 +15,7 @@ import struct
 
 from ...devices import acpi_pm
 from . import layout
-from .mptable import (IOAPIC_ADDRESS, LAPIC_ADDRESS, MAX_XAPIC_ID, PC_TIMER_PIN,
-                      checksum, cpu_apic_ids, ioapic_id)
+from .mptable import MAX_XAPIC_ID, PC_TIMER_PIN, checksum, cpu_apic_ids, ioapic_id
 
 OEM_ID = b"PYVMM "              # 6 bytes
 OEM_TABLE_ID = b"PYVMMACP"      # 8 bytes
@@ -43,8 +42,9 @@ PmRegisters = collections.namedtuple("PmRegisters", [
     "timer_32bit",    # PM timer counts 32 bits (else 24): FADT TMR_VAL_EXT
     "pm1_evt_len",
     "pm1_cnt_len",
-], defaults=[acpi_pm.PM1_EVT, acpi_pm.PM1_CNT, acpi_pm.PM_TMR, acpi_pm.RESET_PORT,
-             acpi_pm.RESET_VALUE, acpi_pm.SLP_TYP_S5, acpi_pm.SLP_TYP_S3, acpi_pm.SCI_IRQ,
+], defaults=[layout.ACPI_PM.base + acpi_pm.EVT_OFFSET, layout.ACPI_PM.base + acpi_pm.CNT_OFFSET,
+             layout.ACPI_PM.base + acpi_pm.TMR_OFFSET, layout.ACPI_RESET_PORT,
+             acpi_pm.RESET_VALUE, acpi_pm.SLP_TYP_S5, acpi_pm.SLP_TYP_S3, layout.SCI_IRQ,
              acpi_pm.PM_TMR_BITS == 32, acpi_pm.PM1_EVT_LEN, acpi_pm.PM1_CNT_LEN])
 DEFAULT_PM = PmRegisters()
 PM_TMR_LEN = 4
@@ -173,7 +173,7 @@ def madt(apic_ids, sci_irq, irq0_pin=PC_TIMER_PIN):
     io_apic = ioapic_id(apic_ids)
     if io_apic is None:
         io_apic = 0     # CPUs hold all 255 IDs; xAPIC-era IOAPICs do not arbitrate by ID anyway
-    entries.append(struct.pack("<BBBBII", IO_APIC, 12, io_apic, 0, IOAPIC_ADDRESS, 0))
+    entries.append(struct.pack("<BBBBII", IO_APIC, 12, io_apic, 0, layout.IOAPIC_BASE, 0))
     if irq0_pin != 0:
         # bus 0 (ISA); flags 0: edge, active high as the ISA bus
         entries.append(struct.pack("<BBBBIH", INTERRUPT_OVERRIDE, 10, 0, 0, irq0_pin, 0))
@@ -182,7 +182,7 @@ def madt(apic_ids, sci_irq, irq0_pin=PC_TIMER_PIN):
     entries.append(struct.pack("<BBBHB", LOCAL_APIC_NMI, 6, ALL_PROCESSORS, 0, 1))
     if x2apic:
         entries.append(struct.pack("<BBHIB3x", LOCAL_X2APIC_NMI, 12, 0, ALL_X2_PROCESSORS, 1))
-    body = struct.pack("<II", LAPIC_ADDRESS, PCAT_COMPAT) + b"".join(entries)
+    body = struct.pack("<II", layout.LAPIC_BASE, PCAT_COMPAT) + b"".join(entries)
     return sdt(b"APIC", 5, body)
 
 

@@ -11,49 +11,83 @@ EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 1 << 1      # bit 1 always reads as 1; IF stays clear
 FPU_CONTROL_WORD = 0x37F      # the FNINIT value
 MXCSR_DEFAULT = 0x1F80
+IDT_OFFSET = layout.BOOT_IDT - layout.BOOT_GDT     # the IDT follows the GDT
 
 
-def write_boot_tables(memory, mode):
-    """Writes the GDT, the empty IDT and (long mode) the identity page tables.
+class EntryTables:
+    """Where the entry state's structures are in guest memory: the GDT (the
+    empty IDT right after it), the identity page tables (long mode) and the
+    top of the stack (a linear address). The defaults are layout's; a loader
+    moves them out of a kernel's way."""
 
-    Returns the code, data and TSS segment dicts for the vCPU. Real mode needs
-    no tables.
-    """
+    def __init__(self, gdt=layout.BOOT_GDT, page_tables=layout.PML4,
+                 stack=layout.BOOT_STACK_TOP):
+        self.gdt = gdt
+        self.idt = gdt + IDT_OFFSET
+        self.page_tables = page_tables
+        self.stack = stack
+
+    def __repr__(self):
+        return (f"EntryTables(gdt={self.gdt:#x}, page_tables={self.page_tables:#x}, "
+                f"stack={self.stack:#x})")
+
+
+def boot_table_blobs(mode, tables):
+    """[(guest address, bytes, what)] that `mode` needs in memory at entry:
+    the GDT and IDT (protected, long) and the page tables (long)."""
     if mode == REAL:
-        return None
-    table, code, data, tss = gdt.boot_gdt(gdt.CODE64 if mode == LONG else gdt.CODE32)
-    memory.write(layout.BOOT_GDT, table)
-    memory.fill(layout.BOOT_IDT, 8)
+        return []
+    table = gdt.boot_gdt(gdt.CODE64 if mode == LONG else gdt.CODE32)[0]
+    blobs = [(tables.gdt, table + bytes(IDT_OFFSET - len(table) + 8), "pyvmm's GDT and IDT")]
     if mode == LONG:
-        for addr, blob in paging.identity_tables():
-            memory.write(addr, blob)
-    return code, data, tss, len(table)
+        blobs.extend((addr, blob, "pyvmm's page tables")
+                     for addr, blob in paging.identity_tables(tables.page_tables))
+    return blobs
+
+
+def write_boot_tables(memory, mode, tables=None):
+    """Writes the GDT, the empty IDT and (long mode) the identity page tables."""
+    for addr, blob, _what in boot_table_blobs(mode, tables or EntryTables()):
+        memory.write(addr, blob)
+
+
+def real_mode_segment(entry):
+    """The segment real-mode code entered at `entry` runs in: entries below
+    64 KiB run with CS=0, IP=entry, like a boot sector; higher ones with
+    CS=entry>>4 (the binary must then be position-independent)."""
+    return 0 if entry < 0x10000 else entry >> 4
 
 
 def _real_segments(sregs, entry):
-    # Entries below 64 KiB run with CS=0, IP=entry, like a boot sector;
-    # higher ones with CS=entry>>4 (the binary must then be position-independent).
-    segment, ip = (0, entry) if entry < 0x10000 else (entry >> 4, entry & 0xF)
+    segment = real_mode_segment(entry)
     for reg in (sregs.cs, sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         reg.selector = segment
         reg.base = segment << 4
         reg.limit = 0xFFFF
-    return ip
+    return entry - (segment << 4)
 
 
-def enter(vcpu, memory, mode, entry, regs=None, stack=layout.BOOT_STACK_TOP):
+def enter(vcpu, memory, mode, entry, regs=None, tables=None):
     """Points `vcpu` at `entry` in `mode` with the given general registers.
 
-    Other GPRs are zero, interrupts are off, the stack pointer is `stack`.
+    Other GPRs are zero, interrupts are off, the stack pointer is
+    tables.stack (in real mode, relative to SS). Without `tables` the
+    structures go to their usual addresses and are written here; with them
+    (a loader's BootSpec.tables) they are already in guest memory.
     """
     if mode not in MODES:
         raise ValueError(f"unknown entry mode {mode!r}")
+    if tables is None:
+        base = real_mode_segment(entry) << 4 if mode == REAL else 0
+        tables = EntryTables(stack=base + layout.BOOT_STACK_TOP)
+        write_boot_tables(memory, mode, tables)
     sregs = vcpu.get_sregs()
-    tables = write_boot_tables(memory, mode)
+    stack = tables.stack
     if mode == REAL:
         ip = _real_segments(sregs, entry)
+        stack -= real_mode_segment(entry) << 4
     else:
-        code, data, tss, gdt_size = tables
+        table, code, data, tss = gdt.boot_gdt(gdt.CODE64 if mode == LONG else gdt.CODE32)
         ip = entry
         for name, value in code.items():
             setattr(sregs.cs, name, value)
@@ -62,11 +96,11 @@ def enter(vcpu, memory, mode, entry, regs=None, stack=layout.BOOT_STACK_TOP):
                 setattr(reg, name, value)
         for name, value in tss.items():
             setattr(sregs.tr, name, value)
-        sregs.gdt.base, sregs.gdt.limit = layout.BOOT_GDT, gdt_size - 1
-        sregs.idt.base, sregs.idt.limit = layout.BOOT_IDT, 0
+        sregs.gdt.base, sregs.gdt.limit = tables.gdt, len(table) - 1
+        sregs.idt.base, sregs.idt.limit = tables.idt, 0
         sregs.cr0 = CR0_PE | CR0_ET
         if mode == LONG:
-            sregs.cr3 = layout.PML4
+            sregs.cr3 = tables.page_tables
             sregs.cr4 |= CR4_PAE
             sregs.cr0 |= CR0_PG
             sregs.efer |= EFER_LME | EFER_LMA

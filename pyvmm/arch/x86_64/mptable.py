@@ -10,8 +10,8 @@ ROM area 0xF0000-0xFFFFF for the floating pointer.
 
 import struct
 
-LAPIC_ADDRESS = 0xFEE00000      # default local APIC MMIO base
-IOAPIC_ADDRESS = 0xFEC00000     # default IOAPIC MMIO base
+from . import layout
+
 LAPIC_VERSION = 0x14            # what KVM's local APIC reports
 IOAPIC_VERSION = 0x11           # what KVM's IOAPIC reports (24 pins)
 MAX_XAPIC_ID = 254              # 8-bit APIC IDs; 0xFF is the broadcast ID
@@ -142,7 +142,7 @@ def build_mptable(base_addr, cpus, apic_ids=None, *, irq0_pin=PC_TIMER_PIN,
     entries = [processor_entry(apic_id, index == 0, cpu_signature, cpu_features)
                for index, apic_id in enumerate(ids)]
     entries.append(bus_entry(ISA_BUS_ID, b"ISA   "))
-    entries.append(ioapic_entry(io_apic, IOAPIC_ADDRESS))
+    entries.append(ioapic_entry(io_apic, layout.IOAPIC_BASE))
     entries += [interrupt_entry(IO_INTERRUPT, INT, irq, io_apic, pin)
                 for irq, pin in isa_irq_pins(irq0_pin)]
     # The 8259 reaches the BSP through LINT0 (virtual wire); NMIs reach every CPU on LINT1.
@@ -152,7 +152,7 @@ def build_mptable(base_addr, cpus, apic_ids=None, *, irq0_pin=PC_TIMER_PIN,
 
     header = bytearray(struct.pack(
         "<4sHBB8s12sIHHIHBx", b"PCMP", HEADER_SIZE + len(body), 4, 0, OEM_ID, PRODUCT_ID,
-        0, 0, len(entries), LAPIC_ADDRESS, 0, 0))
+        0, 0, len(entries), layout.LAPIC_BASE, 0, 0))
     header[7] = checksum(header + body)
 
     config_addr = base_addr + FLOATING_POINTER_SIZE

@@ -51,6 +51,11 @@ MAX_SEGMENT_SECTORS = 1 << 22               # 2 GiB per range
 CONFIG = struct.Struct("<QIIIIQBBHIIIIIB3x")
 
 
+def disk_ids(disks) -> list:
+    """Each disk's id (its GET_ID answer): its own `id`, or disk0, disk1... by position."""
+    return [disk.id if disk.id is not None else f"disk{index}" for index, disk in enumerate(disks)]
+
+
 class VirtioBlock(VirtioDevice):
     device_id = spec.ID_BLOCK
     queue_count = 1

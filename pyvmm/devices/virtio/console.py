@@ -1,12 +1,17 @@
 """virtio console (virtio 1.2, 5.3): one port, `hvc0` in Linux.
 
 Queue 0 (receiveq) takes host input, queue 1 (transmitq) gives output.
-Output goes to the same sink as the UART's (the host terminal or file),
-in pieces of at most OUTPUT_CHUNK bytes, and the sink is flushed once it
-holds that much, so a guest posting a huge buffer costs a bounded amount
-of memory and is slowed by the terminal, not buffered. Input waits in a
-backlog of at most INPUT_BACKLOG bytes until the driver posts receive
-buffers; what does not fit is dropped and counted.
+Output goes to the same console output as the UART's (the host terminal or
+file; pyvmm.console), in pieces of at most OUTPUT_CHUNK bytes. That output
+never blocks and holds a bounded backlog; while the backlog is above
+OUTPUT_HIGH_WATER the device leaves the driver's buffers in the queue and
+looks again OUTPUT_RETRY seconds later, so a guest printing faster than the
+terminal takes it waits for it, as on real hardware, and loses nothing.
+The UART's output and this one keep the guest's order: the UART's queued
+writes are delivered before a notification reaches the device
+(pyvmm/run/deferred.py). Input waits in a backlog of at most INPUT_BACKLOG
+bytes until the driver posts receive buffers; what does not fit is dropped
+and counted.
 
 VIRTIO_CONSOLE_F_EMERG_WRITE is offered: a write of a non-zero value to
 `emerg_wr` (configuration offset 8) prints its low byte at once, even
@@ -27,6 +32,8 @@ RECEIVE, TRANSMIT = 0, 1
 CONFIG = struct.Struct("<HHII")          # cols, rows, max_nr_ports, emerg_wr
 EMERG_WR = 8
 OUTPUT_CHUNK = 64 << 10
+OUTPUT_HIGH_WATER = 256 << 10           # backlog bytes above which the driver waits
+OUTPUT_RETRY = 0.01
 INPUT_BACKLOG = 1 << 20
 
 
@@ -36,14 +43,12 @@ class VirtioConsole(VirtioDevice):
     features = 1 << F_EMERG_WRITE
     name = "virtio-console"
 
-    def __init__(self, output, before_output=None) -> None:
-        """`output` has write(bytes) and flush() (a pyvmm.console sink);
-        `before_output()`, if given, runs before each write: the machine
-        hands over the UART bytes it still buffers there, so the two
-        consoles' output keeps the guest's order."""
+    def __init__(self, output) -> None:
+        """`output` has write(bytes) and flush(), and may have a `pending`
+        backlog (a pyvmm.console output)."""
         super().__init__()
         self.output = output
-        self.before_output = before_output
+        self._retry = None
         self._lock = threading.Lock()
         self._backlog = bytearray()
         self.input_bytes_dropped = 0
@@ -69,11 +74,26 @@ class VirtioConsole(VirtioDevice):
 
     def _emit(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.before_output is not None:
-            self.before_output()
         self.output.write(data)
         if len(data) >= OUTPUT_CHUNK:
             self.output.flush()
+
+    def _backlogged(self) -> bool:
+        """The output holds too much: flush what it takes now, and if that is
+        not enough, come back later (the driver's buffers wait meanwhile)."""
+        pending = getattr(self.output, "pending", None)
+        if pending is None or len(pending) < OUTPUT_HIGH_WATER:
+            return False
+        self.output.flush()
+        if len(pending) < OUTPUT_HIGH_WATER:
+            return False
+        if self._retry is None and self.transport is not None:
+            self._retry = self.transport.context.worker.call_later(OUTPUT_RETRY, self._resume)
+        return True
+
+    def _resume(self) -> None:
+        self._retry = None
+        self.transport.serve(TRANSMIT)
 
     # --- input ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -93,7 +113,12 @@ class VirtioConsole(VirtioDevice):
 
     def process(self, queue_index: int, queue: SplitQueue) -> bool:
         if queue_index == TRANSMIT:
-            return super().process(queue_index, queue)
+            while not self._backlogged():
+                chain = queue.pop()
+                if chain is None:
+                    return True
+                queue.push(chain.head, self.handle(queue_index, chain))
+            return False
         while True:
             with self._lock:
                 if not self._backlog:

@@ -18,8 +18,14 @@ is running, as QEMU does), never with an exception:
   the configuration space takes 1, 2 and 4 bytes, and reads past its end
   give all-ones.
 
-Threads. Registers are read and written on vCPU threads (and QueueNotify
-on the doorbell thread, or by an ioeventfd on the worker). A notification
+Delivery declarations (pyvmm/devices/bus.py): QueueNotify is a doorbell
+per queue (an ioeventfd on the fast path, delivered on the worker), and the
+identification registers and InterruptStatus are cached reads: the device
+publishes InterruptStatus whenever it changes (before it raises the line),
+so the driver's interrupt handler reads it without an exit.
+
+Threads. Registers are read and written on vCPU threads (QueueNotify also
+on the device's worker, when an ioeventfd took it). A notification
 only marks its queue and hands the work to the device's worker thread
 (context.worker), which pops chains, runs the device and raises the
 interrupt (context.irq, level-triggered: high while InterruptStatus is not
@@ -35,7 +41,6 @@ from __future__ import annotations
 import threading
 from typing import List, Optional
 
-from ...memory import GuestMemoryError
 from . import spec
 from .queue import QueueError, SplitQueue
 
@@ -47,6 +52,7 @@ COMMON_FEATURES = (1 << spec.F_VERSION_1 | 1 << spec.F_RING_INDIRECT_DESC
 ORDER = ((spec.DRIVER, spec.ACKNOWLEDGE), (spec.FEATURES_OK, spec.DRIVER),
          (spec.DRIVER_OK, spec.FEATURES_OK))
 NO_SHARED_MEMORY = 0xFFFFFFFF          # SHMLen/SHMBase of a region that does not exist
+IDENTIFICATION = (spec.MMIO_MAGIC_VALUE, spec.MMIO_VERSION, spec.MMIO_DEVICE_ID, spec.MMIO_VENDOR_ID)
 
 
 class QueueConfig:
@@ -73,7 +79,9 @@ class MmioTransport:
         self.vendor_id = vendor_id
         self.offered = COMMON_FEATURES | device.features
         self.doorbells = tuple((spec.MMIO_QUEUE_NOTIFY, 4, index) for index in range(device.queue_count))
+        self.cached_reads = tuple((offset, 4) for offset in IDENTIFICATION + (spec.MMIO_INTERRUPT_STATUS,))
         self.context = None
+        self._registers = None                 # the RegisterState the cached reads come from
         self._lock = threading.Lock()
         self._irq = None
         self._epoch = 0
@@ -83,10 +91,12 @@ class MmioTransport:
         self._scheduled = False
         self.needs_reset_reason: Optional[str] = None
         self.config_generation = 0
+        self.interrupt_status = 0
         self._closed = False
-        # Counters for benchmarks and --stats: notifications seen, worker
-        # passes over a queue, interrupts raised.
-        self.notifications = self.passes = self.interrupts = 0
+        # Counters for benchmarks: register accesses that reached the device
+        # (exits, or none answered from a cached value), notifications,
+        # worker passes over a queue, interrupts raised.
+        self.accesses = self.notifications = self.passes = self.interrupts = 0
         self._clear()
         device.bind(self)
 
@@ -98,17 +108,30 @@ class MmioTransport:
         self.negotiated = 0
         self.queue_sel = 0
         self.queues: List[QueueConfig] = [QueueConfig() for _ in range(self.device.queue_count)]
-        self.interrupt_status = 0
+        self._set_interrupt_status(0)
         self._pending = [False] * self.device.queue_count
 
     def attach(self, context) -> None:
         self.context = context
         self._irq = context.irq
+        self._registers = getattr(context, "registers", None)
+        if self._registers is not None:
+            with self._lock:
+                for offset in IDENTIFICATION:
+                    self._registers.publish(offset, self._register(offset))
+                self._set_interrupt_status(self.interrupt_status)
+
+    def _set_interrupt_status(self, value: int) -> None:
+        """InterruptStatus, published for cached reads (with the lock held)."""
+        self.interrupt_status = value
+        if self._registers is not None:
+            self._registers.publish(spec.MMIO_INTERRUPT_STATUS, value)
 
     # --- the bus device --------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:
         if size == 8:
             return self.read(offset, 4) + self.read(offset + 4, 4)
+        self.accesses += 1
         with self._lock:
             if offset >= spec.MMIO_CONFIG:
                 return self._read_config(offset - spec.MMIO_CONFIG, size)
@@ -124,6 +147,7 @@ class MmioTransport:
         if offset == spec.MMIO_QUEUE_NOTIFY and len(data) == 4:
             self.notify(int.from_bytes(data, "little"))
             return
+        self.accesses += 1
         with self._lock:
             if offset >= spec.MMIO_CONFIG:
                 self.device.write_config(offset - spec.MMIO_CONFIG, bytes(data))
@@ -169,7 +193,7 @@ class MmioTransport:
         if offset == spec.MMIO_STATUS:
             self._write_status(value & 0xFF)
         elif offset == spec.MMIO_INTERRUPT_ACK:
-            self.interrupt_status &= ~value
+            self._set_interrupt_status(self.interrupt_status & ~value)
             if not self.interrupt_status and self._irq is not None:
                 self._irq.low()
         elif offset == spec.MMIO_DEVICE_FEATURES_SEL:
@@ -289,7 +313,7 @@ class MmioTransport:
 
     def _raise(self, bits: int) -> None:
         self.interrupts += 1
-        self.interrupt_status |= bits
+        self._set_interrupt_status(self.interrupt_status | bits)
         if self._irq is not None:
             self._irq.high()
 
@@ -351,7 +375,7 @@ class MmioTransport:
                     break
                 if not queue.allow_notifications():
                     break
-        except (QueueError, GuestMemoryError) as error:
+        except QueueError as error:
             failure = f"queue {index}: {error}"
         finally:
             with self._lock:
@@ -390,12 +414,21 @@ _QUEUE_ADDRESS = {
 class EmptySlot:
     """A virtio-mmio slot with no device: magic, version and vendor, device
     ID 0 and nothing else (as QEMU's transports without a backend), so a
-    driver scanning the slots skips it. Writes are ignored."""
+    driver scanning the slots skips it. Writes are ignored. The
+    identification registers are cached reads (no exit on the fast path)."""
+
+    cached_reads = tuple((offset, 4) for offset in IDENTIFICATION)
 
     def __init__(self, vendor_id: int = VENDOR_ID) -> None:
         self._values = {spec.MMIO_MAGIC_VALUE: spec.MMIO_MAGIC,
                         spec.MMIO_VERSION: spec.MMIO_VERSION_MODERN,
                         spec.MMIO_VENDOR_ID: vendor_id}
+
+    def attach(self, context) -> None:
+        registers = getattr(context, "registers", None)
+        if registers is not None:
+            for offset in IDENTIFICATION:
+                registers.publish(offset, self._values.get(offset, 0))
 
     def read(self, offset: int, size: int) -> bytes:
         if size == 8:

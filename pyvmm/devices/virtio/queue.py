@@ -30,7 +30,6 @@ import struct
 import threading
 from typing import List, Optional, Tuple
 
-from ...memory import GuestMemoryError
 from . import spec
 
 _DESCRIPTOR = struct.Struct("<QIHH")       # addr, len, flags, next
@@ -258,7 +257,7 @@ class SplitQueue:
     def _view(self, addr: int, length: int, what: str) -> memoryview:
         try:
             return self.memory.view(addr, length)
-        except GuestMemoryError:
+        except ValueError:                  # GuestMemoryError: outside guest RAM
             raise QueueError(f"{what} at {addr:#x} ({length} bytes) is outside guest RAM") from None
 
     # --- the used ring ---------------------------------------------------------------

@@ -1,42 +1,65 @@
 """Exit counters kept for every run: per exit reason, per port, per MMIO address."""
 
-from .kvm.vcpu import exit_reason_name
+from ..kvm.exits import REASON_COUNT, exit_reason_name
 
 IN, OUT = 0, 1
 DIRECTION_NAMES = ("in", "out")
+# Distinct MMIO addresses (with direction) counted one by one; a guest that
+# scans more lands in OTHER_MMIO, so the counters stay bounded (ports are).
+MAX_MMIO_KEYS = 4096
+OTHER_MMIO = -1
 
 
 class ExitStats:
     """Counters one vCPU updates on its hot path (plain ints and dicts).
 
     `reasons` is indexed by KVM exit reason; `ports` is keyed by
-    (port << 1 | direction); `mmio` by (address << 1 | is_write). `ports`
-    and `mmio` count accesses: exits, and the writes the fast path took from
-    KVM's coalesced ring without an exit, which `coalesced` counts.
+    (port << 1 | direction); `mmio` by (address << 1 | is_write), at most
+    MAX_MMIO_KEYS of them, the rest under OTHER_MMIO. `ports` and `mmio`
+    count accesses: exits, and the writes that reached a device without
+    one, which `coalesced` (KVM's coalesced ring) and `doorbells` (KVM
+    ioeventfds) count again.
     """
 
     def __init__(self):
-        self.reasons = [0] * 64
+        self.reasons = [0] * REASON_COUNT
         self.ports = {}
         self.mmio = {}
         self.interrupted = 0
         self.coalesced = 0
+        self.doorbells = 0
+        self.fast = 0           # exits the fast path's C loop handled without Python
 
-    def count_unexited_writes(self, address, pio, writes=1):
-        """Writes that reached a device without an exit (coalesced ring, ioeventfd)."""
-        table, key = (self.ports if pio else self.mmio), address << 1 | 1
-        table[key] = table.get(key, 0) + writes
-        self.coalesced += writes
+    def count_mmio(self, key, count=1):
+        mmio = self.mmio
+        if key in mmio:
+            mmio[key] += count
+        elif len(mmio) < MAX_MMIO_KEYS:
+            mmio[key] = count
+        else:
+            mmio[OTHER_MMIO] = mmio.get(OTHER_MMIO, 0) + count
+
+    def count_write(self, address, pio, writes=1):
+        """Writes counted by address (a deferred write delivered late)."""
+        key = address << 1 | 1
+        if pio:
+            self.ports[key] = self.ports.get(key, 0) + writes
+        else:
+            self.count_mmio(key, writes)
 
     def merge(self, other):
+        """Adds `other`'s counters; safe while its vCPU thread updates them
+        (dict.copy() runs without releasing the GIL)."""
         for reason, count in enumerate(other.reasons):
             self.reasons[reason] += count
-        for key, count in other.ports.items():
+        for key, count in other.ports.copy().items():
             self.ports[key] = self.ports.get(key, 0) + count
-        for key, count in other.mmio.items():
-            self.mmio[key] = self.mmio.get(key, 0) + count
+        for key, count in other.mmio.copy().items():
+            self.count_mmio(key, count)
         self.interrupted += other.interrupted
         self.coalesced += other.coalesced
+        self.doorbells += other.doorbells
+        self.fast += other.fast
 
     @property
     def total(self):
@@ -51,8 +74,9 @@ class ExitStats:
         return {(key >> 1, DIRECTION_NAMES[key & 1]): count for key, count in self.ports.items()}
 
     def by_mmio(self):
-        """{(address, "read"|"write"): count}."""
-        return {(key >> 1, ("read", "write")[key & 1]): count for key, count in self.mmio.items()}
+        """{(address, "read"|"write"): count}; ("other", "any") for addresses past MAX_MMIO_KEYS."""
+        return {(("other", "any") if key == OTHER_MMIO else (key >> 1, ("read", "write")[key & 1])): count
+                for key, count in self.mmio.items()}
 
     def as_dict(self, result=None):
         """The counters as plain data (`--stats=json`)."""
@@ -60,11 +84,13 @@ class ExitStats:
             "exits": self.total,
             "kicks": self.interrupted,
             "coalesced": self.coalesced,
+            "doorbells": self.doorbells,
+            "handled_in_c": self.fast,
             "reasons": self.by_reason(),
             "ports": [{"port": port, "dir": direction, "count": count}
                       for (port, direction), count in sorted(self.by_port().items())],
             "mmio": [{"addr": addr, "dir": access, "count": count}
-                     for (addr, access), count in sorted(self.by_mmio().items())],
+                     for (addr, access), count in sorted(self.by_mmio().items(), key=_address_order)],
         }
         if result is not None:
             data["result"] = {"status": result.status, "reason": result.reason}
@@ -76,8 +102,12 @@ class ExitStats:
         total = self.total
         lines = [] if result is None else [f"run ended: {result.reason}, status {result.status}"]
         lines.append(f"exits: {total} (and {self.interrupted} kicks out of KVM_RUN)")
+        if self.fast:
+            lines.append(f"handled in C: {self.fast} of the exits (fast path)")
         if self.coalesced:
             lines.append(f"coalesced writes: {self.coalesced} (no exit; counted below by port)")
+        if self.doorbells:
+            lines.append(f"doorbell writes: {self.doorbells} (ioeventfd, no exit; counted below)")
         for name, count in sorted(self.by_reason().items(), key=lambda item: -item[1]):
             lines.append(f"  {name:<16} {count:>10} {100.0 * count / max(total, 1):6.2f}%")
         if self.ports:
@@ -88,8 +118,14 @@ class ExitStats:
         if self.mmio:
             lines.append("MMIO:")
             for (addr, access), count in sorted(self.by_mmio().items(), key=lambda item: -item[1]):
-                lines.append(f"  {addr:#014x} {access:<5} {count:>10}")
+                where = f"{addr:#014x}" if isinstance(addr, int) else f"{'(others)':>14}"
+                lines.append(f"  {where} {access:<5} {count:>10}")
         return "\n".join(lines)
+
+
+def _address_order(item):
+    (addr, access), _count = item
+    return (not isinstance(addr, int), addr if isinstance(addr, int) else 0, access)
 
 
 def format_post_codes(history, start_ns, total):

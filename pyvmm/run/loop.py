@@ -1,89 +1,55 @@
 """The vCPU run loop: KVM_RUN, then dispatch of every exit to the buses.
 
-This is the readable reference path. Each exit reason ends in a defined
-way: port I/O and MMIO go to the buses; halt, shutdown, failed entry,
-internal errors, system events and unknown reasons stop the VM with a
-status (see stop.py). Exit headers are unpacked with struct from the
-shared kvm_run page at offsets the C compiler reported, which is cheaper
-per exit than reading the fields one by one through cffi.
+This is the readable reference path; pyvmm.run.fast runs the same loop with
+its hot exits in C. Each exit reason ends in a defined way: port I/O and
+MMIO go to the buses; halt, shutdown, failed entry, internal errors, system
+events and unknown reasons stop the VM with a status (see stop.py).
+
+The plain loop reads each exit with one struct unpack (ExitReader.header)
+and builds no object for port I/O; the rare reasons are decoded in full
+(pyvmm.kvm.exits). With hooks or tracing the observed loop builds an
+ExitEvent per exit instead.
 """
 
-import struct
+from errno import EAGAIN, EINTR
 from time import monotonic_ns
 
-from ._kvm import ffi, lib
+from ..devices.bus import ONE_BYTE
+from ..kvm import KvmError
+from ..kvm.exits import (EXIT_IO, EXIT_MMIO, IO_OUT, REASON_COUNT, DebugExit, FailEntryExit, HaltExit,
+                         InternalErrorExit, MsrExit, OtherExit, ShutdownExit, SystemEventExit,
+                         exit_reason_name)
 from .hooks import ExitEvent, Hooks
-from .kvm import KvmError, exit_reason_name
 from .stop import STATUS_CRASH, STATUS_OK
 
-_UNION = ffi.offsetof("struct kvm_run", "io")
-_REASON_OFFSET = ffi.offsetof("struct kvm_run", "exit_reason")
-# exit_reason, then the io member of the union: direction, size, port,
-# count, data_offset. One unpack per exit (the io fields are ignored for
-# other reasons).
-_EXIT_IO = struct.Struct(f"<I{_UNION - _REASON_OFFSET - 4}xBBHIQ")
-_MMIO = struct.Struct("<Q8sIB")         # phys_addr, data, len, is_write
-_MMIO_DATA = _UNION + 8
-_RIP = struct.Struct("<Q")
-_SYNC_RIP = lib.pyvmm_sync_regs_offset() + ffi.offsetof("struct kvm_regs", "rip")
-
-
-def _check_layout():
-    """The struct formats above must agree with the compiler's layout."""
-    io = [ffi.offsetof("struct kvm_run", "io", name) - _UNION
-          for name in ("direction", "size", "port", "count", "data_offset")]
-    mmio = [ffi.offsetof("struct kvm_run", "mmio", name) - _UNION
-            for name in ("phys_addr", "data", "len", "is_write")]
-    if io != [0, 1, 2, 4, 8] or mmio != [0, 8, 16, 20]:
-        raise ImportError(f"unexpected struct kvm_run layout: io {io}, mmio {mmio}")
-
-
-_check_layout()
-
-EXIT_IO, EXIT_MMIO, EXIT_HLT = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_HLT
-DEBUG_EXITS = (lib.KVM_EXIT_DEBUG, lib.KVM_EXIT_INTERNAL_ERROR)
-IO_OUT = lib.KVM_EXIT_IO_OUT
-EINTR, EAGAIN = 4, 11
-RFLAGS_IF = 1 << 9
-BYTES = [bytes((value,)) for value in range(256)]   # shared, immutable one-byte payloads
 VALID_IO_SIZES = (1, 2, 4)
-
-SYSTEM_EVENTS = {
-    lib.KVM_SYSTEM_EVENT_SHUTDOWN: (STATUS_OK, "poweroff"),
-    lib.KVM_SYSTEM_EVENT_RESET: (STATUS_OK, "reset"),
-    lib.KVM_SYSTEM_EVENT_CRASH: (STATUS_CRASH, "guest-crash"),
-}
-INTERNAL_ERRORS = {
-    lib.KVM_INTERNAL_ERROR_EMULATION: "instruction emulation failed",
-    lib.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
-    lib.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
-    lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason",
-}
+RFLAGS_IF = 1 << 9
 
 
 class VcpuLoop:
     """Runs one vCPU until the VM-wide StopSignal is raised."""
 
-    def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, halt_is_final=lambda vcpu: True,
-                 hooks=None):
+    def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, hooks=None):
         self.vcpu = vcpu
         self.hooks = hooks if hooks is not None else Hooks()
         self.port_bus = port_bus
         self.mmio_bus = mmio_bus
         self.stop = stop
         self.stats = stats
-        # Whether a HLT exit can never be woken (no interrupt source can reach it).
-        self.halt_is_final = halt_is_final
         # Dormancy probes (see request_probe): the round asked for, the
         # round last answered, and the answer.
         self.probe_round = 0
         self.answered_round = 0
         self.dormant = False
-        # A debugger (pyvmm.gdb): debug_handler(loop, reason) gets KVM_EXIT_DEBUG
-        # and emulation failures first, True when it handled the exit;
-        # interrupt_handler(loop) runs after every kick. None: not debugging.
+        # A debugger (pyvmm.gdb): debug_handler(loop, exit) gets debug exits and
+        # emulation failures first, True when it handled the exit.
         self.debug_handler = None
-        self.interrupt_handler = None
+        # kick_handlers: each handler(loop) runs after every kick, on this
+        # thread, with every exit completed (pause, the debugger).
+        self.kick_handlers = []
+        # KVM_RUN: 0 when an exit waits in kvm_run, else not an exit (-errno
+        # after a kick); the fast path puts its C loop here.
+        self.enter = vcpu.enter
 
     def request_probe(self, round_number):
         """Asks the vCPU thread whether its vCPU is dormant: halted with
@@ -91,16 +57,16 @@ class VcpuLoop:
         halt never exits to us, so the supervisor kicks the thread out of
         KVM_RUN (immediate_exit + a signal) and the thread looks for itself."""
         self.probe_round = round_number
-        self.vcpu.run.immediate_exit = 1
+        self.vcpu.set_immediate_exit()
 
     def _answer_probe(self):
         round_number = self.probe_round
         vcpu = self.vcpu
         state = vcpu.get_mp_state()
-        if state == lib.KVM_MP_STATE_HALTED:
+        if state == "halted":
             dormant = not vcpu.get_regs().rflags & RFLAGS_IF
         else:
-            dormant = state in (lib.KVM_MP_STATE_UNINITIALIZED, lib.KVM_MP_STATE_INIT_RECEIVED)
+            dormant = state in ("uninitialized", "init_received")
         self.dormant = dormant
         self.answered_round = round_number
 
@@ -114,31 +80,30 @@ class VcpuLoop:
         return self._run_plain()
 
     def _interrupted(self, ret):
-        """KVM_RUN returned an error: a kick (answer a probe if one is asked) or a failure."""
+        """enter() returned no exit: a kick (answer a probe if one is asked) or a failure."""
         if ret != -EINTR and ret != -EAGAIN:
             raise KvmError("KVM_RUN", -ret, f"vCPU {self.vcpu.index}")
         self.stats.interrupted += 1
-        self.vcpu.run.immediate_exit = 0
+        self.vcpu.set_immediate_exit(False)
         if self.probe_round != self.answered_round:
             self._answer_probe()
-        if self.interrupt_handler is not None:
-            self.interrupt_handler(self)
+        for handler in self.kick_handlers:
+            handler(self)
 
     def _run_plain(self):
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
         buf = vcpu.run_buffer
         run_size = vcpu.run_size
-        enter = vcpu.enter
+        enter, header = self.enter, vcpu.exits.header
         port_read, port_write = self.port_bus.read, self.port_bus.write
         reasons, ports = stats.reasons, stats.ports
-        unpack_exit, header = _EXIT_IO.unpack_from, _REASON_OFFSET
         while not stop.requested:
             ret = enter()
-            if ret < 0:
+            if ret:
                 self._interrupted(ret)
                 continue
-            reason, direction, size, port, count, offset = unpack_exit(buf, header)
-            if reason < 64:
+            reason, direction, size, port, count, offset = header()
+            if reason < REASON_COUNT:
                 reasons[reason] += 1
             if reason == EXIT_IO:
                 key = port << 1 | direction
@@ -146,7 +111,7 @@ class VcpuLoop:
                 if count == 1 and size in VALID_IO_SIZES and offset + size <= run_size:
                     if direction == IO_OUT:
                         if size == 1:   # the common case: no slice, no copy
-                            port_write(port, BYTES[buf[offset]])
+                            port_write(port, ONE_BYTE[buf[offset]])
                         else:
                             port_write(port, bytes(buf[offset:offset + size]))
                     else:
@@ -156,32 +121,31 @@ class VcpuLoop:
             elif reason == EXIT_MMIO:
                 self._mmio()
             else:
-                self._other(reason)
+                self._other()
 
     # --- the observed loop: hooks and tracing ---------------------------------
     def _run_observed(self):
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
-        buf = vcpu.run_buffer
-        vcpu.run.kvm_valid_regs = lib.KVM_SYNC_X86_REGS   # RIP with every exit, no extra ioctl
+        rip = vcpu.synced_rip().read      # RIP with every exit, no extra ioctl
+        header = vcpu.exits.header
         seq = 0
         while not stop.requested:
             ret = vcpu.enter()
             if ret < 0:
                 self._interrupted(ret)
                 continue
-            reason, direction, size, port, count, offset = _EXIT_IO.unpack_from(buf, _REASON_OFFSET)
-            if reason < 64:
+            reason, direction, size, port, count, offset = header()
+            if reason < REASON_COUNT:
                 stats.reasons[reason] += 1
             seq += 1
-            event = ExitEvent(seq, vcpu.index, monotonic_ns(), exit_reason_name(reason),
-                              _RIP.unpack_from(buf, _SYNC_RIP)[0])
+            event = ExitEvent(seq, vcpu.index, monotonic_ns(), exit_reason_name(reason), rip())
             if reason == EXIT_IO:
                 self._observe_io(event, direction, size, port, count, offset)
             elif reason == EXIT_MMIO:
                 self._observe_mmio(event)
             else:
                 _call_hooks(self.hooks.before, event)
-                self._other(reason)
+                self._other()
                 _call_hooks(self.hooks.after, event)
             if event.stop_request is not None:
                 status, message = event.stop_request
@@ -204,20 +168,17 @@ class VcpuLoop:
             buf[offset:offset + size * count] = event.data
 
     def _observe_mmio(self, event):
-        buf = self.vcpu.run_buffer
-        addr, data, length, is_write = _MMIO.unpack_from(buf, _UNION)
-        key = addr << 1 | (1 if is_write else 0)
-        self.stats.mmio[key] = self.stats.mmio.get(key, 0) + 1
-        if not 1 <= length <= 8:
-            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+        mmio = self._mmio_exit()
+        if mmio is None:
             return
+        addr, data, length, is_write = mmio
         event.address, event.size = addr, length
         event.direction = "write" if is_write else "read"
         if is_write:
             event.data = data[:length]
         self._perform(event, length, self.mmio_bus, addr)
         if not is_write:
-            buf[_MMIO_DATA:_MMIO_DATA + length] = event.data
+            self.vcpu.exits.set_mmio_data(event.data)
 
     def _perform(self, event, total, bus, addr):
         """Before hooks, the bus accesses (one per element), after hooks."""
@@ -236,6 +197,7 @@ class VcpuLoop:
         if event.is_read:
             _check_length(event, total)
 
+    # --- the less frequent exits ------------------------------------------------
     def _string_io(self, direction, size, port, count, offset):
         """`rep ins/outs` with count > 1: one bus access per element, in order."""
         if size not in VALID_IO_SIZES or count < 1 or offset + size * count > self.vcpu.run_size:
@@ -249,52 +211,54 @@ class VcpuLoop:
                 buf[element:element + size] = self.port_bus.read(port, size)
 
     def _mmio(self):
-        buf = self.vcpu.run_buffer
-        addr, data, length, is_write = _MMIO.unpack_from(buf, _UNION)
-        mmio = self.stats.mmio
-        key = addr << 1 | (1 if is_write else 0)
-        mmio[key] = mmio.get(key, 0) + 1
-        if not 1 <= length <= 8:
-            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+        mmio = self._mmio_exit()
+        if mmio is None:
             return
+        addr, data, length, is_write = mmio
         if is_write:
             self.mmio_bus.write(addr, data[:length])
         else:
-            buf[_MMIO_DATA:_MMIO_DATA + length] = self.mmio_bus.read(addr, length)
+            self.vcpu.exits.set_mmio_data(self.mmio_bus.read(addr, length))
 
-    def _other(self, reason):
-        if self.debug_handler is not None and reason in DEBUG_EXITS and self.debug_handler(self, reason):
+    def _mmio_exit(self):
+        """The MMIO exit (address, data, length, is_write), counted; None when
+        KVM gave a length no access has (the run then ends as a crash)."""
+        addr, data, length, is_write = mmio = self.vcpu.exits.mmio()
+        self.stats.count_mmio(addr << 1 | (1 if is_write else 0))
+        if not 1 <= length <= 8:
+            self._crash("bad-mmio", f"malformed MMIO exit at {addr:#x} (length {length})")
+            return None
+        return mmio
+
+    def _other(self):
+        exit = self.vcpu.exits.decode()
+        if self.debug_handler is not None and isinstance(exit, (DebugExit, InternalErrorExit)) \
+                and self.debug_handler(self, exit):
             return
-        run = self.vcpu.run
         index = self.vcpu.index
-        if reason == EXIT_HLT:
-            if self.halt_is_final(self.vcpu):
-                self.stop.request(STATUS_OK, "halt", vcpu=index)
-        elif reason == lib.KVM_EXIT_SHUTDOWN:
+        if isinstance(exit, HaltExit):
+            self.stop.request(STATUS_OK, "halt", vcpu=index)
+        elif isinstance(exit, ShutdownExit):
             self._crash("triple-fault", "guest triple fault (shutdown)" + self._where())
-        elif reason == lib.KVM_EXIT_FAIL_ENTRY:
+        elif isinstance(exit, FailEntryExit):
             self._crash("fail-entry", "KVM could not enter the guest (hardware entry failure "
-                        f"reason {run.fail_entry.hardware_entry_failure_reason:#x})")
-        elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
-            suberror = run.internal.suberror
-            what = INTERNAL_ERRORS.get(suberror, f"suberror {suberror}")
-            self._crash("internal-error", f"KVM internal error: {what}" + self._where())
-        elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
-            event = run.system_event.type
-            status, tag = SYSTEM_EVENTS.get(event, (STATUS_CRASH, f"system-event-{event}"))
-            if status == STATUS_OK:
-                self.stop.request(status, tag, vcpu=index)
-            elif event == lib.KVM_SYSTEM_EVENT_CRASH:
-                self._crash(tag, "the guest reported a crash (system event)")
+                        f"reason {exit.hardware_reason:#x})")
+        elif isinstance(exit, InternalErrorExit):
+            self._crash("internal-error", f"KVM internal error: {exit.description}" + self._where())
+        elif isinstance(exit, SystemEventExit):
+            if exit.event in ("shutdown", "reset"):
+                self.stop.request(STATUS_OK, "poweroff" if exit.event == "shutdown" else "reset", vcpu=index)
+            elif exit.event == "crash":
+                self._crash("guest-crash", "the guest reported a crash (system event)")
             else:
-                self._crash(tag, f"unhandled system event {event}")
-        elif reason in (lib.KVM_EXIT_IRQ_WINDOW_OPEN, lib.KVM_EXIT_INTR):
+                self._crash(f"system-event-{exit.event}", f"unhandled system event {exit.event}")
+        elif isinstance(exit, MsrExit):
+            self.vcpu.exits.fail_msr()      # #GP, as for an MSR the CPU does not have
+        elif isinstance(exit, OtherExit) and exit.is_benign:
             pass
-        elif reason in (lib.KVM_EXIT_X86_RDMSR, lib.KVM_EXIT_X86_WRMSR):
-            run.msr.error = 1  # inject #GP, as for an MSR the CPU does not have
         else:
-            self._crash("unhandled-exit", f"unhandled exit reason {reason} "
-                        f"({exit_reason_name(reason)})" + self._where())
+            self._crash("unhandled-exit", f"unhandled exit reason {exit.reason} "
+                        f"({exit.name})" + self._where())
 
     def _where(self):
         try:

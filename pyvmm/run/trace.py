@@ -3,6 +3,8 @@
 import json
 import threading
 
+MAX_LINE = 1 << 16   # a record is below 10 KiB (string I/O data is at most a page, in hex)
+
 
 class ExitTracer:
     """Writes ExitEvent.as_dict() lines to a file; safe to call from every vCPU thread."""
@@ -32,18 +34,53 @@ class ExitTracer:
 
 
 def read_trace(path):
-    """Yields the records of a trace file; ValueError names a bad line."""
-    with open(path) as trace:
-        for number, line in enumerate(trace, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}:{number}: not a JSON trace record") from None
-            if not isinstance(record, dict) or "reason" not in record:
-                raise ValueError(f"{path}:{number}: not an exit record")
-            yield record
+    """Yields the records of a trace file; ValueError names the file, the line and the fault.
+
+    Lines are read in binary, at most MAX_LINE bytes each, so neither an
+    endless line (/dev/zero) nor a binary file is read whole into memory.
+    """
+    with open(path, "rb") as trace:
+        number = 0
+        while True:
+            line = trace.readline(MAX_LINE + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_LINE:
+                raise ValueError(f"{path}:{number}: a line longer than {MAX_LINE} bytes "
+                                 f"is not a trace record")
+            if line.strip():
+                yield _record(path, number, line)
+
+
+# Optional fields of a record and the JSON values they may hold.
+_FIELDS = {
+    "port": lambda value: _is_int(value) and 0 <= value <= 0xFFFF,
+    "addr": lambda value: _is_int(value) and 0 <= value < 1 << 64,
+    "handle_ns": lambda value: _is_int(value) and value >= 0,
+    "dir": lambda value: isinstance(value, str),
+    "dev": lambda value: isinstance(value, str),
+}
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record(path, number, line):
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{number}: not UTF-8 text, so not a trace") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError(f"{path}:{number}: not a JSON trace record") from None
+    if not isinstance(record, dict) or not isinstance(record.get("reason"), str):
+        raise ValueError(f"{path}:{number}: not an exit record (no \"reason\" string)")
+    for name, valid in _FIELDS.items():
+        if name in record and not valid(record[name]):
+            raise ValueError(f"{path}:{number}: an exit record with a bad {name!r}: "
+                             f"{json.dumps(record[name])[:40]}")
+    return record
 
 
 def summarize(records):

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from ...arch.x86_64 import layout
-from ...config import ConfigError
-from .blk import VirtioBlock
-from .console import VirtioConsole
-from .image import ImageError, RawImage
-from .mmio import EmptySlot, MmioTransport
-from .options import disk_ids
-from .rng import EntropySource, VirtioRng
+from ..arch.x86_64 import layout
+from ..config import ConfigError
+from ..devices.virtio.blk import VirtioBlock, disk_ids
+from ..devices.virtio.console import VirtioConsole
+from ..devices.virtio.image import ImageError, RawImage
+from ..devices.virtio.mmio import EmptySlot, MmioTransport
+from ..devices.virtio.rng import EntropySource, VirtioRng
+from ..loader import LoadOptions, LoaderError, bzimage, detect
 
 
 class VirtioSlots:
@@ -71,15 +71,14 @@ class VirtioSlots:
             placed.append((slot, base, irq, device))
         return placed
 
-    def attach(self, machine, console_output=None, before_console_output=None) -> None:
+    def attach(self, machine, console_output=None) -> None:
         """Registers every slot on the machine's MMIO bus (nothing without
-        devices). The console writes to `console_output` (write, flush),
-        calling `before_console_output()` first (see VirtioConsole)."""
+        devices); the console writes to `console_output` (write, flush), the
+        UART's output."""
         if not self.devices:
             return
         if self.console is not None:
             self.console.output = console_output
-            self.console.before_output = before_console_output
         used = {}
         for slot, base, irq, device in self.placements():
             transport = MmioTransport(device)
@@ -98,16 +97,18 @@ class VirtioSlots:
         """Where host input goes when the console is virtio (else None)."""
         return None if self.console is None else self.console.feed
 
-    def boot_cmdline(self, image: bytes, options) -> str:
-        """The command line to boot with: a Linux bzImage gets the devices
-        appended, as QEMU's microvm does; other kernels keep theirs (a Linux
-        booted through PVH finds the devices in the DSDT)."""
-        from ...loader import bzimage, detect
+    def boot_options(self, image: bytes, options: Optional[LoadOptions]) -> LoadOptions:
+        """The load options to boot with: a Linux bzImage gets the devices
+        appended to its command line, as QEMU's microvm does; other kernels
+        keep theirs (a Linux booted through PVH finds the devices in the DSDT)."""
+        options = options or LoadOptions()
         try:
             module = detect(image, options)
-        except Exception:       # the loader reports a bad image itself, later
-            return options.cmdline
-        return self.kernel_cmdline(options.cmdline) if module is bzimage else options.cmdline
+        except LoaderError:       # the loader reports a bad image itself, later
+            return options
+        if module is bzimage:
+            options.cmdline = self.kernel_cmdline(options.cmdline)
+        return options
 
     def kernel_cmdline(self, cmdline: str) -> str:
         """`cmdline` with a virtio_mmio.device=SIZE@ADDR:IRQ entry per device."""

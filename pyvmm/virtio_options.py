@@ -8,7 +8,8 @@ Values are KEY=VALUE pairs separated by commas; booleans take on/off (or
 true/false). `check` refuses what cannot work before the VM is built: an
 unknown key, a missing or unreadable file, an image another VM holds, an
 id too long for the 20-byte virtio-blk serial, more devices than slots
-with an interrupt.
+with an interrupt. The machine opens the files for good
+(pyvmm.machine.virtio), before anything else of the VM exists.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, Optional
 
-from ...config import ConfigError
-from ...arch.x86_64 import layout
-from .image import ImageError, check_image
-from .rng import DEFAULT_SOURCE
+from .arch.x86_64 import layout
+from .config import ConfigError
+from .devices.virtio.blk import disk_ids
+from .devices.virtio.image import ImageError, check_image
+from .devices.virtio.rng import DEFAULT_SOURCE
 
 CONSOLES = ("off", "virtio")
 ID_BYTES = 20
@@ -80,11 +82,6 @@ def parse_disk(text: str) -> DiskSpec:
                                 or not disk_id.isprintable() or not disk_id.isascii()):
         raise ConfigError(f"--disk {text!r}: id must be 1 to {ID_BYTES} printable ASCII characters")
     return DiskSpec(values["path"], _BOOLEANS[readonly], disk_id)
-
-
-def disk_ids(disks) -> list:
-    """Each disk's id: its own, or disk0, disk1... by position."""
-    return [disk.id if disk.id is not None else f"disk{index}" for index, disk in enumerate(disks)]
 
 
 def device_count(config) -> int:

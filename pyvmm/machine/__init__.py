@@ -1,0 +1,8 @@
+"""A machine: the builder (config to a ready VM), the device manager (buses and
+devices at the platform's address map) and the vCPU manager (threads, kicks,
+pause, supervision), wired by Machine."""
+
+from .builder import InputFileError, read_file, read_kernel
+from .machine import Machine
+
+__all__ = ["InputFileError", "Machine", "read_file", "read_kernel"]

@@ -1,0 +1,82 @@
+"""From a config to a ready VM: guest memory holding the firmware tables and
+the kernel, the KVM VM with its in-kernel interrupt controllers and timer
+and its memory slots, and the vCPUs with their CPUID, MSRs, local APIC and
+entry state. Bad input (memory size, kernel) is refused before KVM is
+touched; what was made is released if a later step fails.
+"""
+
+from ..arch.x86_64 import acpi, cpuid, lapic, layout, modes, msr, mptable
+from ..kvm import Kvm
+from ..loader import LoadOptions, load_kernel
+from ..loader.files import InputFileError, read_file, read_kernel  # noqa: F401  (Machine's API)
+from ..memory import GuestMemory
+
+
+class BuiltVm:
+    """What the builder made: kvm, vm, memory, the loaded kernel's `boot`
+    description and the vCPUs. close() releases them, the VM before its memory."""
+
+    kvm = vm = memory = boot = None
+
+    def __init__(self):
+        self.vcpus = []
+
+    def close(self):
+        self.vcpus = []
+        for part in (self.vm, self.memory, self.kvm):
+            if part is not None:
+                part.close()
+        self.vm = self.memory = self.kvm = None
+
+
+def build(config, image, options=None, virtio=()):
+    """A BuiltVm for `config` with `image` (the kernel's bytes) loaded;
+    `virtio`: the virtio-mmio transports the DSDT declares (uid, base, size, irq)."""
+    built = BuiltVm()
+    try:
+        built.memory = GuestMemory(layout.ram_ranges(config.memory))
+        options = options or LoadOptions()
+        options.rsdp_addr = write_firmware_tables(built.memory, config.cpus, virtio)
+        built.boot = load_kernel(image, built.memory, options)
+        built.kvm = Kvm()
+        built.vm = built.kvm.create_vm()
+        built.vm.set_tss_addr(layout.KVM_TSS)
+        built.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
+        built.vm.create_irqchip()
+        built.vm.create_pit2(speaker_dummy=True)
+        built.vm.add_memory(built.memory)
+        built.vcpus = create_vcpus(built.kvm, built.vm, config)
+        modes.enter(built.vcpus[0], built.memory, built.boot.mode, built.boot.entry, built.boot.regs,
+                    tables=built.boot.tables)
+    except BaseException:
+        built.close()
+        raise
+    return built
+
+
+def write_firmware_tables(memory, cpus, virtio=()):
+    """ACPI and MP tables into the BIOS area; returns the RSDP's address."""
+    tables, rsdp = acpi.build_acpi_tables(layout.ACPI_TABLES, cpus, irq0_pin=layout.IRQ0_PIN,
+                                          virtio=virtio)
+    memory.write(layout.ACPI_TABLES, tables)
+    memory.write(layout.MPTABLE, mptable.build_mptable(layout.MPTABLE, cpus, irq0_pin=layout.IRQ0_PIN))
+    return rsdp
+
+
+def create_vcpus(kvm, vm, config):
+    """vCPU 0 boots the kernel; the others wait in the in-kernel LAPIC for
+    INIT/SIPI from it, as on real hardware."""
+    cpus = config.cpus
+    supported = kvm.supported_cpuid()
+    msrs = msr.boot_msrs(kvm.msr_index_list())
+    vcpus = []
+    for index in range(cpus):
+        vcpu = vm.create_vcpu(index)
+        entries = cpuid.vcpu_cpuid(supported, index, cpus, config.masked_features)
+        vcpu.set_cpuid(entries)
+        vcpu.set_msrs(msrs)
+        vcpu.set_lapic(lapic.set_lint_as_firmware_does(vcpu.get_lapic()))
+        if cpuid.has_feature(entries, "xsave"):
+            vcpu.set_xcrs({0: cpuid.boot_xcr0(entries)})
+        vcpus.append(vcpu)
+    return vcpus

@@ -1,0 +1,147 @@
+"""Every device of a machine: the two buses, the PC platform's devices at the
+places the address map gives them (pyvmm/arch/x86_64/layout.py), a user's
+devices, and what each gets besides its registers (pyvmm.devices.context):
+an interrupt line, guest memory and a worker thread.
+
+QEMU's choices are followed where a kernel written for `qemu -kernel` can
+tell the difference; each device is a plain object from pyvmm.devices.
+"""
+
+import functools
+import sys
+
+from ..arch.x86_64 import layout
+from ..devices import (AcpiPm, Bus, BusError, Cmos, DebugConsole, DebugExit, FwCfg, I8042, PcTestDev,
+                       PciConfigAbsent, PostCode, Serial16550)
+from ..devices.context import DeviceContext, InterruptLine
+from ..devices.i8042 import KEYBOARD_LINE, MOUSE_LINE
+from ..run.stop import STATUS_CRASH, STATUS_OK
+
+# QEMU fills fw_cfg's command line only for Linux and PVH kernels.
+CMDLINE_IN_FW_CFG = ("bzImage", "pvh")
+I8042_IRQS = {KEYBOARD_LINE: layout.I8042_KEYBOARD_IRQ, MOUSE_LINE: layout.I8042_MOUSE_IRQ}
+
+
+class DeviceManager:
+    """The buses and devices of one VM.
+
+    `vm` drives interrupt lines (KVM_IRQ_LINE); `stop` is the VM's
+    StopSignal (reset, power-off, a guest's debug-exit and a failing device
+    end the run through it); `console` receives what the UART and the debug
+    console print.
+    """
+
+    def __init__(self, config, memory, vm, stop, console, boot_format=None):
+        self.memory, self.vm, self.stop = memory, vm, stop
+        self.port_bus = Bus.port_io()
+        self.mmio_bus = Bus.mmio()
+        self._contexts = {}                     # id(device) -> DeviceContext
+        self.late_failures = []
+        self.serial = Serial16550(output=console)
+        self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
+        self.i8042 = I8042(on_reset=self._reset,
+                           set_irq=lambda line, level: self.set_irq(I8042_IRQS[line], level))
+        self.cmos = Cmos(config.memory, cpus=config.cpus)
+        self.post = PostCode()
+        self.debugcon = DebugConsole(console)
+        self.pm = AcpiPm(on_poweroff=self._poweroff, on_reset=self._reset, on_sleep=self._sleep,
+                         set_sci=functools.partial(self.set_irq, layout.SCI_IRQ))
+        # The reset control register 0xcf9 sits inside the PCI config ports.
+        self.pci = PciConfigAbsent(reset_control=self.pm.reset_control)
+        cmdline = config.cmdline if boot_format in CMDLINE_IN_FW_CFG else None
+        self.fw_cfg = FwCfg(config.memory, config.cpus, cmdline)
+        self.testdev = PcTestDev(self.set_irq)
+
+        ports = self.add_port_device
+        ports(layout.COM1, self.serial, "serial (COM1)", irq=layout.COM1_IRQ)
+        ports(layout.DEBUG_EXIT, self.debug_exit, "debug-exit")
+        ports(layout.I8042_DATA, self.i8042.data, "i8042 data")
+        ports(layout.I8042_COMMAND, self.i8042.command, "i8042 status/command")
+        ports(layout.PC_TESTDEV_PORTS, self.testdev.ports, "pc-testdev ports")
+        ports(layout.PC_TESTDEV_IRQ_LINES, self.testdev.irq_lines, "pc-testdev irq lines")
+        ports(layout.CMOS, self.cmos, "cmos/rtc")
+        ports(layout.POST, self.post, "post")
+        ports(layout.DEBUGCON, self.debugcon, "debugcon")
+        ports(layout.ACPI_PM, self.pm, "acpi-pm")
+        ports(layout.PCI_CONFIG, self.pci, "pci-config (no devices)")
+        ports(layout.FW_CFG, self.fw_cfg, "fw_cfg")
+        self.add_mmio_device(layout.PC_TESTDEV_MMIO, self.testdev.iomem, "pc-testdev iomem")
+
+    # --- adding devices ------------------------------------------------------------
+    def add_port_device(self, window, device, name=None, irq=None):
+        """Routes the ports of `window` (base, length) to `device`, then hands it
+        its context if it has attach(context) (see pyvmm.devices.context)."""
+        self.port_bus.register(window[0], window[1], device, name=name)
+        self._attach(self.port_bus, window[0], device, name, irq)
+
+    def add_mmio_device(self, window, device, name=None, irq=None):
+        """As add_port_device, for MMIO; refuses a range over guest RAM or the
+        interrupt controllers, where KVM would never let an access reach it."""
+        base, length = window
+        if length <= 0:
+            raise BusError(f"cannot register {name or type(device).__name__} at {base:#x}: "
+                           f"length {length} is not positive")
+        for start, size, what in self._mmio_taken():
+            if base < start + size and start < base + length:
+                raise BusError(f"cannot register {name or type(device).__name__} at "
+                               f"[{base:#x}, {base + length:#x}): it overlaps {what} "
+                               f"[{start:#x}, {start + size:#x}), which KVM handles itself")
+        self.mmio_bus.register(base, length, device, name=name)
+        self._attach(self.mmio_bus, base, device, name, irq)
+
+    def _mmio_taken(self):
+        for region in self.memory.regions:
+            yield region.guest_addr, region.size, "guest RAM"
+        yield layout.IOAPIC_BASE, 0x1000, "the IOAPIC"
+        yield layout.LAPIC_BASE, 0x1000, "the local APIC"
+
+    def _attach(self, bus, base, device, name, irq):
+        name = name or type(device).__name__
+        line = None if irq is None else InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
+        context = DeviceContext(name, self.memory, line, self.device_failed, bus.delivery_at(base).registers)
+        attach = getattr(device, "attach", None)
+        if callable(attach):
+            self._contexts[id(device)] = context
+            attach(context)
+        elif irq is not None:
+            raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
+
+    def worker_for(self, device):
+        """The worker thread of `device` (its context's, made if it has none)."""
+        context = self._contexts.get(id(device))
+        if context is None:
+            context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed)
+            self._contexts[id(device)] = context
+        return context.worker
+
+    # --- what devices reach ----------------------------------------------------------
+    def set_irq(self, line, level):
+        self.vm.irq_line(line, 1 if level else 0)
+
+    def device_failed(self, message):
+        """Ends the run as a device failure; one that comes after the run ended
+        (a queued write delivered at the end) is kept in `late_failures`."""
+        ended = self.stop.result
+        if ended is not None and ended.reason != "device-failure":
+            self.late_failures.append(message)
+        self.stop.request(STATUS_CRASH, "device-failure", message)
+
+    def _reset(self):
+        self.stop.request(STATUS_OK, "reset")
+
+    def _poweroff(self):
+        self.stop.request(STATUS_OK, "poweroff")
+
+    def _sleep(self, state):
+        # QEMU parks an S3 guest until a wake-up event; pyvmm has no wake
+        # source, so the run ends here rather than idling forever.
+        print(f"warning: the guest entered ACPI S{state} sleep; nothing can wake it, "
+              "so the run ends", file=sys.stderr)
+        self.stop.request(STATUS_OK, f"sleep-s{state}")
+
+    def close(self):
+        """Stops every device's worker thread."""
+        contexts, self._contexts = list(self._contexts.values()), {}
+        for context in contexts:
+            context.close()
+
