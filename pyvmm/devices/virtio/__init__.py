@@ -8,8 +8,10 @@
     blk       block device          image     the block device's raw image file
 
 Pure Python: nothing here knows KVM. A transport is a bus device with an
-attach(context) (pyvmm.devices.context): guest memory, its interrupt line
-and its worker thread are all it uses.
+attach(context) (pyvmm.devices.context): guest memory, its interrupt line,
+its worker thread and the RegisterState of its cached reads are all it
+uses. Where the transports sit in a machine, and how a kernel finds them:
+pyvmm.machine.virtio; the command-line options: pyvmm.virtio_options.
 """
 
 from .device import VirtioDevice
