@@ -270,12 +270,14 @@ def _align(value: int, alignment: int) -> int:
 class DriverQueue:
     """The driver's side of one split queue in guest memory."""
 
-    def __init__(self, driver: Driver, index: int, size: int, base: int,
-                 areas: Optional[Tuple[int, int, int]] = None) -> None:
+    def __init__(self, driver: Optional[Driver], index: int, size: int, base: int,
+                 areas: Optional[Tuple[int, int, int]] = None, memory=None) -> None:
         """The areas follow each other from `base`, or are the (desc, avail,
-        used) addresses given in `areas` (then left as they are in memory)."""
+        used) addresses given in `areas` (then left as they are in memory).
+        Without a driver (`memory` given instead) the queue only writes rings
+        into memory, for a guest to hand to its device; kick() needs one."""
         self.driver = driver
-        self.memory = driver.memory
+        self.memory = driver.memory if memory is None else memory
         self.index = index
         self.size = size
         desc_bytes, avail_bytes, used_bytes = ring_sizes(size)

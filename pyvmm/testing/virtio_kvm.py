@@ -207,7 +207,7 @@ def replay_rings_on_kvm(chains, device: str, queue_size: int, base: int, feature
     from pyvmm import guests
     from pyvmm.config import VmConfig
     from pyvmm.virtio_options import DiskSpec, RngSpec
-    from pyvmm.testing.virtio import Driver, DriverQueue
+    from pyvmm.testing.virtio import DriverQueue
     from pyvmm.machine import Machine
 
     if device == "rng":
@@ -217,9 +217,7 @@ def replay_rings_on_kvm(chains, device: str, queue_size: int, base: int, feature
     config = VmConfig(kernel=guests.path(RING_GUEST), memory=MEMORY, serial="buffer", timeout=timeout,
                       exit_path=exit_path, **options)
     with Machine(config) as machine:
-        driver = Driver.__new__(Driver)
-        driver.memory = machine.memory
-        queue = DriverQueue(driver, 0, queue_size, base)
+        queue = DriverQueue(None, 0, queue_size, base, memory=machine.memory)
         for chain in chains:
             chain.install(queue)
         machine.memory.write(PROGRAM, struct.pack("<IIIIQQQQ", RING_PARAMS_MAGIC, RING_DEVICES[device], 0,
