@@ -16,7 +16,10 @@ it is added to a machine and before the guest runs:
 
 context.irq     an InterruptLine (None when the device was given no IRQ):
                 set(level), high(), low(), pulse(); a level-triggered line,
-                as an ISA IRQ or a PCI INTx pin is.
+                as an ISA IRQ or a PCI INTx pin is. On a machine, ISA IRQs
+                (0-15) follow the level exactly (KVM_IRQ_LINE); IOAPIC-only
+                GSIs (16 and up) are irqfds KVM resamples at each EOI (no
+                ioctl per interrupt; raised again while the line stays high).
 context.memory  guest RAM by guest-physical address: read(addr, n),
                 write(addr, data), view(addr, n) (a zero-copy memoryview),
                 read_u16/u32/u64, write_u16/u32/u64, contains(addr, n). Every

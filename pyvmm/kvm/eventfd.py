@@ -45,7 +45,6 @@ class EventFd(FdObject):
             return 0
 
 
-
 class _VmEventFd(EventFd):
     """An eventfd assigned to a VM by IOCTL; close() deassigns it while the VM is open.
 
@@ -85,15 +84,27 @@ class IrqFd(_VmEventFd):
     KVM drains the counter as it injects, so take() normally returns 0. It
     drives the line as the same source as Vm.irq_line, so its 0 also lowers a
     level that irq_line raised on that GSI.
+
+    With resample=True it is a level-triggered line instead: signal() raises
+    the GSI and keeps it up until the guest acknowledges the interrupt (EOI);
+    KVM then lowers it and signals `resample` (an EventFd), so that the
+    device raises it again if its condition still holds.
     """
 
     IOCTL, DEASSIGN = "KVM_IRQFD", lib.KVM_IRQFD_FLAG_DEASSIGN
+    resample = None
 
-    def __init__(self, vm, gsi):
+    def __init__(self, vm, gsi, resample=False):
         if not 0 <= gsi < GSI_COUNT:
             raise ValueError(f"GSI {gsi} is outside 0..{GSI_COUNT - 1}")
         super().__init__()
         self.gsi = gsi
+        if resample:
+            try:
+                self.resample = EventFd()
+            except BaseException:
+                self.close()
+                raise
         self._assign(vm)
 
     @property
@@ -101,7 +112,19 @@ class IrqFd(_VmEventFd):
         return f"GSI {self.gsi}"
 
     def _request(self, flags):
-        return ffi.new("struct kvm_irqfd *", {"fd": self.fd, "gsi": self.gsi, "flags": flags})
+        resamplefd = 0
+        if self.resample is not None:
+            flags |= lib.KVM_IRQFD_FLAG_RESAMPLE
+            resamplefd = self.resample.fileno()
+        return ffi.new("struct kvm_irqfd *", {"fd": self.fd, "gsi": self.gsi, "flags": flags,
+                                              "resamplefd": resamplefd})
+
+    def _release(self):
+        try:
+            super()._release()
+        finally:
+            if self.resample is not None:
+                self.resample.close()
 
 
 class IoEventFd(_VmEventFd):

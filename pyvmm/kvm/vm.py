@@ -88,9 +88,10 @@ class Vm(FdObject):
             return None
         return ffi.cast("char *", vcpu.run_pointer) + offset * page, page
 
-    def irqfd(self, gsi):
-        """An IrqFd: its signal() raises an edge on `gsi` with no ioctl (closed with the VM)."""
-        return self._adopt(IrqFd(self, gsi))
+    def irqfd(self, gsi, resample=False):
+        """An IrqFd: its signal() raises an edge on `gsi` with no ioctl, or with
+        `resample` a level kept until the guest's EOI (closed with the VM)."""
+        return self._adopt(IrqFd(self, gsi, resample))
 
     def ioeventfd(self, addr, length, pio=True, datamatch=None):
         """An IoEventFd: guest writes of `length` bytes at `addr` (matching

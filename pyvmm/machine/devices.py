@@ -22,6 +22,22 @@ CMDLINE_IN_FW_CFG = ("bzImage", "pvh")
 I8042_IRQS = {KEYBOARD_LINE: layout.I8042_KEYBOARD_IRQ, MOUSE_LINE: layout.I8042_MOUSE_IRQ}
 
 
+def resampled_line(irqfd, worker, name):
+    """An InterruptLine on a resampling irqfd (pyvmm.kvm.eventfd.IrqFd): raising
+    it signals the irqfd; after each EOI, KVM lowers the GSI and signals the
+    resample eventfd, and the worker raises it again while the device holds
+    the line high. Lowering it needs nothing: the guest's EOI ends it."""
+    line = InterruptLine(lambda level: level and irqfd.signal(), name)
+
+    def resampled():
+        irqfd.resample.take()
+        if line.level:
+            irqfd.signal()
+
+    worker.watch(irqfd.resample.fileno(), resampled)
+    return line
+
+
 class DeviceManager:
     """The buses and devices of one VM.
 
@@ -97,14 +113,26 @@ class DeviceManager:
 
     def _attach(self, bus, base, device, name, irq):
         name = name or type(device).__name__
-        line = None if irq is None else InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
-        context = DeviceContext(name, self.memory, line, self.device_failed, bus.delivery_at(base).registers)
         attach = getattr(device, "attach", None)
-        if callable(attach):
-            self._contexts[id(device)] = context
-            attach(context)
-        elif irq is not None:
-            raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
+        if not callable(attach):
+            if irq is not None:
+                raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
+            return
+        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers)
+        if irq is not None:
+            context.irq = self._interrupt_line(irq, context)
+        self._contexts[id(device)] = context
+        attach(context)
+
+    def _interrupt_line(self, irq, context):
+        """A device's line. An IOAPIC-only GSI (16 and up, where PCI-style
+        level-triggered devices such as virtio's sit) is an irqfd KVM resamples
+        at each EOI: no ioctl per interrupt, and the line is raised again while
+        the device holds it high. An ISA IRQ follows the device's level exactly
+        through KVM_IRQ_LINE (a guest may keep it masked and watch the PIC)."""
+        if irq < layout.ISA_IRQS or not self.vm.kvm.check_extension("KVM_CAP_IRQFD_RESAMPLE"):
+            return InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
+        return resampled_line(self.vm.irqfd(irq, resample=True), context.worker, f"gsi{irq}")
 
     def worker_for(self, device):
         """The worker thread of `device` (its context's, made if it has none)."""

@@ -201,7 +201,7 @@ class FastPath:
                 if count != register.seen:
                     key = register.address << 1
                     if register.pio:
-                        stats.ports[key] = stats.ports.get(key, 0) + count - register.seen
+                        stats.count_port(key, count - register.seen)
                     else:
                         stats.count_mmio(key, count - register.seen)
                     register.seen = count

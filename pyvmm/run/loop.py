@@ -107,7 +107,10 @@ class VcpuLoop:
                 reasons[reason] += 1
             if reason == EXIT_IO:
                 key = port << 1 | direction
-                ports[key] = ports.get(key, 0) + count
+                if key in ports:
+                    ports[key] += count
+                else:
+                    stats.count_port(key, count)
                 if count == 1 and size in VALID_IO_SIZES and offset + size <= run_size:
                     if direction == IO_OUT:
                         if size == 1:   # the common case: no slice, no copy
@@ -152,8 +155,7 @@ class VcpuLoop:
                 stop.request(status, "hook", message, vcpu=vcpu.index)
 
     def _observe_io(self, event, direction, size, port, count, offset):
-        key = port << 1 | direction
-        self.stats.ports[key] = self.stats.ports.get(key, 0) + count
+        self.stats.count_port(port << 1 | direction, count)
         if size not in VALID_IO_SIZES or count < 1 or offset + size * count > self.vcpu.run_size:
             self._crash("bad-io", f"malformed port I/O exit (port {port:#x}, size {size}, count {count})")
             return

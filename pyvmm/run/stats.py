@@ -4,18 +4,18 @@ from ..kvm.exits import REASON_COUNT, exit_reason_name
 
 IN, OUT = 0, 1
 DIRECTION_NAMES = ("in", "out")
-# Distinct MMIO addresses (with direction) counted one by one; a guest that
-# scans more lands in OTHER_MMIO, so the counters stay bounded (ports are).
-MAX_MMIO_KEYS = 4096
-OTHER_MMIO = -1
+# Distinct ports and MMIO addresses (with direction) counted one by one; what
+# a guest scanning more touches lands in OTHER, so the counters stay small.
+MAX_PORT_KEYS = MAX_MMIO_KEYS = 4096
+OTHER = OTHER_MMIO = -1
 
 
 class ExitStats:
     """Counters one vCPU updates on its hot path (plain ints and dicts).
 
     `reasons` is indexed by KVM exit reason; `ports` is keyed by
-    (port << 1 | direction); `mmio` by (address << 1 | is_write), at most
-    MAX_MMIO_KEYS of them, the rest under OTHER_MMIO. `ports` and `mmio`
+    (port << 1 | direction), `mmio` by (address << 1 | is_write), at most
+    MAX_PORT_KEYS and MAX_MMIO_KEYS of them, the rest under OTHER. `ports` and `mmio`
     count accesses: exits, and the writes that reached a device without
     one, which `coalesced` (KVM's coalesced ring) and `doorbells` (KVM
     ioeventfds) count again.
@@ -30,20 +30,17 @@ class ExitStats:
         self.doorbells = 0
         self.fast = 0           # exits the fast path's C loop handled without Python
 
+    def count_port(self, key, count=1):
+        _count(self.ports, MAX_PORT_KEYS, key, count)
+
     def count_mmio(self, key, count=1):
-        mmio = self.mmio
-        if key in mmio:
-            mmio[key] += count
-        elif len(mmio) < MAX_MMIO_KEYS:
-            mmio[key] = count
-        else:
-            mmio[OTHER_MMIO] = mmio.get(OTHER_MMIO, 0) + count
+        _count(self.mmio, MAX_MMIO_KEYS, key, count)
 
     def count_write(self, address, pio, writes=1):
         """Writes counted by address (a deferred write delivered late)."""
         key = address << 1 | 1
         if pio:
-            self.ports[key] = self.ports.get(key, 0) + writes
+            self.count_port(key, writes)
         else:
             self.count_mmio(key, writes)
 
@@ -53,7 +50,7 @@ class ExitStats:
         for reason, count in enumerate(other.reasons):
             self.reasons[reason] += count
         for key, count in other.ports.copy().items():
-            self.ports[key] = self.ports.get(key, 0) + count
+            self.count_port(key, count)
         for key, count in other.mmio.copy().items():
             self.count_mmio(key, count)
         self.interrupted += other.interrupted
@@ -70,12 +67,13 @@ class ExitStats:
         return {exit_reason_name(reason): count for reason, count in enumerate(self.reasons) if count}
 
     def by_port(self):
-        """{(port, "in"|"out"): count}."""
-        return {(key >> 1, DIRECTION_NAMES[key & 1]): count for key, count in self.ports.items()}
+        """{(port, "in"|"out"): count}; ("other", "any") for ports past MAX_PORT_KEYS."""
+        return {(("other", "any") if key == OTHER else (key >> 1, DIRECTION_NAMES[key & 1])): count
+                for key, count in self.ports.items()}
 
     def by_mmio(self):
         """{(address, "read"|"write"): count}; ("other", "any") for addresses past MAX_MMIO_KEYS."""
-        return {(("other", "any") if key == OTHER_MMIO else (key >> 1, ("read", "write")[key & 1])): count
+        return {(("other", "any") if key == OTHER else (key >> 1, ("read", "write")[key & 1])): count
                 for key, count in self.mmio.items()}
 
     def as_dict(self, result=None):
@@ -88,7 +86,7 @@ class ExitStats:
             "handled_in_c": self.fast,
             "reasons": self.by_reason(),
             "ports": [{"port": port, "dir": direction, "count": count}
-                      for (port, direction), count in sorted(self.by_port().items())],
+                      for (port, direction), count in sorted(self.by_port().items(), key=_address_order)],
             "mmio": [{"addr": addr, "dir": access, "count": count}
                      for (addr, access), count in sorted(self.by_mmio().items(), key=_address_order)],
         }
@@ -113,14 +111,25 @@ class ExitStats:
         if self.ports:
             lines.append("port I/O:")
             for (port, direction), count in sorted(self.by_port().items(), key=lambda item: -item[1]):
-                label = port_label(port)
-                lines.append(f"  {port:#06x} {direction:<3} {count:>10}  {label}".rstrip())
+                if isinstance(port, int):
+                    lines.append(f"  {port:#06x} {direction:<3} {count:>10}  {port_label(port)}".rstrip())
+                else:
+                    lines.append(f"  {'(others)':>6} {direction:<3} {count:>10}")
         if self.mmio:
             lines.append("MMIO:")
             for (addr, access), count in sorted(self.by_mmio().items(), key=lambda item: -item[1]):
                 where = f"{addr:#014x}" if isinstance(addr, int) else f"{'(others)':>14}"
                 lines.append(f"  {where} {access:<5} {count:>10}")
         return "\n".join(lines)
+
+
+def _count(table, limit, key, count):
+    if key in table:
+        table[key] += count
+    elif len(table) < limit:
+        table[key] = count
+    else:
+        table[OTHER] = table.get(OTHER, 0) + count
 
 
 def _address_order(item):

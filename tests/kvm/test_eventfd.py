@@ -247,3 +247,39 @@ def test_three_hundred_vms_with_eventfds_leak_no_fds():
                 vm.irqfd(COM1_GSI)
                 vm.ioeventfd(BENCH_PORT, 1)
     assert open_fds() == fds
+
+
+def test_a_resampling_irqfd_is_assigned_and_released_with_its_resample_eventfd():
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        vm.create_irqchip()
+        fds = open_fds()
+        irq = vm.irqfd(20, resample=True)
+        assert irq.resample is not None and open_fds() == fds + 2
+        irq.signal()
+        irq.close()
+        assert open_fds() == fds and vm.eventfds == ()
+
+
+def test_a_device_on_an_ioapic_only_gsi_gets_a_resampled_irqfd_line():
+    class Attached:
+        def attach(self, context):
+            self.context = context
+
+        def read(self, offset, size):
+            return bytes(size)
+
+        def write(self, offset, data):
+            pass
+
+    config = VmConfig(kernel=guests.path("hello.bin"), serial="buffer", timeout=10)
+    fds = open_fds()
+    for _ in range(20):
+        with Machine(config) as machine:
+            isa, gsi = Attached(), Attached()
+            machine.add_port_device(0x580, 4, isa, irq=5)
+            machine.add_port_device(0x590, 4, gsi, irq=20)
+            assert [eventfd.gsi for eventfd in machine.vm.eventfds] == [20]
+            gsi.context.irq.high()
+            isa.context.irq.pulse()
+            assert machine.run().status == 0
+    assert open_fds() == fds

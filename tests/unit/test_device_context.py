@@ -133,3 +133,35 @@ def test_a_closed_context_starts_no_worker_and_drops_calls():
     context.worker.watch(0, lambda: seen.append(4))
     time.sleep(0.05)
     assert seen == [1] and threading.active_count() == before
+
+
+class FakeIrqFd:
+    """What KVM's resampling irqfd looks like to the line: two eventfds."""
+
+    def __init__(self):
+        from pyvmm.kvm.eventfd import EventFd
+        self.trigger, self.resample = EventFd(), EventFd()
+
+    def signal(self):
+        self.trigger.signal()
+
+
+def test_a_resampled_line_is_raised_again_after_each_eoi_while_it_is_high():
+    from pyvmm.machine.devices import resampled_line
+    irqfd = FakeIrqFd()
+    worker = DeviceWorker("line")
+    try:
+        line = resampled_line(irqfd, worker, "gsi20")
+        line.high()
+        assert irqfd.trigger.take() == 1
+        irqfd.resample.signal()                  # the guest's EOI: KVM lowered it
+        _wait(lambda: irqfd.trigger.take() == 1)
+        line.low()                               # nothing to do: the next EOI ends it
+        assert irqfd.trigger.take() == 0
+        irqfd.resample.signal()
+        time.sleep(0.05)
+        assert irqfd.trigger.take() == 0         # low: not raised again
+    finally:
+        worker.close()
+        irqfd.trigger.close()
+        irqfd.resample.close()

@@ -73,6 +73,8 @@ def ram_ranges(size):
 KVM_TSS = 0xFFFBD000
 KVM_IDENTITY_MAP = 0xFFFBC000
 
+ISA_IRQS = 16                 # IRQ 0-15 reach the PIC and the IOAPIC; GSI 16-23 the IOAPIC only
+
 # KVM's default GSI routing wires ISA IRQ n to IOAPIC pin n, the PIT's IRQ 0
 # included; the ACPI and MP tables must say so (QEMU reroutes it to pin 2).
 IRQ0_PIN = 0

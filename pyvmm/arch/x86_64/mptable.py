@@ -15,7 +15,7 @@ from . import layout
 LAPIC_VERSION = 0x14            # what KVM's local APIC reports
 IOAPIC_VERSION = 0x11           # what KVM's IOAPIC reports (24 pins)
 MAX_XAPIC_ID = 254              # 8-bit APIC IDs; 0xFF is the broadcast ID
-ISA_IRQS = 16
+ISA_IRQS = layout.ISA_IRQS
 PC_TIMER_PIN = 2                # the PIT's IRQ 0 arrives on IOAPIC pin 2 on PCs
 BASE_MEMORY_END = 0xA0000       # 640 KiB: the EBDA ends here, the VGA hole begins
 
