@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from pyvmm.devices.virtio import spec
-from pyvmm.devices.virtio.blk import (MAX_SEGMENTS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH,
+from pyvmm.devices.virtio.blk import (MAX_SEGMENT_SECTORS, MAX_SEGMENTS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH,
                                       T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, VirtioBlock)
 from pyvmm.devices.virtio.image import ImageError, RawImage, check_image
 from pyvmm.testing.virtio import VirtioBench
@@ -107,6 +107,7 @@ def test_discard_and_write_zeroes(image_path):
         assert request(bench, queue, T_DISCARD, segments=[(SECTORS, 1, 0)])[0] == S_IOERR
         assert request(bench, queue, T_DISCARD, segments=[(0, 1, 0)] * (MAX_SEGMENTS + 1))[0] == S_IOERR
         assert request(bench, queue, T_DISCARD, data=b"\0" * 10)[0] == S_IOERR        # not 16-byte segments
+        assert request(bench, queue, T_WRITE_ZEROES, segments=[(0, MAX_SEGMENT_SECTORS + 1, 0)])[0] == S_IOERR
         bench.device.image.flush()
     data = image_path.read_bytes()
     assert data[2 * 512:4 * 512] == bytes(1024)

@@ -46,8 +46,11 @@ WRITE_ZEROES_UNMAP = 1
 HEADER = struct.Struct("<IIQ")              # type, reserved, sector
 SEGMENT = struct.Struct("<QII")             # sector, num_sectors, flags
 SEG_MAX = 254                               # data buffers per request (a 256-entry queue, as QEMU)
-MAX_SEGMENTS = 32                           # discard / write-zeroes ranges per request
-MAX_SEGMENT_SECTORS = 1 << 22               # 2 GiB per range
+# Discard and write-zeroes ranges: at most 4 of 32 MiB per request, so one
+# request (zero-filled where the file system cannot punch or zero a range)
+# keeps the worker, and a VM's shutdown, waiting a fraction of a second.
+MAX_SEGMENTS = 4
+MAX_SEGMENT_SECTORS = 1 << 16
 CONFIG = struct.Struct("<QIIIIQBBHIIIIIB3x")
 
 
