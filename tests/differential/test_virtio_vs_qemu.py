@@ -218,3 +218,39 @@ def test_read_only_disk_is_never_written(tmp_path):
 def test_misbehaving_driver_on_the_block_device(tmp_path):
     image = pattern_image(tmp_path / "disk.img")
     check_misbehaving_driver([("disk", str(image), False, "disk0")], "device=2")
+
+
+def test_pyvmm_and_qemu_keep_each_other_off_an_image(tmp_path):
+    """The same lock bytes as QEMU's file-posix driver: neither VMM starts on an
+    image the other has open for writing."""
+    import subprocess
+    from pyvmm.devices.virtio.image import RawImage
+    image = pattern_image(tmp_path / "shared.img")
+    held = RawImage(str(image))                       # what a running pyvmm disk holds
+    try:
+        qemu = subprocess.run(microvm_command(guests.path("virtio-blk.bin"),
+                                              [("disk", str(image), False, "disk0")]),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert qemu.returncode == 1 and b'Failed to get "write" lock' in qemu.stderr, qemu.stderr
+        qemu = subprocess.run(microvm_command(guests.path("virtio-blk.bin"),
+                                              [("disk", str(image), True, "disk0")]),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert qemu.returncode == 1 and b'lock' in qemu.stderr, qemu.stderr
+    finally:
+        held.close()
+    # QEMU holding it: start one that waits for input forever, then try pyvmm.
+    command = microvm_command(guests.path("virtio-console.bin"), [("console",), ("disk", str(image), False, "d")])
+    qemu = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        output = b""
+        while b"console ready for input" not in output:
+            line = qemu.stdout.readline()
+            assert line, qemu.stderr.read()
+            output += line
+        pyvmm = run(pyvmm_virtio_command(guests.path("virtio-blk.bin"), [("disk", str(image), False, "d")]))
+        assert pyvmm.status == 2 and b"in use by another VM" in pyvmm.stderr, pyvmm
+        pyvmm = run(pyvmm_virtio_command(guests.path("virtio-blk.bin"), [("disk", str(image), True, "d")]))
+        assert pyvmm.status == 2 and b"in use by another VM" in pyvmm.stderr, pyvmm
+    finally:
+        qemu.kill()
+        qemu.wait()
