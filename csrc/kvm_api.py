@@ -58,6 +58,8 @@ typedef int... __s32;
 #define KVM_SET_XCRS ...
 #define KVM_GET_VCPU_EVENTS ...
 #define KVM_SET_VCPU_EVENTS ...
+#define KVM_GET_DEBUGREGS ...
+#define KVM_SET_DEBUGREGS ...
 #define KVM_GET_LAPIC ...
 #define KVM_SET_LAPIC ...
 #define KVM_SET_GUEST_DEBUG ...
@@ -128,6 +130,10 @@ typedef int... __s32;
 #define KVM_MP_STATE_INIT_RECEIVED ...
 #define KVM_MP_STATE_HALTED ...
 #define KVM_MP_STATE_SIPI_RECEIVED ...
+
+#define KVM_VCPUEVENT_VALID_NMI_PENDING ...
+#define KVM_VCPUEVENT_VALID_SIPI_VECTOR ...
+#define KVM_VCPUEVENT_VALID_SHADOW ...
 
 #define KVM_SYNC_X86_REGS ...
 #define KVM_SYNC_X86_SREGS ...
@@ -258,6 +264,41 @@ struct kvm_xcrs {
     __u32 nr_xcrs;
     __u32 flags;
     struct kvm_xcr xcrs[16];
+    ...;
+};
+
+struct kvm_vcpu_events {
+    /* The nested structs are anonymous, which cffi cannot leave partial:
+       they are spelled out whole, as in <linux/kvm.h> (x86). */
+    struct {
+        __u8 injected;
+        __u8 nr;
+        __u8 has_error_code;
+        __u8 pending;
+        __u32 error_code;
+    } exception;
+    struct {
+        __u8 injected;
+        __u8 nr;
+        __u8 soft;
+        __u8 shadow;
+    } interrupt;
+    struct {
+        __u8 injected;
+        __u8 pending;
+        __u8 masked;
+        __u8 pad;
+    } nmi;
+    __u32 sipi_vector;
+    __u32 flags;
+    ...;
+};
+
+struct kvm_debugregs {
+    __u64 db[4];
+    __u64 dr6;
+    __u64 dr7;
+    __u64 flags;
     ...;
 };
 

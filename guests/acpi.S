@@ -15,8 +15,6 @@
  */
 #include "guest32.h"
 
-#define BIOS_AREA	0xe0000
-#define BIOS_AREA_END	0x100000
 #define SLP_EN		(1 << 13)
 
 /* Table header: signature, u32 length, u8 revision, u8 checksum, ... (36 bytes). */
@@ -27,33 +25,18 @@
 #define RSDP_RSDT	16
 #define RSDP_LENGTH	20
 #define RSDP_XSDT	24
-#define RSDP_V1_SIZE	20
 /* FADT */
 #define FADT_DSDT	40
 #define FADT_PM1A_CNT	64
 #define FADT_X_DSDT	140
-/* AML */
-#define AML_PACKAGE	0x12
-#define AML_ZERO	0x00
-#define AML_ONE		0x01
-#define AML_BYTE	0x0a
 
 	GUEST32_HEAD main
 main:
 	GUEST32_PROLOGUE
 	call	uart_init
 
-	mov	$BIOS_AREA, %esi
-1:	cmpl	$0x20445352, (%esi)	/* "RSD " */
-	jne	2f
-	cmpl	$0x20525450, 4(%esi)	/* "PTR " */
-	jne	2f
-	mov	$RSDP_V1_SIZE, %ecx
-	call	checksum
-	jz	found
-2:	add	$16, %esi
-	cmp	$BIOS_AREA_END, %esi
-	jb	1b
+	call	acpi_find_rsdp
+	jnc	found
 	PUTS	"no rsdp\n"
 	jmp	fail
 
@@ -63,7 +46,7 @@ found:	mov	%esi, %ebx		/* RSDP */
 	cmp	$2, %ebp		/* revision 2+: the extended checksum too */
 	jb	1f
 	mov	RSDP_LENGTH(%ebx), %ecx
-	call	checksum
+	call	acpi_checksum
 1:	mov	%eax, %ecx
 	PUTS	"rsdp "
 	mov	%ecx, %eax
@@ -115,29 +98,12 @@ found:	mov	%esi, %ebx		/* RSDP */
 	call	print_hex32
 	call	print_nl
 
-	/* Find "_S5_" in the AML; the package (PkgLength, NumElements) follows. */
-	mov	HDR_LENGTH(%esi), %edi
-	lea	-8(%esi,%edi), %edi	/* last place "_S5_" + 4 bytes can start */
-	add	$HDR_SIZE, %esi
-1:	cmp	%edi, %esi
-	ja	no_s5
-	cmpl	$0x5f35535f, (%esi)	/* "_S5_" */
-	je	2f
-	inc	%esi
-	jmp	1b
-2:	cmpb	$AML_PACKAGE, 4(%esi)
-	jne	bad_s5
-	movzbl	5(%esi), %eax		/* PkgLength lead byte: bits 7-6 = */
-	shr	$6, %eax		/*   how many bytes follow it */
-	lea	7(%esi,%eax), %esi	/* skip PkgLength and NumElements */
-	movzbl	(%esi), %eax
-	cmp	$AML_ZERO, %al		/* ZeroOp and OneOp are the value */
-	je	3f
-	cmp	$AML_ONE, %al
-	je	3f
-	cmp	$AML_BYTE, %al
-	jne	bad_s5
-	movzbl	1(%esi), %eax
+	mov	$0x5f35535f, %eax	/* "_S5_" */
+	call	acpi_sleep_type
+	jnc	3f
+	test	%eax, %eax
+	jz	no_s5
+	jmp	bad_s5
 3:	mov	%eax, %ebp
 	PUTS	"s5 "
 	mov	%ebp, %eax
@@ -161,23 +127,6 @@ bad_s5:	PUTS	"bad _S5_\n"
 fail:	mov	$0x7f, %al
 	jmp	vm_exit
 
-/*
- * %eax = the sum of the %ecx bytes at (%esi) mod 256, ZF=1 when that is 0
- * (a valid checksum).
- */
-checksum:
-	push	%ecx
-	push	%esi
-	xor	%edx, %edx
-1:	lodsb
-	add	%al, %dl
-	loop	1b
-	mov	%edx, %eax
-	test	%eax, %eax
-	pop	%esi
-	pop	%ecx
-	ret
-
 /* "ok" if %eax is 0, else "bad".  Clobbers %eax, %edx. */
 print_ok:
 	test	%eax, %eax
@@ -198,7 +147,7 @@ print_table:
 	call	print_sp
 	pop	%esi
 	mov	HDR_LENGTH(%esi), %ecx
-	call	checksum
+	call	acpi_checksum
 	call	print_ok
 	call	print_nl
 	pop	%ecx

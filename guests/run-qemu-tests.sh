@@ -298,6 +298,15 @@ for t in 128:65535:1792 32:31744:256; do
 	check "rtc -m $m" 1 "status_b 0x02\ncmos_30 ${w%:*}\ncmos_34 ${w#*:}\n"
 done
 
+# S3: the RTC alarm wakes it a second later, at its real-mode waking vector.
+run "" -m 128 -kernel $B/s3.bin
+check "s3 (RTC alarm)" 1 's3 1\nsleeping\nresumed\ncs 0x00003000\ncr0 0x00000010\npm1_sts 0x00008401\npm1_en 0x00000000\nstopped at once\nrtc_b 0x02\nalarm second ok\n'
+# No waking vector: SeaBIOS reboots, which -no-reboot turns into an exit.
+cp $B/s3.bin "$TMP/s3-no-vector.bin"
+patch "$TMP/s3-no-vector.bin" 11
+run "" -m 128 -kernel "$TMP/s3-no-vector.bin"
+check "s3 (no waking vector)" 0 's3 1\nsleeping\n'
+
 if [ $fails -ne 0 ]; then
 	echo "$fails FAILED"
 	exit 1

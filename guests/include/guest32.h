@@ -113,6 +113,16 @@ mb_header:
  *
  * lib/delay32.S
  *   tsc_delay          spin for %eax TSC cycles    clobbers %eax, %edx
+ *
+ * lib/acpi32.S, the ACPI tables as an OS finds them.
+ *   acpi_checksum      %eax = sum of %ecx bytes at (%esi) mod 256, ZF=1
+ *                      when it is 0 (valid)         clobbers %eax, %edx
+ *   acpi_find_rsdp     %esi = the RSDP in 0xe0000-0xfffff, CF=1 if none
+ *                                                  clobbers %eax, %ecx, %edx
+ *   acpi_sleep_type    %eax = SLP_TYP of the sleep package named %eax
+ *                      ("_S5_" as a u32) in the DSDT at %esi; CF=1 with
+ *                      %eax 0 (no such name) or 1 (not a package of
+ *                      integers)                   clobbers %edx, %edi
  */
 
 /* Print a string literal: the text goes to .rodata, %esi is preserved. */

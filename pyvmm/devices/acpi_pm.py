@@ -21,14 +21,23 @@ Behaviour (QEMU hw/acpi/core.c, hw/isa/lpc_ich9.c):
 * PM1_STS bits are write-1-to-clear.  TMR_STS (bit 0) is set whenever bit 23
   of the timer has toggled since it was last cleared (QEMU's overflow_time);
   PWRBTN_STS (bit 8) is set by `press_power_button()` if PWRBTN_EN is set.
+  RTC_STS (bit 10) and WAK_STS (bit 15) are set only by `wake()`.
 * PM1_EN is read/write.  The SCI level (optional `set_sci(level)`) is
   (PM1_STS & PM1_EN) over TMR, GBL, PWRBTN and RTC, as acpi_update_sci.
-  Deviation: without timers, a timer overflow raises SCI only when the guest
-  next touches PM1_STS/PM1_EN.
+  RTC_EN (bit 10) makes the RTC alarm a wake source (`rtc_wake_enabled`);
+  TMR_EN (bit 0) with TMR_STS clear makes the next timer overflow one
+  (`timer_wake_delay()`), as in QEMU.  Deviation: without timers, a timer
+  overflow raises SCI only when the guest next touches PM1_STS/PM1_EN.
 * PM1_CNT: writing SLP_EN (bit 13) with SLP_TYP (bits 10-12) = 0 powers off
   (`on_poweroff()`), = 1 suspends to RAM (`on_sleep(3)`), = 2 hibernates,
   which QEMU ends with a power-off, so `on_poweroff()` too; other types are
   ignored.  SLP_EN reads 0; the other bits read back as written.
+* Waking from S3 (`wake(events)`, called by the machine) resets the block
+  as QEMU's machine reset on wake does (PM1_STS, PM1_EN and PM1_CNT to their
+  reset values, TMR_STS due again) and then sets WAK_STS with the event's
+  status bits: RTC_STS for the RTC alarm, TMR_STS for the PM timer,
+  PWRBTN_STS for the power button and for a plain resume request (as QEMU's
+  system_wakeup).
 * PM_TMR counts from 0 at construction, from `now()` in nanoseconds; writes
   are ignored.
 * The reset register (ICH9 RST_CNT at 0xcf9) is the separate device
@@ -74,6 +83,10 @@ PWRBTN_STS = 0x0100
 RTC_STS = 0x0400
 WAK_STS = 0x8000
 SCI_EVENTS = TMR_STS | GBL_STS | PWRBTN_STS | RTC_STS  # QEMU's ACPI_BITMASK_PM1_COMMON_ENABLED
+TMR_EN = TMR_STS  # PM1_EN bits sit at their status bits
+PWRBTN_EN = PWRBTN_STS
+RTC_EN = RTC_STS
+WAKE_EVENTS = TMR_STS | PWRBTN_STS | RTC_STS
 
 # PM1_CNT bits.
 SCI_EN = 0x0001
@@ -137,7 +150,9 @@ class AcpiPm:
     # ------------------------------------------------------------ host side
 
     def press_power_button(self) -> None:
-        """The host asks for an orderly shutdown (QEMU acpi_pm1_evt_power_down)."""
+        """The power button, pressed while the machine runs: the OS is asked
+        for an orderly shutdown (QEMU acpi_pm1_evt_power_down). Waking a
+        suspended machine is the machine's part (wake(PWRBTN_STS))."""
         actions: list[Callable[[], None]] = []
         with self._lock:
             if self._en & PWRBTN_STS:
@@ -145,6 +160,34 @@ class AcpiPm:
                 self._update_sci(actions)
         for action in actions:
             action()
+
+    def wake(self, events: int) -> None:
+        """The machine woke from S3 because of `events` (RTC_STS, PWRBTN_STS):
+        the block as after a reset, then WAK_STS and the events in PM1_STS."""
+        actions: list[Callable[[], None]] = []
+        with self._lock:
+            self._en = 0
+            self._cnt = SCI_EN
+            self._timer_overflow_tick = 0
+            self._sts = WAK_STS | (events & WAKE_EVENTS)
+            self._update_sci(actions)
+        for action in actions:
+            action()
+
+    @property
+    def rtc_wake_enabled(self) -> bool:
+        """RTC_EN: the RTC alarm may wake the machine from S3."""
+        with self._lock:
+            return bool(self._en & RTC_EN)
+
+    def timer_wake_delay(self) -> Optional[float]:
+        """Seconds until the PM timer's next overflow wakes the machine from
+        S3, or None when it cannot: TMR_EN clear, or TMR_STS already set
+        (QEMU acpi_update_sci arms its wake timer only then)."""
+        with self._lock:
+            if not self._en & TMR_EN or self._status() & TMR_STS:
+                return None
+            return max(0, self._timer_overflow_tick - self.timer_ticks()) / PM_TMR_FREQUENCY
 
     def timer_ticks(self) -> int:
         """Ticks of the 3.579545 MHz clock since construction (not truncated)."""

@@ -19,11 +19,23 @@ leaves for the firmware and the kernel.
 * Register A resets to 0x26; its UIP bit (7) is read-only and is set only in
   the last 244 us of each guest second, as in QEMU, so it never stays set.
 * Register B resets to 0x02 (24 hour, BCD).  Setting SET clears UIE (QEMU).
-* Register C reads and clears.  Only UF (update ended, bit 4) is modelled:
-  it is set once a second boundary of the running clock has passed since the
-  last read; IRQF (bit 7) accompanies it when register B enables UIE.
-  Deviation: no periodic or alarm flags and no interrupt line (no timers).
+* Update cycles: at each second boundary of the running clock register C
+  gains UF (bit 4), and AF (bit 5) when the alarm registers 0x01, 0x03, 0x05
+  match the new time: each alarm byte equals the seconds, minutes or hours
+  register as the clock encodes it (BCD or binary, 12- or 24-hour), or is a
+  "don't care" value 0xC0-0xFF.  A flag that is new and enabled in register
+  B (UIE, AIE) sets IRQF and raises the interrupt line; an alarm interrupt
+  also calls `on_alarm()` (the machine's RTC wake event).  Enabling an
+  interrupt whose flag is already set raises the line at once (QEMU).
+  Flags are brought up to date at each register access and, while UIE or
+  AIE is on, by a timer on the device's worker at the next update or alarm
+  (`attach(context)` gives the line and the worker).  Deviation: no
+  periodic interrupt (PF, PIE).
+* Register C reads and clears the flags and lowers the line.
 * Register D reads 0x80 (valid RAM and time); writes to C and D are ignored.
+* `reset()` is what a machine reset (and QEMU's S3 wake, which is one) does:
+  PIE, AIE and SQWE cleared in B, the flags cleared, the line lowered; the
+  clock and the RAM stay.
 * Multi-byte accesses are split into byte accesses at consecutive ports (so
   a 16-bit write to 0x70 selects an index and writes its value), as QEMU's
   1-byte implementation size does.
@@ -34,7 +46,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 CMOS_LENGTH = 2  # index port, then data port (0x70, 0x71 on a PC)
 CMOS_SIZE = 128
@@ -65,14 +77,21 @@ REG_A_DIVIDER = 0x70
 REG_A_DIVIDER_RESET = 0x60  # both bits set: divider chain held in reset
 REG_A_RESET = 0x26  # 32.768 kHz time base, 1024 Hz periodic rate
 REG_B_SET = 0x80
+REG_B_PIE = 0x40
+REG_B_AIE = 0x20
 REG_B_UIE = 0x10
-REG_B_INTERRUPT_ENABLES = 0x70  # PIE | AIE | UIE
+REG_B_SQWE = 0x08
+REG_B_INTERRUPT_ENABLES = REG_B_PIE | REG_B_AIE | REG_B_UIE
 REG_B_DM_BINARY = 0x04
 REG_B_24H = 0x02
 REG_B_RESET = REG_B_24H
 REG_C_IRQF = 0x80
+REG_C_AF = 0x20  # each flag sits at its enable's bit in register B
 REG_C_UF = 0x10
 REG_D_VRT = 0x80
+
+ALARM_REGISTERS = (HOURS_ALARM, MINUTES_ALARM, SECONDS_ALARM)
+ALARM_DONT_CARE = 0xC0  # an alarm byte with both top bits set matches any value
 
 HOUR_PM = 0x80  # in HOURS, 12-hour mode
 UIP_HOLD_SECONDS = 8 / 32768  # QEMU's UIP_HOLD_LENGTH: 244 us before each update
@@ -104,11 +123,17 @@ class Cmos:
         cpus: int = 1,
         now: Callable[[], float] = time.time,
         low_ram_limit: int = DEFAULT_LOW_RAM_LIMIT,
+        on_alarm: Optional[Callable[[], None]] = None,
     ) -> None:
         if ram_size < 0 or cpus < 1:
             raise ValueError(f"bad CMOS configuration: ram_size={ram_size}, cpus={cpus}")
         self._now = now
+        self._on_alarm = on_alarm
         self._lock = threading.Lock()
+        self._context = None  # the interrupt line and the timers' worker, once attached
+        self._timer = None  # the worker's timer for the next update or alarm that interrupts
+        self._timer_due = None  # (guest second, clock offset) it is for
+        self._flags = 0  # register C
         self._ram = bytearray(CMOS_SIZE)
         self._index = 0
         self.nmi_disabled = False
@@ -116,7 +141,7 @@ class Cmos:
         self._ram[REG_B] = REG_B_RESET
         self._ram[REG_D] = REG_D_VRT
         self._offset = 0.0  # guest clock = now() + offset
-        self._last_update_second = math.floor(self._guest_time())
+        self._updated_second = math.floor(self._guest_time())  # the last update cycle accounted
         self._refresh_time_registers()
         self._store_memory_sizes(ram_size, cpus, low_ram_limit)
 
@@ -139,14 +164,27 @@ class Cmos:
 
     # ------------------------------------------------------- device contract
 
+    def attach(self, context) -> None:
+        """Gets the interrupt line (context.irq) and the worker its timers run on."""
+        with self._lock:
+            self._context = context
+            self._schedule()
+
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:
-            return bytes(self._read_port(offset + i) for i in range(size))
+            alarm = self._update()
+            data = bytes(self._read_port(offset + i) for i in range(size))
+        if alarm:
+            self._alarm()
+        return data
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:
+            alarm = self._update()
             for i, value in enumerate(data):
                 self._write_port(offset + i, value)
+        if alarm:
+            self._alarm()
 
     def _read_port(self, offset: int) -> int:
         if offset & 1 == 0:
@@ -193,9 +231,11 @@ class Cmos:
         elif index == REG_B:
             self._write_b(value)
         elif index in (REG_C, REG_D):
-            pass  # read-only
+            return  # read-only
         else:
             self._ram[index] = value
+        if index in TIME_REGISTERS or index in ALARM_REGISTERS or index in (REG_A, REG_B):
+            self._schedule()
 
     def _write_a(self, value: int) -> None:
         was_running = self._running()
@@ -218,17 +258,103 @@ class Cmos:
             # (as QEMU reads them), become the time; the second's phase stays.
             self._set_clock_from_registers(self._guest_phase())
         self._ram[REG_B] = value
+        # An interrupt enabled while its flag is already set fires at once.
+        if value & self._flags & REG_B_INTERRUPT_ENABLES:
+            self._flags |= REG_C_IRQF
+            self._set_line(True)
+        else:
+            self._flags &= ~REG_C_IRQF
+            self._set_line(False)
 
     def _read_and_clear_c(self) -> int:
-        flags = 0
-        if self._running():
-            second = math.floor(self._guest_time())
-            if second != self._last_update_second:
-                self._last_update_second = second
-                flags |= REG_C_UF
-        if flags & self._ram[REG_B] & REG_B_INTERRUPT_ENABLES:
-            flags |= REG_C_IRQF
+        flags, self._flags = self._flags, 0
+        self._set_line(False)
+        self._schedule()  # cleared flags can be raised again
         return flags
+
+    # ------------------------------------------------- update cycles, alarm
+
+    def _update(self) -> bool:
+        """Brings register C up to the running clock, raising the line for a
+        new enabled flag; True when that includes the alarm interrupt."""
+        new = self._advance()
+        if not new:
+            return False
+        b = self._ram[REG_B]
+        if new & b & REG_B_INTERRUPT_ENABLES:
+            self._flags |= REG_C_IRQF
+            self._set_line(True)
+        return bool(new & REG_C_AF and b & REG_B_AIE)
+
+    def _advance(self) -> int:
+        """Accounts the update cycles since the last one accounted: UF, and AF
+        if the alarm matched at one of them. Returns the flags newly set."""
+        if not self._running():
+            return 0
+        second = math.floor(self._guest_time())
+        if second == self._updated_second:
+            return 0
+        flags = REG_C_UF
+        if second > self._updated_second:
+            alarm = self._next_alarm(self._updated_second)
+            if alarm is not None and alarm <= second:
+                flags |= REG_C_AF
+        self._updated_second = second
+        new = flags & ~self._flags
+        self._flags |= flags
+        return new
+
+    def _next_alarm(self, after: int) -> Optional[int]:
+        ram = self._ram
+        return next_alarm(after, [ram[index] for index in ALARM_REGISTERS], ram[REG_B])
+
+    def _schedule(self) -> None:
+        """Arms the worker's timer for the next update cycle that can raise
+        the line: the next second with UIE, the next alarm with AIE (a flag
+        still set cannot raise it again). A timer already due then, on the
+        same clock, stays."""
+        due = self._next_interrupt()
+        if self._timer is not None:
+            if (due, self._offset) == self._timer_due:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            self._timer = self._context.worker.call_later(due - self._guest_time(), self._tick)
+            self._timer_due = (due, self._offset)
+
+    def _next_interrupt(self) -> Optional[int]:
+        """The guest second of the next update cycle that can raise the line, if any."""
+        if self._context is None or not self._running():
+            return None
+        b, flags, second = self._ram[REG_B], self._flags, self._updated_second
+        due = []
+        if b & REG_B_UIE and not flags & REG_C_UF:
+            due.append(second + 1)
+        if b & REG_B_AIE and not flags & REG_C_AF:
+            alarm = self._next_alarm(second)
+            if alarm is not None:
+                due.append(alarm)
+        return min(due) if due else None
+
+    def _tick(self) -> None:
+        """The timer, on the worker: the update cycle it was armed for (or,
+        woken early, nothing yet), then the next timer."""
+        with self._lock:
+            self._timer = None
+            alarm = self._update()
+            self._schedule()
+        if alarm:
+            self._alarm()
+
+    def _alarm(self) -> None:
+        if self._on_alarm is not None:
+            self._on_alarm()
+
+    def _set_line(self, level: bool) -> None:
+        # Called under the device lock, so the line's level follows register C's order.
+        if self._context is not None and self._context.irq is not None:
+            self._context.irq.set(level)
 
     # --------------------------------------------------------------- clock
 
@@ -259,10 +385,7 @@ class Cmos:
         ram, b = self._ram, self._ram[REG_B]
         ram[SECONDS] = _encode(second, b)
         ram[MINUTES] = _encode(minute, b)
-        if b & REG_B_24H:
-            ram[HOURS] = _encode(hour, b)
-        else:
-            ram[HOURS] = _encode(hour % 12 or 12, b) | (HOUR_PM if hour >= 12 else 0)
+        ram[HOURS] = _encode_hour(hour, b)
         ram[DAY_OF_WEEK] = _encode((days + 4) % 7 + 1, b)  # 1 = Sunday; 1970-01-01 was a Thursday
         ram[DAY_OF_MONTH] = _encode(day, b)
         ram[MONTH] = _encode(month, b)
@@ -282,9 +405,30 @@ class Cmos:
         days = _days_from_civil(year, _decode(ram[MONTH], b), 1) + _decode(ram[DAY_OF_MONTH], b) - 1
         seconds = days * SECONDS_PER_DAY + hour * 3600 + _decode(ram[MINUTES], b) * 60 + _decode(ram[SECONDS], b)
         self._offset = seconds + phase - self._now()
-        self._last_update_second = seconds
+        self._updated_second = seconds
 
     # ------------------------------------------------------------ host side
+
+    def reset(self) -> None:
+        """A machine reset (QEMU rtc_reset_enter/hold): the periodic, alarm
+        and square-wave enables and every flag cleared, the line lowered."""
+        with self._lock:
+            self._ram[REG_B] &= ~(REG_B_PIE | REG_B_AIE | REG_B_SQWE)
+            self._flags = 0
+            if self._running():
+                self._updated_second = math.floor(self._guest_time())
+            self._set_line(False)
+            self._schedule()
+
+    @property
+    def alarm_armed(self) -> bool:
+        """Whether an alarm interrupt can still come: AIE on, the clock
+        running, an alarm time the clock can reach, and AF not left set
+        (until register C is read, a new match raises nothing)."""
+        with self._lock:
+            return bool(self._ram[REG_B] & REG_B_AIE and self._running()
+                        and not self._flags & REG_C_AF
+                        and self._next_alarm(self._updated_second) is not None)
 
     def snapshot(self) -> bytes:
         """The 128 CMOS bytes as stored, without read side effects."""
@@ -293,6 +437,50 @@ class Cmos:
 
     def __repr__(self) -> str:
         return f"Cmos(index={self._index:#04x}, a={self._ram[REG_A]:#04x}, b={self._ram[REG_B]:#04x})"
+
+
+def _encode_hour(hour: int, reg_b: int) -> int:
+    """The hours register for `hour` (0-23) in register B's format."""
+    if reg_b & REG_B_24H:
+        return _encode(hour, reg_b)
+    return _encode(hour % 12 or 12, reg_b) | (HOUR_PM if hour >= 12 else 0)
+
+
+def alarm_matches(alarm: int, register: int) -> bool:
+    """An alarm byte against a time register as the clock encodes it."""
+    return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == register
+
+
+def next_alarm(after: int, alarm: Sequence[int], reg_b: int) -> Optional[int]:
+    """The first second after `after` (seconds since the epoch, guest clock)
+    at which the alarm bytes (hours, minutes, seconds) match the time
+    registers in register B's format; None if they never do (a byte that is
+    neither "don't care" nor a value the clock shows)."""
+    hours_alarm, minutes_alarm, seconds_alarm = alarm
+    hours = [h for h in range(24) if alarm_matches(hours_alarm, _encode_hour(h, reg_b))]
+    minutes = [m for m in range(60) if alarm_matches(minutes_alarm, _encode(m, reg_b))]
+    seconds = [s for s in range(60) if alarm_matches(seconds_alarm, _encode(s, reg_b))]
+    if not (hours and minutes and seconds):
+        return None
+    day, second_of_day = divmod(after, SECONDS_PER_DAY)
+    start = day * SECONDS_PER_DAY
+    hour, rest = divmod(second_of_day, 3600)
+    minute, second = divmod(rest, 60)
+    # The smallest (h, m, s) after (hour, minute, second), else the first one tomorrow.
+    for h in hours:
+        if h > hour:
+            return start + h * 3600 + minutes[0] * 60 + seconds[0]
+        if h < hour:
+            continue
+        for m in minutes:
+            if m > minute:
+                return start + h * 3600 + m * 60 + seconds[0]
+            if m < minute:
+                continue
+            for s in seconds:
+                if s > second:
+                    return start + h * 3600 + m * 60 + s
+    return start + SECONDS_PER_DAY + hours[0] * 3600 + minutes[0] * 60 + seconds[0]
 
 
 def _encode(value: int, reg_b: int) -> int:

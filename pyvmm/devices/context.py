@@ -27,7 +27,8 @@ context.memory  guest RAM by guest-physical address: read(addr, n),
                 GuestMemoryError outside it; nothing else is reachable.
 context.worker  the device's own thread (started on first use): call(fn,
                 *args) runs fn there soon, call_later(seconds, fn, *args)
-                later (cancel() on the handle), watch(fd, fn) calls fn()
+                later (cancel() on the handle; cancelled timers are
+                dropped, not kept until their time), watch(fd, fn) calls fn()
                 whenever fd is readable. Callbacks run one at a time, in
                 order; an exception in one ends the run as a device failure
                 naming the device. The thread ends when the machine closes.
@@ -94,16 +95,27 @@ class InterruptLine:
         return f"InterruptLine({self.name!r}, level={int(self.level)})"
 
 
+# Cancelled timers are dropped from the queue once they are this many and
+# half of it: a device that re-arms a far timer at each register write
+# (the RTC's alarm) would otherwise keep every old one until its due time.
+COMPACT_CANCELLED = 32
+
+
 class Timer:
     """A call_later handle: cancel() before it runs and it never does."""
 
-    __slots__ = ("when", "fn", "args", "cancelled")
+    __slots__ = ("when", "fn", "args", "cancelled", "_worker")
 
     def __init__(self, when: float, fn: Callable, args: tuple) -> None:
         self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+        self._worker: Optional["DeviceWorker"] = None     # while it is queued there
 
     def cancel(self) -> None:
-        self.cancelled = True
+        worker = self._worker
+        if worker is None:
+            self.cancelled = True
+        else:
+            worker._cancel(self)
 
 
 class DeviceWorker:
@@ -121,6 +133,7 @@ class DeviceWorker:
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
+        self._cancelled = 0                   # cancelled Timers still in it
         self._seq = itertools.count()
         self._watches: dict = {}              # fd -> fn
         self._selector = selectors.DefaultSelector()
@@ -143,9 +156,31 @@ class DeviceWorker:
         timer = Timer(monotonic() + max(0.0, delay), fn, args)
         with self._lock:
             if not self._closing:
+                timer._worker = self
                 heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         self._poke()
         return timer
+
+    def queued_timers(self) -> int:
+        """Timers waiting in the queue (cancelled ones not yet dropped included)."""
+        with self._lock:
+            return len(self._timers)
+
+    def _cancel(self, timer: Timer) -> None:
+        with self._lock:
+            if timer.cancelled:
+                return
+            timer.cancelled = True
+            if timer._worker is not self:
+                return                        # already taken off the queue
+            self._cancelled += 1
+            if self._cancelled >= COMPACT_CANCELLED and 2 * self._cancelled >= len(self._timers):
+                for _, _, dropped in self._timers:
+                    if dropped.cancelled:
+                        dropped._worker = None
+                self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+                heapq.heapify(self._timers)
+                self._cancelled = 0
 
     def watch(self, fd: int, fn: Callable[[], None]) -> None:
         """fn() on the worker whenever fd is readable (until unwatch(fd))."""
@@ -205,7 +240,10 @@ class DeviceWorker:
             due, self._calls = self._calls, []
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
-                if not timer.cancelled:
+                timer._worker = None
+                if timer.cancelled:
+                    self._cancelled -= 1
+                else:
                     due.append((timer.fn, timer.args))
         return due
 

@@ -119,6 +119,43 @@ class Vcpu(FdObject):
         state = self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
         return MP_STATE_NAMES.get(state, f"unknown_{state}")
 
+    def set_mp_state(self, state):
+        """KVM_SET_MP_STATE with a name get_mp_state() returns ("runnable", "uninitialized", ...)."""
+        value = {name: number for number, name in MP_STATE_NAMES.items()}.get(state)
+        if value is None:
+            raise ValueError(f"unknown MP state {state!r}")
+        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": value}))
+
+    def get_events(self):
+        """What KVM_GET_VCPU_EVENTS reports pending or injected, as a dict."""
+        events = self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
+        return {"exception_injected": events.exception.injected, "exception_pending": events.exception.pending,
+                "exception": events.exception.nr, "interrupt_injected": events.interrupt.injected,
+                "interrupt": events.interrupt.nr, "shadow": events.interrupt.shadow,
+                "nmi_injected": events.nmi.injected, "nmi_pending": events.nmi.pending,
+                "nmi_masked": events.nmi.masked, "sipi_vector": events.sipi_vector}
+
+    def clear_events(self):
+        """KVM_SET_VCPU_EVENTS with no exception, interrupt or NMI pending or
+        injected, NMIs unmasked, no interrupt shadow and SIPI vector 0."""
+        events = ffi.new("struct kvm_vcpu_events *")
+        events.flags = (lib.KVM_VCPUEVENT_VALID_NMI_PENDING | lib.KVM_VCPUEVENT_VALID_SHADOW
+                        | lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR)
+        ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    def get_debugregs(self):
+        """(DR0-DR3, DR6, DR7) from KVM_GET_DEBUGREGS."""
+        regs = self._get("KVM_GET_DEBUGREGS", "struct kvm_debugregs *")
+        return list(regs.db), regs.dr6, regs.dr7
+
+    def set_debugregs(self, addresses, dr6, dr7):
+        """KVM_SET_DEBUGREGS: DR0-DR3 from `addresses`, then DR6 and DR7."""
+        regs = ffi.new("struct kvm_debugregs *")
+        for index, address in enumerate(addresses):
+            regs.db[index] = address
+        regs.dr6, regs.dr7 = dr6, dr7
+        ioctl(self.fd, "KVM_SET_DEBUGREGS", regs)
+
     def set_xcrs(self, values):
         xcrs = ffi.new("struct kvm_xcrs *")
         xcrs.nr_xcrs = len(values)

@@ -6,6 +6,7 @@ touched; what was made is released if a later step fails.
 """
 
 from ..arch.x86_64 import acpi, cpuid, lapic, layout, modes, msr, mptable
+from ..arch.x86_64.power_on import VcpuBoot
 from ..kvm import Kvm
 from ..loader import LoadOptions, load_kernel
 from ..loader.files import InputFileError, read_file, read_kernel  # noqa: F401  (Machine's API)
@@ -14,12 +15,15 @@ from ..memory import GuestMemory
 
 class BuiltVm:
     """What the builder made: kvm, vm, memory, the loaded kernel's `boot`
-    description and the vCPUs. close() releases them, the VM before its memory."""
+    description, the vCPUs with what each got before it first ran
+    (`vcpu_boot`, a VcpuBoot each, for a reset) and the FACS address.
+    close() releases them, the VM before its memory."""
 
-    kvm = vm = memory = boot = None
+    kvm = vm = memory = boot = facs = None
 
     def __init__(self):
         self.vcpus = []
+        self.vcpu_boot = []
 
     def close(self):
         self.vcpus = []
@@ -37,6 +41,7 @@ def build(config, image, options=None, virtio=()):
         built.memory = GuestMemory(layout.ram_ranges(config.memory))
         options = options or LoadOptions()
         options.rsdp_addr = write_firmware_tables(built.memory, config.cpus, virtio)
+        built.facs = acpi.facs_address(layout.ACPI_TABLES)
         built.boot = load_kernel(image, built.memory, options)
         built.kvm = Kvm()
         built.vm = built.kvm.create_vm()
@@ -45,7 +50,7 @@ def build(config, image, options=None, virtio=()):
         built.vm.create_irqchip()
         built.vm.create_pit2(speaker_dummy=True)
         built.vm.add_memory(built.memory)
-        built.vcpus = create_vcpus(built.kvm, built.vm, config)
+        built.vcpus, built.vcpu_boot = create_vcpus(built.kvm, built.vm, config)
         modes.enter(built.vcpus[0], built.memory, built.boot.mode, built.boot.entry, built.boot.regs,
                     tables=built.boot.tables)
     except BaseException:
@@ -64,19 +69,23 @@ def write_firmware_tables(memory, cpus, virtio=()):
 
 
 def create_vcpus(kvm, vm, config):
-    """vCPU 0 boots the kernel; the others wait in the in-kernel LAPIC for
-    INIT/SIPI from it, as on real hardware."""
+    """(vCPUs, a VcpuBoot each). vCPU 0 boots the kernel; the others wait in
+    the in-kernel LAPIC for INIT/SIPI from it, as on real hardware."""
     cpus = config.cpus
     supported = kvm.supported_cpuid()
-    msrs = msr.boot_msrs(kvm.msr_index_list())
-    vcpus = []
+    msr_indices = kvm.msr_index_list()
+    msrs, reset_msrs = msr.boot_msrs(msr_indices), msr.reset_msrs(msr_indices)
+    vcpus, boots = [], []
     for index in range(cpus):
         vcpu = vm.create_vcpu(index)
+        vcpus.append(vcpu)
         entries = cpuid.vcpu_cpuid(supported, index, cpus, config.masked_features)
         vcpu.set_cpuid(entries)
         vcpu.set_msrs(msrs)
-        vcpu.set_lapic(lapic.set_lint_as_firmware_does(vcpu.get_lapic()))
-        if cpuid.has_feature(entries, "xsave"):
-            vcpu.set_xcrs({0: cpuid.boot_xcr0(entries)})
-        vcpus.append(vcpu)
-    return vcpus
+        lapic_page = lapic.set_lint_as_firmware_does(vcpu.get_lapic())
+        vcpu.set_lapic(lapic_page)
+        xcrs = {0: cpuid.boot_xcr0(entries)} if cpuid.has_feature(entries, "xsave") else {}
+        if xcrs:
+            vcpu.set_xcrs(xcrs)
+        boots.append(VcpuBoot(reset_msrs, xcrs, bytes(lapic_page)))
+    return vcpus, boots

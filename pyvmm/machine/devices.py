@@ -8,7 +8,6 @@ tell the difference; each device is a plain object from pyvmm.devices.
 """
 
 import functools
-import sys
 
 from ..arch.x86_64 import layout
 from ..devices import (AcpiPm, Bus, BusError, Cmos, DebugConsole, DebugExit, FwCfg, I8042, PcTestDev,
@@ -44,11 +43,14 @@ class DeviceManager:
     `vm` drives interrupt lines (KVM_IRQ_LINE); `stop` is the VM's
     StopSignal (reset, power-off, a guest's debug-exit and a failing device
     end the run through it); `console` receives what the UART and the debug
-    console print.
+    console print. `sleep`, the machine's SleepControl (pyvmm.machine.sleep),
+    hears ACPI S3 requests and RTC alarms; without one an S3 request ends
+    the run.
     """
 
     def __init__(self, config, memory, vm, stop, console, boot_format=None):
         self.memory, self.vm, self.stop = memory, vm, stop
+        self.sleep = None
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
@@ -57,7 +59,7 @@ class DeviceManager:
         self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
         self.i8042 = I8042(on_reset=self._reset,
                            set_irq=lambda line, level: self.set_irq(I8042_IRQS[line], level))
-        self.cmos = Cmos(config.memory, cpus=config.cpus)
+        self.cmos = Cmos(config.memory, cpus=config.cpus, on_alarm=self._rtc_alarm)
         self.post = PostCode()
         self.debugcon = DebugConsole(console)
         self.pm = AcpiPm(on_poweroff=self._poweroff, on_reset=self._reset, on_sleep=self._sleep,
@@ -75,7 +77,7 @@ class DeviceManager:
         ports(layout.I8042_COMMAND, self.i8042.command, "i8042 status/command")
         ports(layout.PC_TESTDEV_PORTS, self.testdev.ports, "pc-testdev ports")
         ports(layout.PC_TESTDEV_IRQ_LINES, self.testdev.irq_lines, "pc-testdev irq lines")
-        ports(layout.CMOS, self.cmos, "cmos/rtc")
+        ports(layout.CMOS, self.cmos, "cmos/rtc", irq=layout.RTC_IRQ)
         ports(layout.POST, self.post, "post")
         ports(layout.DEBUGCON, self.debugcon, "debugcon")
         ports(layout.ACPI_PM, self.pm, "acpi-pm")
@@ -161,11 +163,14 @@ class DeviceManager:
         self.stop.request(STATUS_OK, "poweroff")
 
     def _sleep(self, state):
-        # QEMU parks an S3 guest until a wake-up event; pyvmm has no wake
-        # source, so the run ends here rather than idling forever.
-        print(f"warning: the guest entered ACPI S{state} sleep; nothing can wake it, "
-              "so the run ends", file=sys.stderr)
-        self.stop.request(STATUS_OK, f"sleep-s{state}")
+        if self.sleep is not None:
+            self.sleep.enter(state)
+        else:                   # no machine to suspend: nothing could wake the guest
+            self.stop.request(STATUS_OK, f"sleep-s{state}")
+
+    def _rtc_alarm(self):
+        if self.sleep is not None:
+            self.sleep.rtc_alarm()
 
     def close(self):
         """Stops every device's worker thread."""

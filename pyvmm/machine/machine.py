@@ -8,6 +8,7 @@ module; Machine wires them and is the public API the CLI and users share.
 
 from time import monotonic_ns
 
+from ..arch.x86_64 import acpi, power_on
 from ..console import InputPump, open_output
 from ..devices import DeviceFailure
 from ..run.fast import FastLoop, FastPath
@@ -18,6 +19,7 @@ from ..run.stop import StopSignal
 from ..run.trace import ExitTracer
 from .builder import InputFileError, build, read_kernel
 from .devices import DeviceManager
+from .sleep import SleepControl
 from .vcpus import VcpuManager
 
 
@@ -35,7 +37,7 @@ class Machine:
         self.stats = ExitStats()
         self.hooks = Hooks()
         self.started_ns = None
-        self.built = self.devices = self.vcpu_manager = self.fast = self.virtio = None
+        self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = self.virtio = None
         self.output = self.tracer = self.gdb = self._input = None
         self.loops = []
         try:
@@ -54,6 +56,9 @@ class Machine:
                                      f"{error.strerror or error}") from None
             self.devices = DeviceManager(config, self.memory, self.vm, self.stop, self.output.write,
                                          self.boot.format)
+            self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
+                                      self._waking_vector, self._power_on_vcpus)
+            self.devices.sleep = self.sleep
             if self.virtio:
                 self.virtio.attach(self, console_output=self.output)
             if config.trace:
@@ -168,6 +173,7 @@ class Machine:
             self._input = InputPump(stdin_fd, console or self.serial.feed).start()
         self.loops = self._make_loops()
         self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush)
+        self.sleep.bind(self.vcpu_manager)
         if self.gdb is not None:
             self.gdb.start(self.loops, self.vcpu_manager.kick)    # vCPUs wait for gdb
         self.vcpu_manager.start()
@@ -175,6 +181,7 @@ class Machine:
             self.vcpu_manager.supervise(timeout)
         finally:
             self.vcpu_manager.stop_all()
+            self.sleep.close()
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
@@ -198,6 +205,43 @@ class Machine:
     def resume(self):
         if self.vcpu_manager is not None:
             self.vcpu_manager.resume()
+
+    # --- ACPI S3 and the power button --------------------------------------------------
+    @property
+    def suspended(self):
+        """True while the guest sleeps in ACPI S3 (or is being woken)."""
+        return self.sleep.state != "awake"
+
+    @property
+    def external_wake(self):
+        """Whether something outside the guest (the API, a Python caller) may
+        call wake() or press_power_button(): a guest that enters S3 with no
+        wake source of its own armed then stays suspended (until a wake or
+        the timeout) instead of ending the run. Off by default."""
+        return self.sleep.external_wake
+
+    @external_wake.setter
+    def external_wake(self, value):
+        self.sleep.external_wake = bool(value)
+
+    def press_power_button(self):
+        """The ACPI power button: while the guest runs, PWRBTN_STS and an SCI
+        (if it enabled PWRBTN_EN); in S3, a wake event (WAK_STS, PWRBTN_STS)."""
+        self.sleep.press_power_button()
+
+    def wake(self):
+        """A resume request (QEMU's system_wakeup): wakes a machine in S3, as
+        the power button does. False when it was not suspended."""
+        return self.sleep.wake()
+
+    def _waking_vector(self):
+        """The waking vector in the FACS, as the guest left it (None: none)."""
+        return acpi.waking_vector(self.memory.read(self.built.facs, acpi.FACS_SIZE))
+
+    def _power_on_vcpus(self, vector):
+        """Every vCPU as after power-on; vCPU 0 enters `vector` (a WakingVector)."""
+        for index, vcpu in enumerate(self.vcpus):
+            power_on.power_on(vcpu, self.built.vcpu_boot[index], bsp=index == 0, entry=vector)
 
     def kick_vcpu(self, index):
         """Makes vCPU `index` leave KVM_RUN (its loop then runs its kick handlers)."""
@@ -228,6 +272,8 @@ class Machine:
     def close(self):
         if self.vcpu_manager is not None and self.vcpu_manager.running:
             self.vcpu_manager.stop_all()
+        if self.sleep is not None:
+            self.sleep.close()
         if self.fast is not None:
             self.fast.close()
             self.fast = None

@@ -1,6 +1,7 @@
 """The vCPU threads of a machine: started together, kicked out of KVM_RUN,
-probed for dormancy, paused and resumed at an exit boundary, supervised
-(timeout, periodic flush, the end of a run), stopped and joined.
+probed for dormancy, paused and resumed at an exit boundary, suspended (ACPI
+S3) and woken with their state reset, supervised (timeout, periodic flush,
+the end of a run), stopped and joined.
 
 A kick is immediate_exit plus a signal (KICK_SIGNAL, whose handler does
 nothing): KVM_RUN then returns EINTR, every exit in flight has completed and
@@ -46,6 +47,7 @@ class VcpuManager:
         self._threads = []
         self._pause = threading.Condition()
         self._paused = False
+        self._suspended = False               # ACPI S3: parked until wake(), whatever resume() says
         self._parked = set()
         for loop in self.loops:
             loop.kick_handlers.append(self._pause_point)
@@ -131,21 +133,52 @@ class VcpuManager:
         return self._paused
 
     def _pause_point(self, loop):
-        """A kick handler: parks the vCPU's thread while the machine is paused."""
+        """A kick handler: parks the vCPU's thread while the machine is paused or suspended."""
         with self._pause:
-            if not self._paused:
+            if not (self._paused or self._suspended):
                 return
             self._parked.add(loop.vcpu.index)
             self._pause.notify_all()
-            while self._paused and not self.stop.requested:
+            while (self._paused or self._suspended) and not self.stop.requested:
                 self._pause.wait()
             self._parked.discard(loop.vcpu.index)
+
+    # --- ACPI S3 --------------------------------------------------------------------
+    def suspend(self):
+        """Parks every vCPU at its next exit boundary until wake(); returns at
+        once, so a vCPU thread may call it (from the exit that asked for S3)."""
+        with self._pause:
+            self._suspended = True
+        for index in range(len(self.loops)):
+            self.kick(index)
+
+    @property
+    def suspended(self):
+        return self._suspended
+
+    def wake(self, prepare):
+        """Waits until every vCPU is parked, calls prepare() (which resets
+        their state; the vCPUs are outside KVM_RUN), and lets them run when
+        it returns True. Not from a vCPU thread. False when the run ended
+        first (stop_all() wakes the wait) or prepare() said no."""
+        with self._pause:
+            while not self._all_parked():
+                if self.stop.requested:
+                    return False
+                self._pause.wait(FLUSH_INTERVAL)
+        if self.stop.requested or not prepare():
+            return False
+        with self._pause:
+            self._suspended = False
+            self._pause.notify_all()
+        return True
 
     # --- supervision ---------------------------------------------------------------
     def supervise(self, timeout=None):
         """Waits for the stop, flushing, enforcing the timeout and ending the
         run once every vCPU is dormant (halted with interrupts off, or waiting
-        for a SIPI, two probe rounds in a row)."""
+        for a SIPI, two probe rounds in a row; never while suspended, when a
+        wake event may still come)."""
         deadline = None if timeout is None else monotonic() + timeout
         probe_interval, next_probe, next_flush = FIRST_PROBE, monotonic() + FIRST_PROBE, 0.0
         probe_round, dormant_rounds = 0, 0
@@ -157,7 +190,7 @@ class VcpuManager:
             if now >= next_flush:
                 self.flush()
                 next_flush = now + FLUSH_INTERVAL
-            if now >= next_probe and not self._paused:
+            if now >= next_probe and not (self._paused or self._suspended):
                 if probe_round and all(loop.answered_round == probe_round and loop.dormant
                                        for loop in self.loops):
                     dormant_rounds += 1

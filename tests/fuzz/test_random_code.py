@@ -4,7 +4,7 @@ Random bytes (mixed with fragments of port I/O, MMIO and control
 instructions, so the platform devices get poked) are loaded as a raw
 image in real, protected and long mode and run with a 2 s timeout.  Each
 run must end with a documented status and reason (README, "Exit status"):
-0 (halt, reset, power-off, S3), 124 (timeout), 125 (a guest crash:
+0 (halt, reset, power-off, S3 with no wake source), 124 (timeout), 125 (a guest crash:
 triple fault, KVM internal or entry error, ...) or a debug-exit status
 (v << 1) | 1, within the timeout plus a margin, never with an exception,
 a hang or a pyvmm internal error (an exception out of a device or the run

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pyvmm.arch.x86_64 import acpi, layout
-from pyvmm.arch.x86_64.acpi import PmRegisters, build_acpi_tables
+from pyvmm.arch.x86_64.acpi import PmRegisters, build_acpi_tables, facs_address
 from pyvmm.devices import acpi_pm
 
 BASES = st.sampled_from([layout.BIOS_AREA, 0xF0000])
@@ -192,6 +192,46 @@ def test_revisions_and_facs():
     assert (hw_signature, waking, lock, flags, x_waking) == (0, 0, 0, 0, 0)
 
 
+@given(cpus=st.integers(1, 254), base=st.integers(0xE000, 0xF800).map(lambda page: page * 16))
+def test_facs_address_is_where_the_fadt_points(cpus, base):
+    blob, rsdp_addr = build_acpi_tables(base, cpus)
+    rsdt, = struct.unpack_from("<I", blob, rsdp_addr - base + 16)
+    fadt, = struct.unpack_from("<I", blob, rsdt - base + 36)
+    firmware_ctrl, = struct.unpack_from("<I", blob, fadt - base + 36)
+    assert facs_address(base) == firmware_ctrl
+    assert blob[firmware_ctrl - base:][:4] == b"FACS"
+
+
+def facs_with(vector=0, x_vector=0, version=2, length=64, signature=b"FACS"):
+    table = bytearray(acpi.facs())
+    struct.pack_into("<4sI", table, 0, signature, length)
+    struct.pack_into("<I", table, 12, vector)
+    struct.pack_into("<Q", table, 24, x_vector)
+    table[32] = version
+    return bytes(table)
+
+
+@pytest.mark.parametrize("table, expected", [
+    (acpi.facs(), None),                                          # as built: no vector
+    (facs_with(vector=0x30008), ("real", 0x30008)),
+    (facs_with(vector=0x9A000, x_vector=0x100000), ("protected", 0x100000)),   # X_ wins
+    (facs_with(vector=0x9A000, x_vector=0x100000, version=0), ("real", 0x9A000)),  # v0: no X_
+    (facs_with(vector=0x9A000, x_vector=0x100000, length=32), ("real", 0x9A000)),  # too short
+    (facs_with(vector=0x9A000, x_vector=1 << 32), ("real", 0x9A000)),            # beyond 32 bits
+    (facs_with(x_vector=0xFFFFFFFF), ("protected", 0xFFFFFFFF)),
+    (facs_with(vector=0x30008, signature=b"FACT"), None),         # overwritten: firmware reboots
+    (facs_with(vector=0x30008)[:32], None),
+])
+def test_waking_vector(table, expected):
+    assert acpi.waking_vector(table) == expected
+
+
+@given(st.binary(max_size=80))
+def test_waking_vector_takes_any_bytes(table):
+    vector = acpi.waking_vector(table)
+    assert vector is None or (vector.mode in ("real", "protected") and 0 < vector.address < 1 << 32)
+
+
 def test_the_rsdp_sits_where_kvm_unit_tests_look_when_placed_at_0xf0000():
     blob, rsdp_addr = build_acpi_tables(0xF0000, 1)
     assert 0xF0000 <= rsdp_addr < 0x100000 and rsdp_addr % 16 == 0
@@ -227,6 +267,7 @@ def test_fadt_fields_at_their_spec_offsets():
     assert flags & (1 << 10)                                           # RESET_REG_SUP
     assert flags & (1 << 8)                                            # TMR_VAL_EXT
     assert not flags & (1 << 20)                                       # not HW_REDUCED_ACPI
+    assert not flags & (1 << 6)       # FIX_RTC clear: the RTC wake status is in PM1 (S3 wake)
     assert gas(fadt, 116) == (1, 8, 0, 1, 0xB00C)                      # RESET_REG: I/O, byte
     assert fadt[128] == 0x0E                                           # RESET_VALUE
     assert fadt[131] == 3                                              # FADT minor version: 6.3

@@ -199,6 +199,56 @@ def test_timer_status_raises_sci_when_enabled(pm):
     assert pm.sci == [True]
 
 
+# ------------------------------------------------------------- S3 wake
+
+
+def test_rtc_wake_follows_rtc_en(pm):
+    assert not pm.dev.rtc_wake_enabled
+    pm.outw(0x602, 0x0400)
+    assert pm.dev.rtc_wake_enabled
+    pm.outw(0x602, 0x0000)
+    assert not pm.dev.rtc_wake_enabled
+
+
+@pytest.mark.parametrize("events, status", [
+    (0x0400, 0x8401),     # RTC alarm: WAK_STS | RTC_STS, TMR_STS due again after the reset
+    (0x0100, 0x8101),     # power button or a resume request: WAK_STS | PWRBTN_STS
+    (0x0001, 0x8001),     # PM timer
+    (0x0000, 0x8001),
+    (0xFEFE, 0x8401),     # only wake events reach PM1_STS
+])
+def test_wake_resets_the_block_then_reports_the_event(pm, events, status):
+    pm.outw(0x602, 0x0521)
+    pm.outw(0x600, 0xFFFF)
+    pm.outw(0x604, 0x0401)    # SLP_TYP 1, not yet SLP_EN
+    pm.dev.wake(events)
+    assert pm.inw(0x600) == status
+    assert pm.inw(0x602) == 0x0000              # PM1_EN as after a reset (QEMU)
+    assert pm.inw(0x604) == 0x0001              # SLP_TYP cleared, SCI_EN as always
+    pm.outw(0x600, 0x8000)                      # WAK_STS is write-1-to-clear
+    assert pm.inw(0x600) == status & ~0x8000
+
+
+def test_wake_lowers_sci(pm):
+    pm.outw(0x602, 0x0001)
+    assert pm.sci == [True]
+    pm.dev.wake(0x0400)
+    assert pm.sci == [True, False]
+
+
+def test_timer_wake_needs_tmr_en_and_tmr_sts_clear(pm):
+    assert pm.dev.timer_wake_delay() is None     # TMR_EN clear
+    pm.outw(0x602, 0x0001)
+    assert pm.dev.timer_wake_delay() is None     # TMR_STS still set
+    pm.outw(0x600, 0x0001)
+    half_period = (1 << 23) / PM_TIMER_HZ       # 2.34 s until bit 23 toggles
+    assert pm.dev.timer_wake_delay() == pytest.approx(half_period, abs=1e-6)
+    pm.clock.ns += 1_000_000_000
+    assert pm.dev.timer_wake_delay() == pytest.approx(half_period - 1, abs=1e-6)
+    pm.clock.ns += 2_000_000_000
+    assert pm.dev.timer_wake_delay() is None     # overflowed: TMR_STS set again
+
+
 def test_unassigned_offsets_read_all_ones(pm):
     assert pm.bus.read(0x606, 2) == b"\xff\xff"
 

@@ -8,10 +8,11 @@ import calendar
 import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvmm.devices import Bus, Cmos
+from pyvmm.devices.cmos import alarm_matches, next_alarm
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -291,3 +292,269 @@ def test_random_accesses_never_raise_and_reads_have_the_right_size(accesses, tim
             bus.write(0x70 + offset, data)
     assert bus.read(0x70, 4) == b"\xff" * 4  # straddles the range: unhandled
     assert len(dev.snapshot()) == 128
+
+
+# ------------------------------------------------------------------ alarm
+#
+# The alarm matches when each alarm byte (0x05 hours, 0x03 minutes, 0x01
+# seconds) equals the time register as the clock encodes it, or is a "don't
+# care" byte 0xC0-0xFF (MC146818 datasheet; QEMU rtc_from_bcd).
+
+FORMATS = {  # register B: hour and number format
+    "bcd 24h": 0x02, "bcd 12h": 0x00, "binary 24h": 0x06, "binary 12h": 0x04,
+}
+_ENCODED_DAYS = {}
+
+
+def encoded_time_of_day(reg_b):
+    """[(hours, minutes, seconds) registers] for each second of a day, spelled
+    out from the datasheet's formats (independently of the device)."""
+    if reg_b not in _ENCODED_DAYS:
+        def number(value):
+            return value if reg_b & 0x04 else bcd(value)
+
+        def hour(h):
+            if reg_b & 0x02:
+                return number(h)
+            return number(h % 12 or 12) | (0x80 if h >= 12 else 0)
+        _ENCODED_DAYS[reg_b] = [(hour(t // 3600), number(t // 60 % 60), number(t % 60))
+                                for t in range(86400)]
+    return _ENCODED_DAYS[reg_b]
+
+
+def first_match_by_brute_force(after, alarm, reg_b):
+    day = encoded_time_of_day(reg_b)
+    for t in range(after + 1, after + 86401):
+        if all(a >= 0xC0 or a == r for a, r in zip(alarm, day[t % 86400])):
+            return t
+    return None
+
+
+@st.composite
+def alarm_bytes(draw, limit):
+    """A value the field takes (encoded later), don't care, or any byte."""
+    kind = draw(st.sampled_from(["value", "dont_care", "any"]))
+    if kind == "dont_care":
+        return ("raw", draw(st.integers(0xC0, 0xFF)))
+    if kind == "any":
+        return ("raw", draw(st.integers(0, 0xFF)))
+    return ("value", draw(st.integers(0, limit - 1)))
+
+
+def encode_field(spec, reg_b, field):
+    kind, value = spec
+    if kind == "raw":
+        return value
+    hours, minutes, seconds = encoded_time_of_day(reg_b)[
+        {"hours": value * 3600, "minutes": value * 60, "seconds": value}[field]]
+    return {"hours": hours, "minutes": minutes, "seconds": seconds}[field]
+
+
+@settings(max_examples=40, deadline=None)
+@given(after=st.integers(0, 4_000_000_000), reg_b=st.sampled_from(sorted(FORMATS.values())),
+       hours=alarm_bytes(24), minutes=alarm_bytes(60), seconds=alarm_bytes(60))
+def test_next_alarm_is_the_first_matching_second(after, reg_b, hours, minutes, seconds):
+    alarm = (encode_field(hours, reg_b, "hours"), encode_field(minutes, reg_b, "minutes"),
+             encode_field(seconds, reg_b, "seconds"))
+    assert next_alarm(after, alarm, reg_b) == first_match_by_brute_force(after, alarm, reg_b)
+
+
+@given(byte=st.integers(0xC0, 0xFF), register=st.integers(0, 0xFF))
+def test_dont_care_bytes_match_anything(byte, register):
+    assert alarm_matches(byte, register)
+
+
+@given(byte=st.integers(0, 0xBF), register=st.integers(0, 0xFF))
+def test_other_bytes_match_only_themselves(byte, register):
+    assert alarm_matches(byte, register) == (byte == register)
+
+
+class FakeWorker:
+    """call_later() records the timer; fire() runs it as the worker would."""
+
+    def __init__(self):
+        self.timers = []
+
+    def call_later(self, delay, fn, *args):
+        timer = type("Timer", (), {"cancelled": False})()
+        timer.cancel = lambda: setattr(timer, "cancelled", True)
+        timer.delay, timer.fn, timer.args = delay, fn, args
+        self.timers.append(timer)
+        return timer
+
+    @property
+    def pending(self):
+        live = [timer for timer in self.timers if not timer.cancelled]
+        assert len(live) <= 1, "the device keeps one timer"
+        return live[0] if live else None
+
+    def fire(self):
+        timer = self.pending
+        timer.cancelled = True
+        timer.fn(*timer.args)
+
+
+class Line:
+    def __init__(self):
+        self.level = False
+        self.changes = []
+
+    def set(self, level):
+        self.level = level
+        self.changes.append(level)
+
+
+class AlarmRtc(Rtc):
+    """An Rtc attached to a context: IRQ 8 is a Line, the worker a FakeWorker."""
+
+    def __init__(self, t=LEAP_DAY + 0.25, **kwargs):
+        self.alarms = 0
+        self.clock = Clock(t)
+        self.dev = Cmos(64 * MIB, now=self.clock, on_alarm=self.count_alarm, **kwargs)
+        self.worker, self.line = FakeWorker(), Line()
+        self.dev.attach(type("Context", (), {"irq": self.line, "worker": self.worker})())
+
+    def count_alarm(self):
+        self.alarms += 1
+
+    def arm(self, hours, minutes, seconds, reg_b):
+        self.write(0x0B, reg_b & ~0x20)
+        self.read(0x0C)
+        for index, value in ((0x05, hours), (0x03, minutes), (0x01, seconds)):
+            self.write(index, value)
+        self.write(0x0B, reg_b)
+
+
+# LEAP_DAY is 13:45:07 UTC.
+@pytest.mark.parametrize("reg_b, hours, minutes, seconds", [
+    (0x22, 0x13, 0x45, 0x09),     # BCD, 24-hour
+    (0x26, 13, 45, 9),            # binary, 24-hour
+    (0x20, 0x81, 0x45, 0x09),     # BCD, 12-hour: 1 PM
+    (0x24, 0x81, 45, 9),          # binary, 12-hour
+    (0x22, 0xFF, 0xC0, 0x09),     # don't care hours and minutes
+    (0x26, 0xC3, 0xC0, 9),
+])
+def test_the_alarm_interrupts_at_the_matching_second(reg_b, hours, minutes, seconds):
+    rtc = AlarmRtc()
+    rtc.arm(hours, minutes, seconds, reg_b)
+    assert rtc.dev.alarm_armed
+    timer = rtc.worker.pending
+    assert timer.delay == pytest.approx(1.75)       # 13:45:09 from 13:45:07.25
+    rtc.clock.t = LEAP_DAY + 1.5                    # early: nothing yet, the timer comes back
+    rtc.worker.fire()
+    assert (rtc.line.level, rtc.alarms) == (False, 0)
+    assert rtc.worker.pending.delay == pytest.approx(0.5)
+    rtc.clock.t = LEAP_DAY + 2.001
+    rtc.worker.fire()
+    assert (rtc.line.level, rtc.alarms) == (True, 1)
+    assert rtc.read(0x0C) == 0x80 | 0x20 | 0x10     # IRQF, AF, UF
+    assert not rtc.line.level
+    assert rtc.read(0x0C) == 0x00
+
+
+def test_all_dont_care_fires_at_every_second():
+    rtc = AlarmRtc()
+    rtc.arm(0xC0, 0xC0, 0xC0, 0x22)
+    for second in range(1, 4):
+        assert rtc.worker.pending.delay == pytest.approx(1 - 0.25 if second == 1 else 1.0, abs=1e-6)
+        rtc.clock.t = LEAP_DAY + second
+        rtc.worker.fire()
+        assert rtc.alarms == second
+        assert rtc.read(0x0C) == 0xB0
+
+
+def test_an_alarm_a_day_away_waits_a_day():
+    rtc = AlarmRtc()
+    rtc.arm(0x13, 0x45, 0x07, 0x22)                 # the current second: next time tomorrow
+    assert rtc.worker.pending.delay == pytest.approx(86400 - 0.25)
+
+
+def test_without_aie_the_alarm_only_sets_af():
+    rtc = AlarmRtc()
+    rtc.arm(0x13, 0x45, 0x09, 0x02)
+    assert rtc.worker.pending is None and not rtc.dev.alarm_armed
+    rtc.clock.t = LEAP_DAY + 2.5
+    assert rtc.read(0x0C) == 0x30                   # AF and UF, no IRQF
+    assert (rtc.line.changes.count(True), rtc.alarms) == (0, 0)
+
+
+def test_a_missed_alarm_second_is_not_reported():
+    rtc = AlarmRtc()
+    rtc.arm(0x13, 0x45, 0x09, 0x02)
+    rtc.clock.t = LEAP_DAY + 1.5
+    assert rtc.read(0x0C) == 0x10                   # 13:45:08: UF only
+    assert rtc.read(0x0C) == 0x00
+
+
+def test_enabling_aie_with_af_set_interrupts_at_once():
+    rtc = AlarmRtc()
+    rtc.arm(0x13, 0x45, 0x09, 0x02)
+    rtc.clock.t = LEAP_DAY + 2.5
+    rtc.write(0x0B, 0x22)                           # AF is already set (QEMU raises then)
+    assert rtc.line.level
+    assert rtc.alarms == 0                          # an interrupt, not an alarm event
+    assert not rtc.dev.alarm_armed                  # AF stays set until C is read
+    rtc.write(0x0B, 0x02)                           # disabling it lowers the line
+    assert not rtc.line.level
+
+
+@pytest.mark.parametrize("seconds", [0x60, 0x5A, 0xBF])
+def test_an_alarm_the_clock_never_shows_never_fires(seconds):
+    rtc = AlarmRtc()
+    rtc.arm(0xC0, 0xC0, seconds, 0x22)
+    assert not rtc.dev.alarm_armed
+    assert rtc.worker.pending is None
+    rtc.clock.t += 86400 * 2
+    assert rtc.read(0x0C) == 0x10
+
+
+def test_a_stopped_clock_has_no_alarm():
+    rtc = AlarmRtc()
+    rtc.arm(0xC0, 0xC0, 0xC0, 0xA2)                 # SET: the clock is stopped
+    assert not rtc.dev.alarm_armed
+    assert rtc.worker.pending is None
+
+
+def test_update_interrupt_every_second():
+    rtc = AlarmRtc()
+    rtc.write(0x0B, 0x12)                           # UIE
+    rtc.clock.t = LEAP_DAY + 1.0
+    rtc.worker.fire()
+    assert rtc.line.level and rtc.alarms == 0
+    assert rtc.worker.pending is None               # UF still set: nothing new can come
+    assert rtc.read(0x0C) == 0x90
+    assert rtc.worker.pending.delay == pytest.approx(1.0)
+
+
+def test_setting_the_clock_moves_the_alarm():
+    rtc = AlarmRtc()
+    rtc.arm(0x14, 0x00, 0x00, 0x22)                 # 14:00:00, 14m53s away
+    assert rtc.worker.pending.delay == pytest.approx(14 * 60 + 52.75)
+    rtc.write(0x02, 0x59)                           # minutes := 59: 13:59:07
+    assert rtc.worker.pending.delay == pytest.approx(52.75)
+
+
+def test_reset_clears_the_alarm_enable_and_the_line():
+    rtc = AlarmRtc()
+    rtc.write(0x0F, 0xFE)
+    rtc.arm(0xC0, 0xC0, 0xC0, 0x7A)                 # PIE, AIE, UIE, SQWE, 24-hour
+    rtc.clock.t = LEAP_DAY + 1
+    rtc.worker.fire()
+    assert rtc.line.level
+    rtc.dev.reset()
+    assert not rtc.line.level
+    assert rtc.read(0x0B) == 0x12                   # UIE stays (QEMU)
+    assert rtc.read(0x0C) == 0x00
+    assert rtc.read(0x0F) == 0xFE                   # RAM and clock stay
+    assert not rtc.dev.alarm_armed
+
+
+def test_register_writes_keep_the_alarm_timer():
+    rtc = AlarmRtc()
+    rtc.arm(0x14, 0x00, 0x00, 0x22)
+    timer = rtc.worker.pending
+    for value in range(1000):
+        rtc.write(0x40, value & 0xFF)            # RAM
+        rtc.write(0x0B, 0x22)                    # B again, unchanged
+        rtc.write(0x01, 0x00)                    # the same alarm
+    assert rtc.worker.pending is timer and len(rtc.worker.timers) == 1

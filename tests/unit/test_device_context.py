@@ -165,3 +165,35 @@ def test_a_resampled_line_is_raised_again_after_each_eoi_while_it_is_high():
         worker.close()
         irqfd.trigger.close()
         irqfd.resample.close()
+
+
+def test_cancelled_timers_do_not_pile_up():
+    """A device that re-arms a far timer on every register write (the RTC
+    with its alarm a day away) cancels as many as it makes: they must not
+    stay queued until they would have been due."""
+    worker = DeviceWorker("timers")
+    try:
+        fired = []
+        for _ in range(10_000):
+            worker.call_later(3600, fired.append, "stale").cancel()
+        keep = worker.call_later(0.01, fired.append, "kept")
+        assert worker.queued_timers() <= 64
+        _wait(lambda: fired)
+        assert fired == ["kept"] and not keep.cancelled
+    finally:
+        worker.close()
+
+
+def test_cancel_after_the_timer_ran_changes_nothing():
+    worker = DeviceWorker("timers")
+    try:
+        fired = []
+        timer = worker.call_later(0, fired.append, 1)
+        _wait(lambda: fired)
+        timer.cancel()
+        timer.cancel()
+        later = worker.call_later(0.01, fired.append, 2)
+        _wait(lambda: len(fired) == 2)
+        assert worker.queued_timers() == 0 and not later.cancelled
+    finally:
+        worker.close()

@@ -15,6 +15,7 @@ import struct
 
 from ...devices import acpi_pm
 from . import layout
+from .modes import PROTECTED, REAL
 from .mptable import MAX_XAPIC_ID, PC_TIMER_PIN, checksum, cpu_apic_ids, ioapic_id
 
 OEM_ID = b"PYVMM "              # 6 bytes
@@ -53,7 +54,7 @@ PM_TMR_LEN = 4
 WBINVD = 1 << 0
 PROC_C1 = 1 << 2
 SLP_BUTTON = 1 << 5             # no fixed-feature sleep button (the power button is fixed)
-FIX_RTC = 1 << 6                # no RTC wake status in PM1 registers
+FIX_RTC = 1 << 6                # no RTC wake status in PM1 (left clear: RTC_STS/RTC_EN work, as in QEMU)
 TMR_VAL_EXT = 1 << 8
 RESET_REG_SUP = 1 << 10
 
@@ -81,6 +82,12 @@ ALL_X2_PROCESSORS = 0xFFFFFFFF
 
 def align(addr, alignment):
     return -(-addr // alignment) * alignment
+
+
+def facs_address(base_addr):
+    """Where build_acpi_tables(base_addr, ...) puts the FACS: right after the
+    RSDP, 64-byte aligned. Firmware reads its waking vector there on resume."""
+    return align(base_addr + RSDP_SIZE, 64)
 
 
 def sdt(signature, revision, body):
@@ -112,7 +119,7 @@ def io_gas(port, length, access_size):
 
 def fadt(facs_addr, dsdt_addr, pm, boot_arch=BOOT_ARCH):
     """FADT revision 6.3. SMI_CMD is 0: the machine is always in ACPI mode."""
-    flags = WBINVD | PROC_C1 | SLP_BUTTON | FIX_RTC | RESET_REG_SUP
+    flags = WBINVD | PROC_C1 | SLP_BUTTON | RESET_REG_SUP
     if pm.timer_32bit:
         flags |= TMR_VAL_EXT
     # Offsets in the comments are the spec's, from the start of the table.
@@ -157,6 +164,36 @@ def fadt(facs_addr, dsdt_addr, pm, boot_arch=BOOT_ARCH):
 def facs():
     """FACS version 2: no hardware signature, waking vectors and global lock start at 0."""
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", FACS_SIZE, 0, 0, 0, 0, 0, 2, 0)
+
+
+# FACS fields the guest writes before S3 (ACPI 6.3, table 5-37).
+FACS_LENGTH, FACS_WAKING_VECTOR, FACS_X_WAKING_VECTOR, FACS_VERSION = 4, 12, 24, 32
+
+
+class WakingVector(collections.namedtuple("WakingVector", "mode address")):
+    """Where firmware resumes the OS after S3: mode REAL or PROTECTED, and the address."""
+
+
+def waking_vector(table):
+    """The WakingVector in the FACS bytes `table` as the guest left them, or
+    None (no "FACS" signature, or no vector: firmware reboots then).
+
+    X_Firmware_Waking_Vector, when the FACS has it (longer than 32 bytes,
+    version 1 or later: ACPICA's test), is set and below 4 GiB, wins
+    (entered in 32-bit protected mode: the FACS does not offer 64-bit
+    wake); else Firmware_Waking_Vector (real mode), as the spec says.
+    SeaBIOS only ever reads Firmware_Waking_Vector; OVMF does this."""
+    if len(table) <= FACS_VERSION or table[:4] != b"FACS":
+        return None
+    length, = struct.unpack_from("<I", table, FACS_LENGTH)
+    vector, = struct.unpack_from("<I", table, FACS_WAKING_VECTOR)
+    if length > FACS_VERSION and table[FACS_VERSION] >= 1:
+        x_vector, = struct.unpack_from("<Q", table, FACS_X_WAKING_VECTOR)
+        if 0 < x_vector < 1 << 32:
+            return WakingVector(PROTECTED, x_vector)
+    if vector:
+        return WakingVector(REAL, vector)
+    return None
 
 
 def madt(apic_ids, sci_irq, irq0_pin=PC_TIMER_PIN):
@@ -335,7 +372,7 @@ def build_acpi_tables(base_addr, cpus, pm=DEFAULT_PM, apic_ids=None, *,
     dsdt_table = dsdt(cpus, pm, virtio)
     system_tables = 2                      # FADT and MADT, in the RSDT and XSDT
 
-    # Addresses in order: RSDP, FACS (64-byte aligned), XSDT, RSDT, FADT, MADT, DSDT.
+    # Addresses in order: RSDP, FACS (facs_address), XSDT, RSDT, FADT, MADT, DSDT.
     cursor = base_addr
     addresses = {}
     for name, size, alignment in (("RSDP", RSDP_SIZE, 16), ("FACS", FACS_SIZE, 64),

@@ -26,3 +26,22 @@ def boot_msrs(supported):
     """BOOT_MSRS restricted to the MSR indices KVM reports it can save/restore."""
     supported = set(supported)
     return {index: value for index, value in BOOT_MSRS.items() if index in supported}
+
+
+IA32_PAT = 0x277
+IA32_TSC_DEADLINE = 0x6E0
+PAT_RESET = 0x0007040600070406
+# A host write of 0 to IA32_TSC makes KVM take the vCPU for a new one and
+# keep its TSC in step with the others (kvm_synchronize_tsc); QEMU writes 1
+# on a reset so that the TSC really restarts.
+TSC_AFTER_RESET = 1
+
+# Written again when a vCPU is reset (an S3 wake): the boot values, and the
+# reset values of MSRs a guest changes that the boot values leave alone.
+RESET_MSRS = {**BOOT_MSRS, IA32_TSC: TSC_AFTER_RESET, IA32_PAT: PAT_RESET, IA32_TSC_DEADLINE: 0}
+
+
+def reset_msrs(supported):
+    """RESET_MSRS restricted to the MSR indices KVM reports it can save/restore."""
+    supported = set(supported)
+    return {index: value for index, value in RESET_MSRS.items() if index in supported}
