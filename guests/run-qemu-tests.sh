@@ -71,6 +71,14 @@ check prot $((0x41)) 'protected\n'
 run "" -drive file=$B/real.bin,format=raw,if=ide,snapshot=on
 check real $((0x21)) 'real\n'
 
+run "" -kernel $B/paging32.bin
+check paging32 $((0x45)) 'paging32\ncr4.pae 0\nalias read 0x12345678\nalias write 0xcafef00d\npte 0x00202063\npde 0x00203023\npse read 0x12345678\npse pde 0x000000a3\npage fault cr2 0xdead0000 error 0x00000002\n'
+
+# A triple fault: QEMU exits (-no-reboot) with status 0 and logs it.
+run "" -drive file=$B/triple_real.bin,format=raw,if=ide,snapshot=on -d cpu_reset -D "$TMP/triple"
+check triple_real 0 'real triple fault\n'
+grep -q "Triple fault" "$TMP/triple" || { echo "FAIL triple_real: no triple fault logged"; fails=$((fails + 1)); }
+
 # 64-bit images go through lmboot, which loads them as pyvmm would.
 run "" -kernel $B/lmboot.bin -initrd $B/long.bin
 check long $((0x61)) 'long\n'

@@ -53,9 +53,9 @@ class VmConfig:
 
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
-    and entry; serial: stdio | null | file:PATH | buffer; timeout: seconds;
-    console, rng, disks: virtio devices (pyvmm.virtio_options), opened by
-    the Machine before anything else.
+    and entry; serial: stdio | null | file:PATH | pty | socket=PATH | buffer;
+    timeout: seconds; console, rng, disks: virtio devices
+    (pyvmm.virtio_options), opened by the Machine before anything else.
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
@@ -107,9 +107,11 @@ class VmConfig:
             raise ConfigError("--timeout must be a positive number of seconds")
         if self.raw_mode not in (None, "real", "protected", "long"):
             raise ConfigError(f"unknown raw mode {self.raw_mode!r}")
-        if self.serial not in ("stdio", "null", "buffer") and not (
-                self.serial.startswith("file:") and len(self.serial) > 5):
-            raise ConfigError(f"unknown serial output {self.serial!r} (use stdio, null or file:PATH)")
+        if self.serial not in ("stdio", "null", "buffer", "pty") and not (
+                self.serial.startswith("file:") and len(self.serial) > 5) and not (
+                self.serial.startswith("socket=") and len(self.serial) > 7):
+            raise ConfigError(f"unknown serial output {self.serial!r} "
+                              "(use stdio, null, file:PATH, pty or socket=PATH)")
         if self.gdb is not None:
             parse_endpoint(self.gdb)
         if isinstance(self.cmdline, str):

@@ -4,10 +4,15 @@ RANGE is a port or port range (`0x600` or `0x600-0x60f`, inclusive) or an
 MMIO range (`mmio:0xd0000000-0xd0000fff`). KEY=VALUE pairs are passed to the
 class as keyword arguments; values that read as integers (`16`, `0x10`)
 become ints, `true`/`false` become bools, the rest stay strings.
+
+MODULE is imported as `python -m` would find it: from the current
+directory first, then Python's path (PYTHONPATH, installed packages).
 """
 
 import importlib
+import os
 import re
+import sys
 
 from .config import ConfigError
 
@@ -23,10 +28,17 @@ class DeviceSpec:
 
     def create(self):
         """Imports the module and instantiates the class; ConfigError says what failed."""
+        search_current_directory()
         try:
             module = importlib.import_module(self.module)
-        except Exception as error:  # an ImportError or whatever the module raised
-            raise ConfigError(f"--device: cannot import {self.module}: {error}") from None
+        except ModuleNotFoundError as error:
+            if error.name is None or not (self.module + ".").startswith(error.name + "."):
+                raise ConfigError(f"--device: cannot import {self.module}: {error}") from None
+            raise ConfigError(f"--device: cannot import {self.module}: no module {error.name!r} "
+                              f"on the search path {os.pathsep.join(sys.path)}") from None
+        except Exception as error:  # whatever the module raised while it was imported
+            raise ConfigError(f"--device: cannot import {self.module}: "
+                              f"{type(error).__name__}: {error}") from None
         factory = getattr(module, self.cls, None)
         if factory is None:
             raise ConfigError(f"--device: {self.module} has no {self.cls}")
@@ -38,6 +50,15 @@ class DeviceSpec:
         if not (callable(getattr(device, "read", None)) and callable(getattr(device, "write", None))):
             raise ConfigError(f"--device: {self.module}:{self.cls} has no read()/write() methods")
         return device
+
+
+def search_current_directory():
+    """Puts the current directory first on the module search path, as
+    `python -m` does (an installed `pyvmm` script does not)."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+    importlib.invalidate_caches()       # a module written since the last import
 
 
 def parse_device_spec(text):

@@ -1,6 +1,8 @@
 """Test-wide markers: `kvm` tests need /dev/kvm, `qemu` tests need QEMU, `gdb`
 tests need gdb, `network` tests download Debian packages (unless they are
-already cached).
+already cached), `install` tests install pyvmm with the system's python3,
+`svm` tests run inside the SVM test host (QEMU and Debian's packages,
+pyvmm/testing/svm).
 
 Without them a developer sees a clear skip; under CI (CI=true) a missing
 requirement is a failure, never a skip.
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -58,9 +61,36 @@ def _network_missing():
     return f"no Debian mirror is reachable ({', '.join(_mirror_hosts())}) and no kernel is cached"
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+# venv and ensurepip (python3-venv), and Python.h to build the extension (python3-dev).
+_BUILD_READY = ("import ensurepip, os, sysconfig, venv; "
+                "assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))")
+
+
+def _system_python_missing():
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"{SYSTEM_PYTHON} does not exist (not a Debian or Ubuntu system?)"
+    if subprocess.run([SYSTEM_PYTHON, "-c", _BUILD_READY], capture_output=True).returncode:
+        return "the system python3 cannot build pyvmm (apt-get install python3-venv python3-dev)"
+    for tool in ("gcc", "make"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not (os.environ.get("PIP_FIND_LINKS") or os.environ.get("PIP_INDEX_URL")):
+        try:
+            socket.create_connection(("pypi.org", 443), timeout=5).close()
+        except OSError:
+            return "no package index is reachable (pypi.org) for pip's build dependencies"
+    return None
+
+
+def _svm_missing():
+    from pyvmm.testing import svm
+    return svm.missing()
+
+
 REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing,
                 "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)",
-                "network": _network_missing}
+                "network": _network_missing, "install": _system_python_missing, "svm": _svm_missing}
 
 
 def pytest_runtest_setup(item):
@@ -73,3 +103,20 @@ def pytest_runtest_setup(item):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI requires it: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def svm_host_slot():
+    """The session's one SVM test host slot (pyvmm/testing/svm), booted on
+    first use: one L1 vCPU (two make QEMU's emulated SVM unreliable; a
+    2-vCPU guest runs as two threads there)."""
+    from pyvmm.testing.svm import HostSlot
+    slot = HostSlot(cpus=1)
+    yield slot
+    slot.release()
+
+
+@pytest.fixture
+def svm_host(svm_host_slot):
+    """The session's SVM test host, booted again when a test left it dead."""
+    return svm_host_slot.get()

@@ -40,7 +40,9 @@ read (pyvmm/devices/bus.py). A device attached to a machine publishes,
 with its lock held, after every access and host event: whether a THR write
 is now plain output (DLAB off, no loopback, THR-empty interrupt off) and so
 may be queued, and LSR's value while reading it has no side effect.
-Queued THR writes come back as one write_many() call.
+Queued THR writes come back as one write_many() call. The interrupt line
+moves only after that publication (`_settle`), so a guest that takes the
+interrupt reads the state that raised it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from .bus import ONE_BYTE
+from .state import StateReader
 
 REGISTER_COUNT = 8
 
@@ -140,6 +143,7 @@ class Serial16550:
         self._rx: deque[int] = deque()  # receiver FIFO (or the single RBR byte)
         self._backlog: deque[int] = deque()  # host input not yet in the receiver
         self._irq_level = False
+        self._irq_told = False  # the level the irq callable last heard
         self._registers = None  # the RegisterState to publish to, once attached
         self._published: tuple = (None, None)
         self.bytes_transmitted = 0  # bytes the guest wrote to THR
@@ -191,7 +195,7 @@ class Serial16550:
                 value = ONE_BYTE[self._read_register(offset)]
             else:
                 value = bytes([self._read_register(offset + i) for i in range(size)])
-            self._publish()
+            self._settle()
             return value
 
     def write(self, offset: int, data: bytes) -> None:
@@ -201,7 +205,7 @@ class Serial16550:
             else:
                 for i, value in enumerate(data):
                     self._write_register(offset + i, value)
-            self._publish()
+            self._settle()
 
     def _read_register(self, offset: int) -> int:
         if 0 <= offset < REGISTER_COUNT:
@@ -224,7 +228,7 @@ class Serial16550:
             self._backlog.extend(data)
             self._refill_rx()
             self._update_irq()
-            self._publish()
+            self._settle()
 
     def pending_input(self) -> int:
         """Host bytes queued but not yet in the receiver."""
@@ -250,19 +254,20 @@ class Serial16550:
             self._reset_registers()
             self._refill_rx()
             self._update_irq()
-            self._publish()
+            self._settle()
 
     # ----------------------------------------------------------- fast paths
 
     def attach(self, context) -> None:
         """Drives context.irq (if any) and publishes to context.registers."""
         with self._lock:
-            if context.irq is not None:
-                self._irq = context.irq.set
-                self._irq(self._irq_level)
             self._registers = getattr(context, "registers", None)
             self._published = (None, None)
             self._publish()
+            if context.irq is not None:
+                self._irq = context.irq.set
+                self._irq_told = self._irq_level
+                self._irq(self._irq_level)
 
     def _publish(self) -> None:
         """Tells the fast path what it may do now (lock held); only changes."""
@@ -299,6 +304,54 @@ class Serial16550:
                 for start in range(0, len(data) - size + 1, size):
                     for i in range(size):
                         self._write_register(offset + i, data[start + i])
+            self._settle()
+
+    # ----------------------------------------------------------- state
+
+    def save_state(self) -> dict:
+        """Registers, both FIFOs (the receiver and the host input not yet in
+        it) and the counters, as plain data (pyvmm/devices/state.py)."""
+        with self._lock:
+            return {
+                "divisor": self._divisor, "ier": self._ier, "lcr": self._lcr, "mcr": self._mcr,
+                "scr": self._scr, "fcr": self._fcr, "lsr_errors": self._lsr_errors, "msr": self._msr,
+                "thr_pending": self._thr_pending,
+                "rx": bytes(self._rx).hex(), "backlog": bytes(self._backlog).hex(),
+                "bytes_transmitted": self.bytes_transmitted, "bytes_received": self.bytes_received,
+                "input_bytes_dropped": self.input_bytes_dropped, "overruns": self.overruns,
+            }
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "serial")
+        registers = {name: reader.integer(name, 0, 0xFF) for name in ("ier", "lcr", "mcr", "scr", "fcr",
+                                                                     "lsr_errors", "msr")}
+        divisor = reader.integer("divisor", 0, 0xFFFF)
+        thr_pending = reader.boolean("thr_pending")
+        rx = reader.data("rx", FIFO_DEPTH)
+        backlog = reader.data("backlog", HOST_BACKLOG_LIMIT)
+        counters = {name: reader.integer(name, 0, 1 << 64) for name in ("bytes_transmitted", "bytes_received",
+                                                                       "input_bytes_dropped", "overruns")}
+        reader.finish()
+        for name, mask in (("ier", IER_MASK), ("mcr", MCR_MASK), ("fcr", FCR_STICKY),
+                           ("lsr_errors", LSR_ERRORS)):
+            if registers[name] & ~mask:
+                raise reader.fail(name, f"{registers[name]:#x} has bits outside {mask:#x}")
+        capacity = FIFO_DEPTH if registers["fcr"] & FCR_FIFO_ENABLE else 1
+        if len(rx) > capacity:
+            raise reader.fail("rx", f"{len(rx)} bytes in a receiver of {capacity}")
+        with self._lock:
+            self._divisor = divisor
+            self._ier, self._lcr, self._mcr, self._scr = (registers[name] for name in ("ier", "lcr", "mcr", "scr"))
+            self._fcr, self._lsr_errors, self._msr = registers["fcr"], registers["lsr_errors"], registers["msr"]
+            self._rx_capacity = capacity
+            self._rx_trigger = RX_TRIGGER_LEVELS[self._fcr & FCR_TRIGGER_MASK] if capacity > 1 else 1
+            self._thr_pending = thr_pending
+            self._rx = deque(rx)
+            self._backlog = deque(backlog)
+            for name, value in counters.items():
+                setattr(self, name, value)
+            self._refill_rx()
+            self._update_irq()          # the line moves only if its level changes
             self._publish()
 
     def register_snapshot(self) -> dict[str, int]:
@@ -501,11 +554,19 @@ class Serial16550:
         return IIR_NO_INT
 
     def _update_irq(self) -> None:
-        level = self._interrupt_id() != IIR_NO_INT
-        if level != self._irq_level:
-            self._irq_level = level
+        self._irq_level = self._interrupt_id() != IIR_NO_INT
+
+    def _settle(self) -> None:
+        """The end of every locked entry point: publish to the fast path
+        first, then move the interrupt line. A guest that takes the
+        interrupt must not read, from the fast path, the state from before
+        it (LSR without data ready, say), return, and wait for an edge that
+        never comes."""
+        self._publish()
+        if self._irq_level != self._irq_told:
+            self._irq_told = self._irq_level
             if self._irq is not None:
-                self._irq(level)
+                self._irq(self._irq_level)
 
     def __repr__(self) -> str:
         return (

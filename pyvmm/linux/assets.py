@@ -87,7 +87,7 @@ def fetch(cache_dir=None, refresh=False):
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as error:
         raise AssetError(f"cannot create the cache {cache_dir}: {error.strerror or error}") from None
-    with _locked(cache_dir):
+    with locked(cache_dir):
         if not refresh:
             assets = cached(cache_dir)  # another process may have fetched it while we waited
             if assets is not None:
@@ -116,7 +116,8 @@ def _assets_in(cache_dir, version):
 
 
 @contextlib.contextmanager
-def _locked(cache_dir):
+def locked(cache_dir):
+    """Holds the cache's lock file, so that fetches into one cache queue up."""
     try:
         lock = open(os.path.join(cache_dir, LOCK_FILE), "w")
     except OSError as error:
@@ -155,7 +156,7 @@ def _fetch_into(cache_dir):
 def _fetch_kernel(work):
     """(path of the unpacked bzImage, its version) for the cloud kernel."""
     package = resolve_kernel_package()
-    tree = _unpack(_download(package, work), os.path.join(work, "kernel"))
+    tree = unpack(download(package, work), os.path.join(work, "kernel"))
     images = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
     if len(images) != 1:
         raise AssetError(f"the package {package} holds {len(images)} boot/vmlinuz-* files, not one")
@@ -163,7 +164,7 @@ def _fetch_kernel(work):
 
 
 def _fetch_busybox(work):
-    tree = _unpack(_download(BUSYBOX_PACKAGE, work), os.path.join(work, "busybox"))
+    tree = unpack(download(BUSYBOX_PACKAGE, work), os.path.join(work, "busybox"))
     for candidate in ("bin/busybox", "usr/bin/busybox"):
         path = os.path.join(tree, candidate)
         if os.path.isfile(path):
@@ -171,20 +172,22 @@ def _fetch_busybox(work):
     raise AssetError(f"the package {BUSYBOX_PACKAGE} holds no bin/busybox")
 
 
-def resolve_kernel_package():
-    """The versioned kernel package the metapackage depends on, e.g.
-    "linux-image-6.1.0-56-cloud-amd64"; updates apt's lists if it must."""
-    step = f"cannot resolve the kernel package of {KERNEL_METAPACKAGE}"
-    output = _run_with_fresh_lists(step, ["apt-cache", "depends", KERNEL_METAPACKAGE])
+def resolve_kernel_package(metapackage=None):
+    """The versioned kernel package a metapackage (default: the cloud kernel's)
+    depends on, e.g. "linux-image-6.1.0-56-cloud-amd64"; updates apt's lists if
+    it must."""
+    metapackage = metapackage or KERNEL_METAPACKAGE
+    step = f"cannot resolve the kernel package of {metapackage}"
+    output = _run_with_fresh_lists(step, ["apt-cache", "depends", metapackage])
     for line in output.splitlines():
         kind, _, name = line.strip().lstrip("|").partition(":")
         name = name.strip()
-        if kind == "Depends" and name.startswith("linux-image-") and name != KERNEL_METAPACKAGE:
+        if kind == "Depends" and name.startswith("linux-image-") and name != metapackage:
             return name
-    raise AssetError(f"{step}: `apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-* package")
+    raise AssetError(f"{step}: `apt-cache depends {metapackage}` names no linux-image-* package")
 
 
-def _download(package, work):
+def download(package, work):
     """The .deb of `package`, downloaded into a fresh folder under `work`."""
     folder = tempfile.mkdtemp(prefix="deb-", dir=work)
     step = f"cannot download {package}"
@@ -195,7 +198,7 @@ def _download(package, work):
     return debs[0]
 
 
-def _unpack(deb, tree):
+def unpack(deb, tree):
     _run(f"cannot unpack {os.path.basename(deb)}", ["dpkg-deb", "-x", deb, tree])
     return tree
 

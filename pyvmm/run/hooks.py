@@ -8,7 +8,8 @@
 A "before" hook runs before the exit is handled: it may change the data a
 guest writes (`event.data = ...`), answer a guest read itself
 (`event.reply(data)`: the device is not called), or stop the VM
-(`event.stop(status)`). An "after" hook runs once the devices handled it and
+(`event.stop(status)`: the run ends with this status, whatever the exit
+itself does, e.g. a debug-exit write). An "after" hook runs once the devices handled it and
 may change the data returned to the guest by a read. Hooks run on the vCPU
 thread of the exit, in the order they were added; they must be registered
 before Machine.run(). A VM without hooks or tracing runs the plain loop,
@@ -46,7 +47,8 @@ class ExitEvent:
         self.handled = True
 
     def stop(self, status=0, message=""):
-        """Ends the run with `status` once this exit is done."""
+        """Ends the run with `status` once this exit is done; from a before
+        hook, the status wins over one the exit itself sets (debug-exit)."""
         self.stop_request = (status, message)
 
     def as_dict(self):

@@ -39,6 +39,20 @@ Replay (pyvmm.testing.replay), needs /dev/kvm:
         4 GiB and outside RAM, nothing that collides with the Machine's
         own devices).  Raises ReplayError when the guest did not finish.
 
+SVM test host (pyvmm.testing.svm), needs QEMU: SvmHost boots a Linux
+with a real SVM-backed /dev/kvm under QEMU/TCG and runs commands there with
+this checkout and interpreter; run_linux_script runs a shell script in a
+Linux guest that pyvmm boots inside it. See README, "Where the tests run".
+
+Snapshot fuzzing (pyvmm.testing.snapshot_fuzz), needs /dev/kvm:
+
+    SnapshotFuzzer(vm_config, timeout=1.0) boots a guest to its first park,
+        checkpoints it there, and run(data) -> FuzzOutcome runs one example
+        from that checkpoint: the input written into the guest's buffer, the
+        guest run to its next park (or end, or timeout), the VM reset
+        before the next (Machine.checkpoint/reset). See snapshot_fuzz.py
+        for the guest's side and guests/fuzz/ for the bundled target.
+
 Virtio (pyvmm.testing.virtio, no KVM; pyvmm.testing.virtio_kvm, with KVM):
 
     VirtioBench(device) runs a VirtioDevice behind its MMIO transport with
@@ -48,46 +62,55 @@ Virtio (pyvmm.testing.virtio, no KVM; pyvmm.testing.virtio_kvm, with KVM):
     real guest (see those modules).
 
 Settings: settings_profile() registers (and returns the name of) the
-"pyvmm-fuzz" hypothesis profile, whose example database lives in the
-repository's ignored .hypothesis/examples, so a failing example is replayed
-first by the next run; fuzz_settings(**overrides) is a settings object
-based on it, for use as a decorator.
+"pyvmm-fuzz" hypothesis profile, whose example database is hypothesis's
+usual .hypothesis/examples in the current directory (where the tests run,
+never inside the installed pyvmm), so a failing example is replayed first
+by the next run; fuzz_settings(**overrides) is a settings object based on
+it, for use as a decorator.
+
+pyvmm.testing needs hypothesis: `pip install 'pyvmm[test]'`.
 """
 
 from __future__ import annotations
 
 import os
 
+try:
+    import hypothesis  # noqa: F401  (every strategy is built on it)
+except ImportError as missing:
+    raise ImportError("pyvmm.testing needs hypothesis, which is not installed: "
+                      "pip install 'pyvmm[test]' (or pip install hypothesis)",
+                      name="hypothesis") from missing
+
 from .harness import (Event, InvariantViolation, Outcome, Placement, Report, Rig, Sentinel,
                       assert_same_reports, compare_reports, drive)
 from .replay import ReplayError, encode_program, replay_on_kvm
+from .snapshot_fuzz import FuzzTargetError, Outcome as FuzzOutcome, SnapshotFuzzer
 from .strategies import (MMIO, PIO, READ, WRITE, Access, access_sequences, accesses_for,
                          addresses_around, mmio_accesses, port_accesses)
 
 PROFILE = "pyvmm-fuzz"
 # Multiplies every fuzz_settings max_examples, for long runs (e.g. PYVMM_FUZZ_SCALE=20).
 SCALE_VARIABLE = "PYVMM_FUZZ_SCALE"
-
-
-def repository_root() -> str:
-    """The source checkout holding this pyvmm (where pyproject.toml is), or the
-    current directory for an installed pyvmm."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.exists(os.path.join(here, "pyproject.toml")):
-        return here
-    return os.getcwd()
+# Where the fuzz profile keeps its examples, instead of the repository's (a shared directory).
+DATABASE_VARIABLE = "PYVMM_FUZZ_DATABASE"
+# Set: the fuzz profile only replays what its database holds (pyvmm fuzz's check).
+REPLAY_VARIABLE = "PYVMM_FUZZ_REPLAY"
 
 
 def example_database_path() -> str:
-    """Where the fuzz profile keeps hypothesis's examples: <repo>/.hypothesis/examples."""
-    return os.path.join(repository_root(), ".hypothesis", "examples")
+    """Where the fuzz profile keeps hypothesis's examples: $PYVMM_FUZZ_DATABASE
+    (a directory several campaigns share), else .hypothesis/examples in the
+    current directory, as hypothesis does by default (a project's tests keep
+    their own failures; pyvmm's package tree is never written to)."""
+    return os.environ.get(DATABASE_VARIABLE) or os.path.join(os.getcwd(), ".hypothesis", "examples")
 
 
 def settings_profile(name: str = PROFILE, **overrides) -> str:
     """Registers the fuzz profile and returns its name (settings.load_profile
-    takes it): examples in the repository's .hypothesis/examples, no
+    takes it): examples in example_database_path(), no
     deadline (KVM runs vary), @reproduce_failure blobs printed."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     options = dict(
@@ -96,6 +119,8 @@ def settings_profile(name: str = PROFILE, **overrides) -> str:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    if os.environ.get(REPLAY_VARIABLE):
+        options["phases"] = (Phase.explicit, Phase.reuse)
     options.update(overrides)
     settings.register_profile(name, **options)
     return name
@@ -119,8 +144,8 @@ def fuzz_settings(**overrides):
 
 __all__ = [
     "Access", "Event", "InvariantViolation", "MMIO", "Outcome", "PIO", "Placement", "READ",
-    "ReplayError", "Report", "Rig", "Sentinel", "WRITE", "access_sequences", "accesses_for",
+    "FuzzOutcome", "FuzzTargetError", "ReplayError", "Report", "Rig", "Sentinel", "SnapshotFuzzer", "WRITE", "access_sequences", "accesses_for",
     "addresses_around", "assert_same_reports", "compare_reports", "drive", "encode_program",
     "example_database_path", "fuzz_settings", "mmio_accesses", "port_accesses",
-    "replay_on_kvm", "repository_root", "settings_profile",
+    "replay_on_kvm", "settings_profile",
 ]

@@ -1,9 +1,9 @@
 """The fuzz suites: hypothesis profile and replay instructions for failures.
 
 Every suite here uses `pyvmm.testing.fuzz_settings`, whose profile keeps
-hypothesis's example database in the repository's ignored
-.hypothesis/examples: a failing example is stored there and replayed first
-by the next run of the same test.  Failures of a test in this directory get
+hypothesis's example database in .hypothesis/examples of the directory the
+tests run from (the repository's, ignored by git): a failing example is
+stored there and replayed first by the next run of the same test.  Failures of a test in this directory get
 a "replay" section with the command that reruns just that test, and
 hypothesis prints `@reproduce_failure(...)` (print_blob) for pinning the
 example in the source.  PYVMM_FUZZ_SCALE=N multiplies every example count.

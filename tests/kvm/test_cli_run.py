@@ -159,18 +159,18 @@ def test_boot_restores_the_signal_handlers_it_installs():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_device_that_raises_is_named_as_a_device_failure(tmp_path):
-    (tmp_path / "brokendev.py").write_text(
-        "class Broken:\n"
-        "    def read(self, offset, size):\n"
-        "        raise RuntimeError('model bug')\n"
-        "    def write(self, offset, data):\n"
-        "        pass\n")
-    import os
-    result = subprocess.run([sys.executable, "-m", "pyvmm", "run", guests.path("exits.bin"),
-                             "--device", "brokendev:Broken@0x500-0x50f", "--exit-path", "python"],
-                            capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
-    assert result.returncode == 125
-    assert result.stderr.decode().splitlines()[-1] == (
-        "pyvmm: device failure: device 'brokendev:Broken' failed on a 1-byte read at port 0x501: "
-        "RuntimeError: model bug")
+@pytest.mark.parametrize("name, status, output", [
+    ("hello", 0, b"Hello from a pyvmm guest!\n"),
+    ("real", 0x21, b"real\n"),                      # a flat real-mode binary: --raw-mode real
+    ("long", 0x61, b"long\n"),                      # a flat 64-bit binary: --raw-mode long
+    ("compute", 0x4B, b"fnv1a=0xe3db629899874325 sum=2499500025000000\n"),
+    ("gdbtarget.elf", 85, b""),
+])
+def test_bundled_guests_boot_by_name_in_their_mode(name, status, output):
+    result = pyvmm("run", "--guest", name, "--timeout", "30")
+    assert (result.returncode, result.stdout, result.stderr) == (status, output, b"")
+
+
+def test_a_guest_by_name_takes_input_from_stdin():
+    result = pyvmm("run", "--guest", "status", stdin=b"42\n")
+    assert (result.returncode, result.stderr) == ((42 << 1) | 1, b"")

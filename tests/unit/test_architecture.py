@@ -20,6 +20,7 @@ ALLOWED = {
     "run": {"kvm", "devices", "_kvm"},
     "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb"},
     "gdb": {"config", "kvm", "memory", "run"},
+    "api": {"machine"},                                 # Machine's public API only
     "config": {"arch"},
     "console": set(),
     "guests": set(),

@@ -48,6 +48,7 @@ def elf_file(tmp_path):
     (["run", "--timeout", "-1"], "--timeout"),
     (["run", "--raw-mode", "unreal"], "invalid choice"),
     (["run", "--serial", "tty"], "unknown serial output"),
+    (["run", "--serial", "socket="], "use stdio, null, file:PATH, pty or socket=PATH"),
     (["run", "--load-addr", "0x1000"], "need --raw-mode"),
     (["run", "--raw-mode", "long", "--load-addr", "zz"], "invalid address"),
 ])

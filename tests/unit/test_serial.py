@@ -630,3 +630,68 @@ def test_fed_bytes_reach_the_guest_in_order_without_loss_or_duplication(fcr, ier
     received += uart.drain()
     assert received == fed
     assert uart.dev.bytes_received == len(fed)
+
+
+# A fast path answers LSR reads from what the UART last published, without
+# its lock. The interrupt line must therefore rise only once the UART has
+# published the state that explains it: a guest whose handler runs at once
+# (hardware virtualisation) would otherwise read a stale LSR (no data),
+# return, and never see another edge for data still waiting.
+
+class PublishedUart:
+    """A Serial16550 attached to a context whose irq checks what was published."""
+
+    def __init__(self):
+        self.published_lsr = None
+        self.stale_rises = []
+        self.dev = Serial16550(output=lambda data: None)
+        uart = self
+
+        class Registers:
+            def allow_posted(self, offset, allowed):
+                pass
+
+            def publish(self, offset, value):
+                assert offset == LSR
+                uart.published_lsr = value
+
+        class Irq:
+            def set(self, level):
+                current = uart.dev.lsr_without_side_effects()
+                if level and uart.published_lsr != current:
+                    uart.stale_rises.append((uart.published_lsr, current))
+
+        class Context:
+            irq = Irq()
+            registers = Registers()
+
+        self.dev.attach(Context())
+
+
+@given(st.integers(0, 15), st.lists(st.one_of(
+    st.binary(min_size=1, max_size=20).map(lambda data: ("feed", data)),
+    st.tuples(st.just("write"), st.integers(0, 7), st.integers(0, 255)),
+    st.tuples(st.just("read"), st.integers(0, 7)),
+    st.binary(min_size=1, max_size=8).map(lambda data: ("write_many", data))), max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_interrupt_rises_only_after_the_state_is_published(ier, events):
+    uart = PublishedUart()
+    uart.dev.write(IER, bytes([ier]))
+    for event in events:
+        if event[0] == "feed":
+            uart.dev.feed(event[1])
+        elif event[0] == "write":
+            uart.dev.write(event[1], bytes([event[2]]))
+        elif event[0] == "read":
+            uart.dev.read(event[1], 1)
+        else:
+            uart.dev.write_many(THR, 1, event[1])
+    assert uart.stale_rises == []
+
+
+def test_input_interrupt_sees_the_published_data_ready():
+    uart = PublishedUart()
+    uart.dev.write(IER, b"\x01")                   # received data available
+    uart.dev.feed(b"a")
+    assert uart.dev.irq_level and uart.stale_rises == []
+    assert uart.published_lsr & LSR_DR
