@@ -307,10 +307,15 @@ class DeviceContext:
         self._on_failure = on_failure
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def worker(self) -> DeviceWorker:
+        """The worker; once the context is closed, one that drops every call
+        (a late notification must not start a thread nobody will join)."""
         with self._lock:
+            if self._closed:
+                return _CLOSED_WORKER
             if self._worker is None:
                 self._worker = DeviceWorker(self.name, self._worker_failed)
             return self._worker
@@ -337,5 +342,32 @@ class DeviceContext:
         """Stops the worker, if one was started."""
         with self._lock:
             worker, self._worker = self._worker, None
+            self._closed = True
         if worker is not None:
             worker.close()
+
+
+class _ClosedWorker:
+    """The worker of a closed context: calls go nowhere."""
+
+    on_worker = False
+
+    def call(self, fn: Callable, *args: Any) -> None:
+        pass
+
+    def call_later(self, delay: float, fn: Callable, *args: Any) -> Timer:
+        timer = Timer(monotonic() + delay, fn, args)
+        timer.cancel()
+        return timer
+
+    def watch(self, fd: int, fn: Callable[[], None]) -> None:
+        pass
+
+    def unwatch(self, fd: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED_WORKER = _ClosedWorker()

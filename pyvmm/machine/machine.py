@@ -53,7 +53,7 @@ class Machine:
         self.stats = ExitStats()
         self.hooks = Hooks()
         self.started_ns = None
-        self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = None
+        self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = self.virtio = None
         self.output = self.tracer = self.gdb = self._input = None
         self.loops = []
         self.device_specs = []          # the --device specs of the user's devices (kept in snapshots)
@@ -63,9 +63,15 @@ class Machine:
             if snapshot is not None:
                 self.built = build_restored(config, snapshot)
             else:
+                if config.has_virtio:     # their files first: a bad one is a usage error, nothing built
+                    from .virtio import VirtioSlots
+                    self.virtio = VirtioSlots.open(config)
                 if image is None:
                     image, options = read_kernel(config)
-                self.built = build(config, image, options)
+                if self.virtio:
+                    options = self.virtio.boot_options(image, options)    # Linux: the command line grows
+                self.built = build(config, image, options,
+                                   self.virtio.acpi_devices() if self.virtio else ())
             try:
                 self.output = open_output(config.serial)
             except OSError as error:
@@ -75,6 +81,8 @@ class Machine:
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
                                       self._waking_vector, self._power_on_vcpus)
             self.devices.sleep = self.sleep
+            if self.virtio:
+                self.virtio.attach(self, console_output=self.output)
             if config.trace:
                 self._open_trace(config.trace)
             if config.gdb is not None:
@@ -206,10 +214,11 @@ class Machine:
                 raise RuntimeError("a Machine runs once")
             timeout = self.config.timeout if timeout is None else timeout
             self.started_ns = monotonic_ns()
-            if self.output.carries_input:
-                self.output.start_input(self.serial.feed)
+            feed = (self.virtio.console_input if self.virtio else None) or self.serial.feed
+            if self.output.carries_input:             # --console virtio takes the input
+                self.output.start_input(feed)
             elif stdin_fd is not None:
-                self._input = InputPump(stdin_fd, self.serial.feed).start()
+                self._input = InputPump(stdin_fd, feed).start()
             self.loops = self._make_loops()
             self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush)
             self.sleep.bind(self.vcpu_manager)
@@ -490,6 +499,9 @@ class Machine:
             self.fast = None
         if self.devices is not None:
             self.devices.close()
+        if self.virtio is not None:
+            self.virtio.close()           # once the device workers stopped: files, locks, RAM views
+            self.virtio = None
         if self.gdb is not None:
             self.gdb.close()
             self.gdb = None

@@ -22,6 +22,7 @@ import pytest
 
 from pyvmm.arch.x86_64 import memmap
 from pyvmm.config import VmConfig
+from pyvmm.virtio_options import DiskSpec, RngSpec
 from pyvmm.linux import fetch
 from pyvmm.linux import initramfs
 from pyvmm.machine import Machine, read_kernel
@@ -51,10 +52,11 @@ def assets():
     return fetch()
 
 
-def boot_until(assets, cmdline, cpus, done, deadline):
-    """Boots the kernel; returns (result, console text) once `done(text)` or the run ends."""
+def boot_until(assets, cmdline, cpus, done, deadline, **devices):
+    """Boots the kernel; returns (result, console text) once `done(text)` or the run ends.
+    `devices`: VmConfig's virtio options (console, rng, disks)."""
     config = VmConfig(kernel=assets.kernel, initrd=assets.initramfs, cmdline=cmdline,
-                      memory=MEMORY, cpus=cpus, serial="buffer", timeout=deadline)
+                      memory=MEMORY, cpus=cpus, serial="buffer", timeout=deadline, **devices)
     image, options = read_kernel(config)
     with Machine(config, image, options) as machine:
         outcome = {}
@@ -71,17 +73,21 @@ def e820_lines(text):
     return re.findall(r"BIOS-e820: \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (\w+)", text)
 
 
-def test_early_boot_shows_banner_cmdline_e820_and_initrd(assets):
+def test_early_boot_shows_banner_cmdline_e820_and_initrd(assets, tmp_path):
     print(f"host: {host_kind()}")
     cmdline = "console=ttyS0 earlyprintk=serial panic=-1 pyvmm.test=early-boot"
     wanted = ("Linux version", "Command line:", "BIOS-e820", "RAMDISK:")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
     started = time.monotonic()
     result, text, machine = boot_until(
         assets, cmdline, 1, lambda text: all(w in text for w in wanted) and "RAMDISK:" in text,
-        EARLY_BOOT_DEADLINE)
+        EARLY_BOOT_DEADLINE, rng=RngSpec(), disks=[DiskSpec(str(disk), readonly=True)])
     print(f"early boot proof after {time.monotonic() - started:.0f} s, run ended: {result.reason}")
     assert f"Linux version {assets.version}" in text
-    assert f"Command line: {cmdline}\n" in text.replace("\r", "")
+    # pyvmm appends the virtio-mmio devices for Linux, as QEMU's microvm does.
+    devices = "virtio_mmio.device=512@0xfeb02e00:23 virtio_mmio.device=512@0xfeb02c00:22"
+    assert f"Command line: {cmdline} {devices}\n" in text.replace("\r", "")
     expected = [(f"{addr:#018x}", f"{addr + size - 1:#018x}", "usable" if kind == memmap.RAM
                  else "reserved") for addr, size, kind in memmap.memory_map(MEMORY)]
     assert e820_lines(text) == expected

@@ -26,6 +26,7 @@ ALLOWED = {
     "guests": set(),
     "terminal": set(),
     "user_devices": {"config"},
+    "virtio_options": {"arch", "config", "devices"},
 }
 # Who may import the cffi module itself: the KVM layer, and the C helpers' own wrappers.
 CFFI_USERS = {"kvm", "run/fast.py", "run/deferred.py"}

@@ -120,6 +120,21 @@ def test_context_memory_is_bounds_checked_guest_ram():
         assert not context.memory.contains((1 << 20) - 1, 2)
 
 
+def test_a_closed_context_starts_no_worker_and_drops_calls():
+    before = threading.active_count()
+    seen = []
+    context = DeviceContext("late", memory=None)
+    context.worker.call(seen.append, 1)
+    _wait(lambda: seen == [1])
+    context.close()
+    _wait(lambda: threading.active_count() == before)
+    context.worker.call(seen.append, 2)          # e.g. a doorbell delivered during teardown
+    context.worker.call_later(0, seen.append, 3)
+    context.worker.watch(0, lambda: seen.append(4))
+    time.sleep(0.05)
+    assert seen == [1] and threading.active_count() == before
+
+
 class FakeIrqFd:
     """What KVM's resampling irqfd looks like to the line: two eventfds."""
 
