@@ -78,9 +78,14 @@ def default_cache_dir():
 def fetch(cache_dir=None, refresh=False):
     """The cached assets, fetched and built first when the cache is not
     complete or `refresh` is true. Raises AssetError."""
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    return fetch_once(os.path.abspath(cache_dir or default_cache_dir()), refresh, cached, _fetch_into)
+
+
+def fetch_once(cache_dir, refresh, cached_in, fetch_into):
+    """cached_in(cache_dir), or else fetch_into(cache_dir) under the cache's
+    lock, so that processes sharing a cache fetch it once."""
     if not refresh:
-        assets = cached(cache_dir)
+        assets = cached_in(cache_dir)
         if assets is not None:
             return assets
     try:
@@ -89,10 +94,10 @@ def fetch(cache_dir=None, refresh=False):
         raise AssetError(f"cannot create the cache {cache_dir}: {error.strerror or error}") from None
     with locked(cache_dir):
         if not refresh:
-            assets = cached(cache_dir)  # another process may have fetched it while we waited
+            assets = cached_in(cache_dir)   # another process may have fetched it while we waited
             if assets is not None:
                 return assets
-        return _fetch_into(cache_dir)
+        return fetch_into(cache_dir)
 
 
 def cached(cache_dir):
