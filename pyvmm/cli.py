@@ -22,6 +22,7 @@ from .machine import InputFileError, Machine, read_kernel
 from .run import trace
 from .run.stats import format_post_codes
 from .run.stop import STATUS_CRASH
+from .sandbox import SandboxError
 from .terminal import raw_input_mode
 from .user_devices import parse_device_spec
 
@@ -77,6 +78,10 @@ def add_machine_arguments(parser):
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
                         help="a Python device: PKG.MODULE:CLASS@PORT[-PORT] or "
                              "...@mmio:ADDR[-ADDR], then ,KEY=VALUE options (repeatable)")
+    parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on",
+                        help="confine each thread to the system calls of its role: a call outside "
+                             "it ends the run (on, the default), is reported on stderr (log), "
+                             "or nothing is confined (off)")
 
 
 def build_parser():
@@ -149,6 +154,7 @@ def config_from_args(args):
         exit_path=args.exit_path,
         gdb=getattr(args, "gdb", None),
         masked_features=parse_feature_mask(args.cpu_features),
+        seccomp=args.seccomp,
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
         raise ConfigError("--load-addr and --entry need --raw-mode")
@@ -257,7 +263,7 @@ def _boot(config, devices):
         # Input comes from stdin whatever the output is, unless the console brings its own.
         from_stdin = not machine.console_carries_input and _readable(0)
         with raw_input_mode(0) if from_stdin else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if from_stdin else None)
+            result = machine.run(stdin_fd=0 if from_stdin else None, confine_caller=True)
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
@@ -271,7 +277,9 @@ def _boot(config, devices):
     if machine.console_dropped:
         print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
               f"{machine.console_drop_reason}", file=sys.stderr)
-    if result.reason == "device-failure":
+    if result.reason == "seccomp":
+        _error(result.message)
+    elif result.reason == "device-failure":
         print(f"pyvmm: device failure: {result.message}", file=sys.stderr)
     elif result.status == STATUS_CRASH:
         print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
@@ -315,7 +323,7 @@ def _main(argv):
             InputFileError) as error:
         _error(error)
         return EXIT_USAGE
-    except (KvmError, HostProblem) as error:
+    except (KvmError, HostProblem, SandboxError) as error:
         _error(error)
         return EXIT_HOST
     except KeyboardInterrupt:

@@ -9,6 +9,12 @@ DEFAULT_MEMORY = 128 << 20
 MAX_CPUS = 254             # the IOAPIC needs the last 8-bit APIC ID (MP table, MADT)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SECCOMP_MODES = ("on", "log", "off")
+
+
+def default_seccomp():
+    """VmConfig.seccomp's default: on, unless PYVMM_SECCOMP says otherwise."""
+    return os.environ.get("PYVMM_SECCOMP", "on")
 
 
 class ConfigError(ValueError):
@@ -54,12 +60,14 @@ class VmConfig:
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
     and entry; serial: stdio | null | file:PATH | pty | socket=PATH | buffer;
-    timeout: seconds.
+    timeout: seconds; seccomp: on | log | off, the sandbox of pyvmm's
+    threads (pyvmm.sandbox).
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
-                 masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None):
+                 masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None,
+                 seccomp=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -77,6 +85,7 @@ class VmConfig:
         # fast (the C loop) | python (the reference loop); PYVMM_EXIT_PATH sets the default
         self.exit_path = exit_path or os.environ.get("PYVMM_EXIT_PATH") or "fast"
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
+        self.seccomp = default_seccomp() if seccomp is None else seccomp
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -110,4 +119,6 @@ class VmConfig:
                 self.cmdline.encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:
                 raise ConfigError(f"the command line {self.cmdline!r} cannot be encoded") from None
+        if self.seccomp not in SECCOMP_MODES:
+            raise ConfigError(f"unknown seccomp mode {self.seccomp!r} (use on, log or off)")
         return self

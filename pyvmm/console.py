@@ -376,12 +376,14 @@ class InputPump:
     """A thread copying bytes from an fd (stdin) into a device's feed().
 
     It waits on the fd and on a wake-up pipe, so stop() ends it promptly
-    even when no input ever arrives.
+    even when no input ever arrives. With a `sandbox` the thread confines
+    itself to the console role first.
     """
 
-    def __init__(self, fd, feed):
+    def __init__(self, fd, feed, sandbox=None):
         self.fd = fd
         self.feed = feed
+        self.sandbox = sandbox
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._pump, name="pyvmm-input", daemon=True)
 
@@ -390,6 +392,11 @@ class InputPump:
         return self
 
     def _pump(self):
+        if self.sandbox is not None:
+            try:
+                self.sandbox.enter("console")
+            except Exception:       # the sandbox reports it and ends the run
+                return
         while True:
             try:
                 ready, _, _ = select.select([self.fd, self._wake_read], [], [])

@@ -25,7 +25,8 @@ context.memory  guest RAM by guest-physical address: read(addr, n),
                 read_u16/u32/u64, write_u16/u32/u64, contains(addr, n). Every
                 access is checked against guest RAM and raises
                 GuestMemoryError outside it; nothing else is reachable.
-context.worker  the device's own thread (started on first use): call(fn,
+context.worker  the device's own thread (started when the run starts, or
+                on first use before): call(fn,
                 *args) runs fn there soon, call_later(seconds, fn, *args)
                 later (cancel() on the handle; cancelled timers are
                 dropped, not kept until their time), watch(fd, fn) calls fn()
@@ -124,12 +125,15 @@ class DeviceWorker:
     call() and call_later() may be used from any thread, the worker's
     included; watch()/unwatch() too. `on_error(exception)` hears a callback
     that raised; the worker stops then (what the device left half done is
-    not run again).
+    not run again). With a `sandbox` (pyvmm.sandbox) the thread confines
+    itself to the device role first.
     """
 
-    def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None) -> None:
+    def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None,
+                 sandbox: Any = None) -> None:
         self.name = name
         self.on_error = on_error
+        self.sandbox = sandbox
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
@@ -249,6 +253,8 @@ class DeviceWorker:
 
     def _loop(self) -> None:
         try:
+            if self.sandbox is not None:
+                self.sandbox.enter("device")
             while not self._closing:
                 for key, _events in self._selector.select(self._next_timeout()):
                     if key.fd == self._wake:
@@ -282,16 +288,19 @@ class DeviceContext:
     """A device's view of the machine (see the module docstring).
 
     `on_failure(message)` ends the run; the machine passes its own. The
-    worker is created on first use, named after the device.
+    worker is created by start() or on first use, named after the device,
+    and confined with `sandbox` if given.
     """
 
     def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
-                 on_failure: Optional[Callable[[str], None]] = None, registers: Any = None) -> None:
+                 on_failure: Optional[Callable[[str], None]] = None, registers: Any = None,
+                 sandbox: Any = None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
         self.registers = registers
         self._on_failure = on_failure
+        self._sandbox = sandbox
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
 
@@ -299,8 +308,13 @@ class DeviceContext:
     def worker(self) -> DeviceWorker:
         with self._lock:
             if self._worker is None:
-                self._worker = DeviceWorker(self.name, self._worker_failed)
+                self._worker = DeviceWorker(self.name, self._worker_failed, self._sandbox)
             return self._worker
+
+    def start(self) -> None:
+        """Starts the worker now. The machine does so before the guest runs:
+        a confined vCPU thread cannot create a thread (pyvmm.sandbox)."""
+        self.worker
 
     def fail(self, message: str) -> None:
         """Ends the run as a failure of this device (status 125)."""

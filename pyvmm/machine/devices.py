@@ -45,11 +45,11 @@ class DeviceManager:
     end the run through it); `console` receives what the UART and the debug
     console print. `sleep`, the machine's SleepControl (pyvmm.machine.sleep),
     hears ACPI S3 requests and RTC alarms; without one an S3 request ends
-    the run.
+    the run. `sandbox` confines the devices' workers (pyvmm.sandbox).
     """
 
-    def __init__(self, config, memory, vm, stop, console, boot_format=None):
-        self.memory, self.vm, self.stop = memory, vm, stop
+    def __init__(self, config, memory, vm, stop, console, boot_format=None, sandbox=None):
+        self.memory, self.vm, self.stop, self.sandbox = memory, vm, stop, sandbox
         self.sleep = None
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
@@ -120,7 +120,8 @@ class DeviceManager:
             if irq is not None:
                 raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
             return
-        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers)
+        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers,
+                                self.sandbox)
         if irq is not None:
             context.irq = self._interrupt_line(irq, context)
         self._contexts[id(device)] = context
@@ -140,9 +141,16 @@ class DeviceManager:
         """The worker thread of `device` (its context's, made if it has none)."""
         context = self._contexts.get(id(device))
         if context is None:
-            context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed)
+            context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed,
+                                    sandbox=self.sandbox)
             self._contexts[id(device)] = context
         return context.worker
+
+    def start_workers(self):
+        """Starts every device's worker now, before the vCPUs run: a confined
+        vCPU thread cannot create a thread (pyvmm.sandbox)."""
+        for context in list(self._contexts.values()):
+            context.start()
 
     # --- what devices reach ----------------------------------------------------------
     def set_irq(self, line, level):

@@ -15,12 +15,13 @@ from ..run.fast import FastLoop, FastPath
 from ..run.hooks import Hooks
 from ..run.loop import VcpuLoop
 from ..run.stats import ExitStats
-from ..run.stop import StopSignal
+from ..run.stop import STATUS_CRASH, RunResult, StopSignal
 from ..run.trace import ExitTracer
+from ..sandbox import Sandbox
 from .builder import InputFileError, build, read_kernel
 from .devices import DeviceManager
 from .sleep import SleepControl
-from .vcpus import VcpuManager
+from .vcpus import KICK_SIGNAL, VcpuManager
 
 
 class Machine:
@@ -33,6 +34,7 @@ class Machine:
     def __init__(self, config, image=None, options=None):
         config.validate()
         self.config = config
+        self.sandbox = Sandbox(config.seccomp, KICK_SIGNAL)   # pyvmm.sandbox: each thread's filter
         self.stop = StopSignal()
         self.stats = ExitStats()
         self.hooks = Hooks()
@@ -49,7 +51,7 @@ class Machine:
             except OSError as error:
                 raise InputFileError(f"{_serial_trouble(config.serial)}: {error.strerror or error}") from None
             self.devices = DeviceManager(config, self.memory, self.vm, self.stop, self.output.write,
-                                         self.boot.format)
+                                         self.boot.format, self.sandbox)
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
                                       self._waking_vector, self._power_on_vcpus)
             self.devices.sleep = self.sleep
@@ -166,28 +168,34 @@ class Machine:
         return self.devices.port_bus.name_at(port)
 
     # --- running --------------------------------------------------------------------
-    def run(self, timeout=None, stdin_fd=None):
+    def run(self, timeout=None, stdin_fd=None, confine_caller=False):
         """Runs until the guest stops; returns a RunResult.
 
         `timeout` defaults to config.timeout; `stdin_fd` (e.g. 0) feeds the
         UART's receiver from a host file descriptor, unless the console
-        back-end brings its own input (pty, socket).
+        back-end brings its own input (pty, socket). Every thread the run
+        needs starts before the vCPUs and confines itself (pyvmm.sandbox);
+        with `confine_caller` the calling thread then confines itself too, as
+        the supervisor, for the rest of its life (the pyvmm command does).
         """
         if self.vcpu_manager is not None:
             raise RuntimeError("a Machine runs once")
         timeout = self.config.timeout if timeout is None else timeout
         self.started_ns = monotonic_ns()
         if self.output.carries_input:
-            self.output.start_input(self.serial.feed)
+            self.output.start_input(self.serial.feed, self.sandbox)
         elif stdin_fd is not None:
-            self._input = InputPump(stdin_fd, self.serial.feed).start()
+            self._input = InputPump(stdin_fd, self.serial.feed, self.sandbox).start()
         self.loops = self._make_loops()
-        self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush)
+        self.devices.start_workers()        # a confined vCPU thread cannot create one
+        self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush, self.sandbox)
         self.sleep.bind(self.vcpu_manager)
         if self.gdb is not None:
             self.gdb.start(self.loops, self.vcpu_manager.kick)    # vCPUs wait for gdb
         self.vcpu_manager.start()
         try:
+            if confine_caller:
+                self.sandbox.enter("supervisor")
             self.vcpu_manager.supervise(timeout)
         finally:
             self.vcpu_manager.stop_all()
@@ -206,6 +214,8 @@ class Machine:
             if self.output.carries_input:
                 self.output.stop_input()
             self.output.finish()
+            if self.sandbox.poll():           # a refused call is why the run ended
+                self.stop.result = RunResult(STATUS_CRASH, "seccomp", self.sandbox.refusal)
         return self.stop.result
 
     def pause(self, timeout=5.0):
@@ -269,10 +279,13 @@ class Machine:
                 for vcpu in self.vcpus]
 
     def _flush(self):
-        """The supervisor's periodic flush: deferred writes, then console output."""
+        """The supervisor's periodic flush: deferred writes, then console
+        output; and a call the sandbox refused ends the run."""
         if self.fast is not None:
             self._deliver(self.fast.flush)
         self.output.flush()
+        if self.sandbox.poll():
+            self.stop.request(STATUS_CRASH, "seccomp", self.sandbox.refusal)
 
     def _deliver(self, action):
         try:
@@ -303,6 +316,7 @@ class Machine:
             self.tracer.close()
         if self.built is not None:
             self.built.close()
+        self.sandbox.close()
 
     def __enter__(self):
         return self

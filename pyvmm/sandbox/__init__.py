@@ -13,8 +13,9 @@ in its target function (`sandbox.enter(role)`), with no_new_privs set. A
 filter is inherited by threads created afterwards and filters stack, so the
 order matters:
 - every thread a machine needs is created before the guest runs: Machine.run
-  starts the devices' workers, the doorbell, console and gdb threads, then
-  the vCPU threads; each confines itself as it starts;
+  starts the devices' workers (which also take their doorbells), the
+  console and gdb threads, then the vCPU threads; each confines itself as
+  it starts;
 - no confined thread may create a thread (clone and clone3 are in no list).
   A device's worker is therefore never started lazily from a vCPU thread;
   a device that starts a thread of its own on a vCPU thread is refused.

@@ -100,8 +100,8 @@ INTERPRETER = Calls(
     rules=[("mmap", NO_EXEC), ("mprotect", NO_EXEC)],
 )
 
-# What a device's code may do wherever it runs (vCPU threads, the doorbell
-# thread, its worker, the console thread's feed, the supervisor's flushes),
+# What a device's code may do wherever it runs (vCPU threads, its worker,
+# the console thread's feed, the supervisor's flushes of deferred writes),
 # by contract: I/O on file descriptors it already holds (eventfds, irqfds,
 # pipes, open files, TAP devices), asking its worker to watch an fd
 # (DeviceWorker.watch: epoll_ctl), and its interrupt line (KVM_IRQ_LINE:
@@ -148,19 +148,17 @@ SURVEY = Role("survey", "every call reported (PYVMM_SECCOMP_SURVEY)", Calls(call
 ROLES = {role.name: role for role in (
     Role("vcpu", "a vCPU thread (pyvmm-vcpuN): KVM_RUN and the exits' device code",
          DEVICE_CODE + VCPU_IOCTLS),
-    # DeviceWorker._loop: epoll_wait on its selector, eventfd reads, close at
-    # its end; by contract, what a block, network or timer backend does with
-    # the fds its device opened: sync and allocate files, stat them, send and
-    # receive on sockets, timerfds.
+    # DeviceWorker._loop: epoll_wait on its selector, reads of its wake-up
+    # eventfd and of the device's doorbell ioeventfds (pyvmm.run.doorbells),
+    # device code, close at its end; by contract, what a block, network or
+    # timer backend does with the fds its device opened: sync and allocate
+    # files, stat them, send and receive on sockets, timerfds.
     Role("device", "a device's worker thread (pyvmm-dev-NAME): waits on fds, file and "
          "network I/O on fds the device opened",
          DEVICE_CODE + WAITING + Calls(calls={
              "fsync", "fdatasync", "fallocate", "ftruncate", "fstat", "sendto", "recvfrom",
              "sendmsg", "recvmsg", "timerfd_settime", "timerfd_gettime"},
              rules=[("newfstatat", (Arg(3, lib.AT_EMPTY_PATH, mask=lib.AT_EMPTY_PATH),))])),
-    # Doorbells._watch: poll on the ioeventfds, read them, then device code.
-    Role("doorbells", "the doorbell thread (pyvmm-doorbells): waits on ioeventfds, "
-         "then runs device code", DEVICE_CODE + WAITING),
     # InputPump._pump: select, read stdin, the UART's feed (its IRQ); FIONBIO
     # for a console thread that writes without blocking.
     Role("console", "the console threads (pyvmm-input): read stdin, write output",

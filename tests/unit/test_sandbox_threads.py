@@ -15,7 +15,7 @@ from pyvmm._sandbox import lib
 from pyvmm.sandbox import ROLES, Sandbox
 from pyvmm.sandbox.roles import ioctl_number
 from pyvmm.sandbox.survey import summarize
-from pyvmm.vmm import KICK_SIGNAL, _install_kick_handler
+from pyvmm.machine.vcpus import KICK_SIGNAL, _install_kick_handler
 
 THREAD_ROLES = [name for name in ROLES if name != "listener"]
 
@@ -154,7 +154,7 @@ def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
     assert thread.sandbox.poll().endswith("made a forbidden system call tgkill")
 
 
-@pytest.mark.parametrize("role", ["vcpu", "device", "doorbells", "console", "api"])
+@pytest.mark.parametrize("role", ["vcpu", "device", "console", "api"])
 def test_threads_that_kick_nobody_send_no_signal(confined, role):
     _install_kick_handler()
     thread = confined(role)
