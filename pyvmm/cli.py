@@ -209,11 +209,12 @@ def command_linux(args):
     config = config_from_args(args)
     config.kernel, config.initrd = assets.kernel, assets.initramfs
     config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
-    return boot(config, [parse_device_spec(spec) for spec in args.device])
+    return boot(config, [parse_device_spec(spec) for spec in args.device], args.confine_caller)
 
 
 def command_run(args):
-    return boot(config_from_args(args), [parse_device_spec(spec) for spec in args.device])
+    return boot(config_from_args(args), [parse_device_spec(spec) for spec in args.device],
+                args.confine_caller)
 
 
 def command_stats(args):
@@ -235,18 +236,18 @@ def _terminate(signo, _frame):
     raise Terminated(signo)
 
 
-def boot(config, devices=()):
+def boot(config, devices=(), confine_caller=False):
     """Runs one VM to its end; the exit status. SIGTERM and SIGHUP unwind it
-    (their handlers are restored afterwards)."""
+    (their handlers are restored afterwards). `confine_caller`: see main()."""
     previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _boot(config, devices)
+        return _boot(config, devices, confine_caller)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
 
 
-def _boot(config, devices):
+def _boot(config, devices, confine_caller):
     image, options = read_kernel(config)
     user_devices = [(spec, spec.create()) for spec in devices]
     with Machine(config, image, options) as machine:
@@ -263,7 +264,7 @@ def _boot(config, devices):
         # Input comes from stdin whatever the output is, unless the console brings its own.
         from_stdin = not machine.console_carries_input and _readable(0)
         with raw_input_mode(0) if from_stdin else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if from_stdin else None, confine_caller=True)
+            result = machine.run(stdin_fd=0 if from_stdin else None, confine_caller=confine_caller)
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
@@ -299,13 +300,17 @@ def _readable(fd):
 COMMANDS = {"guests": command_guests, "linux": command_linux, "stats": command_stats, "run": command_run}
 
 
-def main(argv=None):
+def main(argv=None, confine_caller=False):
     """The exit status of one command. A reader that closes its end of
     standard output (`pyvmm stats FILE | head -1`) ends the command quietly,
-    with the status a shell shows for a tool that SIGPIPE ended."""
+    with the status a shell shows for a tool that SIGPIPE ended. With
+    `confine_caller` the calling thread confines itself as the supervisor
+    once a VM's threads have started, for the rest of its life
+    (pyvmm.sandbox): what the pyvmm program does (command()); a Python
+    program calling main() keeps its thread."""
     try:
         try:
-            return _main(argv)
+            return _main(argv, confine_caller)
         finally:
             sys.stdout.flush()          # inside: a late broken pipe is caught here too
     except BrokenPipeError:
@@ -315,9 +320,10 @@ def main(argv=None):
         return EXIT_BROKEN_PIPE
 
 
-def _main(argv):
+def _main(argv, confine_caller):
     try:
         args = build_parser().parse_args(argv)
+        args.confine_caller = confine_caller
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError) as error:
@@ -341,5 +347,11 @@ def _error(message):
     print(f"pyvmm: error: {message}", file=sys.stderr)
 
 
+def command():
+    """The pyvmm program (and `python -m pyvmm`): its process ends with the
+    run, so its main thread is confined too."""
+    return main(confine_caller=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

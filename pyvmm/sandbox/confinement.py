@@ -8,7 +8,6 @@ import threading
 import weakref
 from time import monotonic, sleep
 
-from .._kvm import lib as kvm
 from .._sandbox import ffi, lib
 from . import filters
 from .roles import ROLES, WORD
@@ -17,7 +16,7 @@ MODES = ("on", "log", "off")
 # A file to append every call of every confined thread to, as "ROLE CALL":
 # how the lists of pyvmm.sandbox.roles are derived (see pyvmm.sandbox.survey).
 SURVEY_ENV = "PYVMM_SECCOMP_SURVEY"
-CLOSE_WAIT = 1.0        # seconds close() waits for the log listener to let go
+CLOSE_WAIT = 1.0        # seconds close() waits for the listener to let go
 _trap_lock = threading.Lock()
 _trap_installed = False
 
@@ -59,7 +58,7 @@ def request_names():
     global _request_names
     if _request_names is None:
         names = {}
-        for source, prefixes in ((kvm, ("KVM_",)), (termios, ("TC", "TIOC", "FIO"))):
+        for source, prefixes in ((lib, ("KVM_", "SECCOMP_IOCTL_")), (termios, ("TC", "TIOC", "FIO"))):
             for name in dir(source):
                 value = getattr(source, name)
                 if name.startswith(prefixes) and isinstance(value, int) and value > 0xFF:
@@ -96,7 +95,7 @@ class Sandbox:
     """The seccomp sandbox of one machine (see pyvmm.sandbox).
 
     `mode`: on (a call outside a thread's list fails with EPERM and ends the
-    run), log (it goes through, and the log listener says so on stderr at
+    run), log (it goes through, and the listener says so on stderr at
     once), off. `kick_signal`: the signal pyvmm's threads may send each
     other. `events` keeps every call polled, refused or let through.
     """
@@ -144,10 +143,6 @@ class Sandbox:
                   "thread's list are in the kernel's log (dmesg or the audit log, type=SECCOMP)",
                   file=sys.stderr, flush=True)
 
-    @property
-    def confining(self):
-        return self.mode != "off"
-
     def enter(self, role, name=None):
         """Confines the calling thread to `role` (a key of roles.ROLES), for the
         rest of its life; threads it creates afterwards inherit the filter.
@@ -172,7 +167,7 @@ class Sandbox:
             error = lib.pyvmm_sandbox_prepare_listener(ffi.from_buffer(listener),
                                                        len(listener) // filters.INSTRUCTION_SIZE)
             if error < 0:
-                self._failed(f"seccomp: cannot start the log listener: {os.strerror(-error)}")
+                self._failed(f"seccomp: cannot start the listener thread: {os.strerror(-error)}")
         label = b"" if self._survey is not None else f"{name} ({role})".encode()
         error = lib.pyvmm_sandbox_load(ffi.from_buffer(code), len(code) // filters.INSTRUCTION_SIZE,
                                        self._listen, label)
@@ -223,7 +218,7 @@ class Sandbox:
                                            for record in records).encode())
 
     def close(self):
-        """Reads what is left, and waits (at most CLOSE_WAIT) until the log
+        """Reads what is left, and waits (at most CLOSE_WAIT) until the
         listener has let go of the filters of this sandbox's ended threads,
         so that their fds are closed when the machine is."""
         self.poll()
@@ -238,8 +233,3 @@ class Sandbox:
         while (lib.pyvmm_sandbox_listened() == 0 and lib.pyvmm_sandbox_listening(0)
                and monotonic() < deadline):
             sleep(0.001)                # the listener ends with nothing left to serve
-
-    def thread_names(self):
-        """{native thread id: name} of the threads confined so far."""
-        with self._lock:
-            return {tid: name for tid, (name, _role) in self._threads.items()}

@@ -60,6 +60,8 @@ def program(role_name, default, pid=0, kick=0):
     try:
         _check(lib.seccomp_attr_set(context, lib.SCMP_FLTATR_ACT_BADARCH, lib.SCMP_ACT_TRAP),
                "set the bad-architecture action")
+        # ioctl first: KVM_RUN is a vCPU thread's call per exit.
+        _check(lib.seccomp_syscall_priority(context, syscall_number("ioctl"), 255), "favour ioctl")
         for call in sorted(role_calls.calls):
             _allow(context, call, ())
         for request in sorted(role_calls.ioctls):

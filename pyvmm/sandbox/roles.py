@@ -21,7 +21,6 @@ memory a thread already has.
 
 import termios
 
-from .._kvm import lib as kvm
 from .._sandbox import lib
 
 WORD = 0xFFFFFFFF
@@ -75,7 +74,7 @@ def role(name):
 
 def ioctl_number(name):
     """The request number of an ioctl named in a role (the headers' own values)."""
-    for source in (kvm, lib, termios):
+    for source in (lib, termios):
         value = getattr(source, name, None)
         if isinstance(value, int):
             return value & WORD

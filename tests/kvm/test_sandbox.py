@@ -203,3 +203,11 @@ def test_a_refused_ioctl_names_the_request():
         result = machine.run()
     assert result.message.startswith("seccomp: thread pyvmm-vcpu0 made a forbidden system call "
                                      "ioctl (request 0xae01 KVM_CREATE_VM)")
+
+
+def test_the_command_called_from_python_leaves_the_callers_thread_alone():
+    from pyvmm import cli
+    assert cli.main(["run", "--serial", "null"]) == 0
+    with open("/proc/thread-self/status") as status:
+        fields = dict(line.split(":\t", 1) for line in status.read().splitlines() if ":\t" in line)
+    assert (fields["Seccomp"].strip(), fields["NoNewPrivs"].strip()) == ("0", "0")
