@@ -126,14 +126,14 @@ class DeviceWorker:
     included; watch()/unwatch() too. `on_error(exception)` hears a callback
     that raised; the worker stops then (what the device left half done is
     not run again). With a `sandbox` (pyvmm.sandbox) the thread confines
-    itself to the device role first.
+    itself to `role` first.
     """
 
     def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None,
-                 sandbox: Any = None) -> None:
+                 sandbox: Any = None, role: str = "device") -> None:
         self.name = name
         self.on_error = on_error
-        self.sandbox = sandbox
+        self.sandbox, self.role = sandbox, role
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
@@ -254,7 +254,7 @@ class DeviceWorker:
     def _loop(self) -> None:
         try:
             if self.sandbox is not None:
-                self.sandbox.enter("device")
+                self.sandbox.enter(self.role)
             while not self._closing:
                 for key, _events in self._selector.select(self._next_timeout()):
                     if key.fd == self._wake:

@@ -53,7 +53,7 @@ class Machine:
             self.devices = DeviceManager(config, self.memory, self.vm, self.stop, self.output.write,
                                          self.boot.format, self.sandbox)
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
-                                      self._waking_vector, self._power_on_vcpus)
+                                      self._waking_vector, self._power_on_vcpus, sandbox=self.sandbox)
             self.devices.sleep = self.sleep
             if config.trace:
                 self._open_trace(config.trace)

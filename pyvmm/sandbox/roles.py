@@ -145,8 +145,10 @@ SERVING = Calls(
 SURVEY = Role("survey", "every call reported (PYVMM_SECCOMP_SURVEY)", Calls(calls={"futex", "write"}))
 
 ROLES = {role.name: role for role in (
+    # tgkill: a guest's ACPI S3 request parks every vCPU from the exit that
+    # asked (SleepControl.enter -> VcpuManager.suspend kicks them).
     Role("vcpu", "a vCPU thread (pyvmm-vcpuN): KVM_RUN and the exits' device code",
-         DEVICE_CODE + VCPU_IOCTLS),
+         DEVICE_CODE + VCPU_IOCTLS + Calls(rules=[("tgkill", KICK)])),
     # DeviceWorker._loop: epoll_wait on its selector, reads of its wake-up
     # eventfd and of the device's doorbell ioeventfds (pyvmm.run.doorbells),
     # device code, close at its end; by contract, what a block, network or
@@ -158,6 +160,16 @@ ROLES = {role.name: role for role in (
              "fsync", "fdatasync", "fallocate", "ftruncate", "fstat", "sendto", "recvfrom",
              "sendmsg", "recvmsg", "timerfd_settime", "timerfd_gettime"},
              rules=[("newfstatat", (Arg(3, lib.AT_EMPTY_PATH, mask=lib.AT_EMPTY_PATH),))])),
+    # The ACPI S3 controller's worker (pyvmm.machine.sleep): waits for a wake
+    # event, then puts every parked vCPU back in its power-on state
+    # (arch/x86_64/power_on.py: registers, x87/SSE, XCRs, MSRs, MP state,
+    # local APIC, debug registers, no pending event) and wakes the RTC and
+    # PM devices.
+    Role("sleep", "the ACPI S3 controller's thread (pyvmm-dev-acpi-s3): resets parked vCPUs",
+         DEVICE_CODE + WAITING + Calls(ioctls={
+             "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_FPU",
+             "KVM_SET_FPU", "KVM_SET_XCRS", "KVM_SET_MSRS", "KVM_SET_MP_STATE", "KVM_SET_LAPIC",
+             "KVM_SET_DEBUGREGS", "KVM_SET_VCPU_EVENTS"})),
     # InputPump._pump: select, read stdin, the UART's feed (its IRQ); FIONBIO
     # for a console thread that writes without blocking.
     Role("console", "the console threads (pyvmm-input): read stdin, write output",

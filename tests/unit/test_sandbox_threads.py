@@ -145,7 +145,7 @@ def test_a_vcpu_thread_issues_only_its_own_ioctls(confined):
         os.close(write_end)
 
 
-@pytest.mark.parametrize("role", ["gdb", "supervisor"])
+@pytest.mark.parametrize("role", ["vcpu", "gdb", "supervisor"])
 def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
     _install_kick_handler()
     thread = confined(role)
@@ -154,7 +154,7 @@ def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
     assert thread.sandbox.poll().endswith("made a forbidden system call tgkill")
 
 
-@pytest.mark.parametrize("role", ["vcpu", "device", "console", "api"])
+@pytest.mark.parametrize("role", ["device", "sleep", "console", "api"])
 def test_threads_that_kick_nobody_send_no_signal(confined, role):
     _install_kick_handler()
     thread = confined(role)
