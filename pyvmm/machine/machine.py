@@ -18,6 +18,7 @@ from ..run.stats import ExitStats
 from ..run.stop import STATUS_CRASH, RunResult, StopSignal
 from ..run.trace import ExitTracer
 from ..sandbox import Sandbox
+from ..sandbox.roles import in_directory
 from .builder import InputFileError, build, read_kernel
 from .devices import DeviceManager
 from .sleep import SleepControl
@@ -195,7 +196,8 @@ class Machine:
         self.vcpu_manager.start()
         try:
             if confine_caller:
-                self.sandbox.enter("supervisor")
+                directory = getattr(self.output, "directory", None)    # a socket console's
+                self.sandbox.enter("supervisor", extra=() if directory is None else in_directory(directory))
             self.vcpu_manager.supervise(timeout)
         finally:
             self.vcpu_manager.stop_all()

@@ -143,19 +143,22 @@ class Sandbox:
                   "thread's list are in the kernel's log (dmesg or the audit log, type=SECCOMP)",
                   file=sys.stderr, flush=True)
 
-    def enter(self, role, name=None):
+    def enter(self, role, name=None, extra=()):
         """Confines the calling thread to `role` (a key of roles.ROLES), for the
         rest of its life; threads it creates afterwards inherit the filter.
         Call it first in the thread's target, before the thread does
-        anything else. `name` (default: the thread's) names it in reports."""
+        anything else. `name` (default: the thread's) names it in reports;
+        `extra` adds rules for this thread only (e.g. roles.in_directory)."""
         if role not in ROLES or role == "listener":
             raise ValueError(f"unknown thread role {role!r}")
         if self.mode == "off":
             return
         thread = threading.current_thread()
         name = name or thread.name
-        code = filters.program("survey" if self._survey is not None else role, self._action,
-                               *self._params)
+        if self._survey is not None:
+            code = filters.program("survey", self._action, *self._params)
+        else:
+            code = filters.program(role, self._action, *self._params, tuple(extra))
         tid = threading.get_native_id()
         with self._lock:
             self._threads[tid] = (name, role)

@@ -47,11 +47,12 @@ def syscall_name(number):
         lib.free(name)
 
 
-@functools.lru_cache(maxsize=None)
-def program(role_name, default, pid=0, kick=0):
-    """The BPF program (bytes) of a role: its calls allowed, anything else
-    `default` (a key of ACTIONS). A call from another architecture's ABI
-    (int 0x80, x32) is trapped in every mode."""
+@functools.lru_cache(maxsize=64)
+def program(role_name, default, pid=0, kick=0, extra=()):
+    """The BPF program (bytes) of a role: its calls allowed, and `extra`
+    ((call, ((arg index, value, mask), ...)), ...) with values known only at
+    run time; anything else `default` (a key of ACTIONS). A call from another
+    architecture's ABI (int 0x80, x32) is trapped in every mode."""
     role_calls = role(role_name).calls
     params = {"pid": pid, "kick": kick}
     context = lib.seccomp_init(ACTIONS[default])
@@ -70,6 +71,8 @@ def program(role_name, default, pid=0, kick=0):
             if call not in role_calls.calls:
                 _allow(context, call, tuple((arg.index, params.get(arg.value, arg.value), arg.mask)
                                             for arg in conditions))
+        for call, conditions in extra:
+            _allow(context, call, conditions)
         return _export(context)
     finally:
         lib.seccomp_release(context)

@@ -19,6 +19,7 @@ socket, execve, clone or any other call that reaches beyond the fds and
 memory a thread already has.
 """
 
+import fcntl
 import termios
 
 from .._sandbox import lib
@@ -67,6 +68,14 @@ class Role:
         return f"Role({self.name!r})"
 
 
+def in_directory(fd):
+    """Rules for one thread that may stat and remove entries of the directory
+    open as `fd` and nowhere else (a socket console's, at its end): for
+    Sandbox.enter(extra=...)."""
+    return (("newfstatat", ((0, fd, WORD),)),
+            ("unlinkat", ((0, fd, WORD), (2, 0, WORD))))
+
+
 def role(name):
     """A role by name: one of ROLES, or SURVEY."""
     return SURVEY if name == SURVEY.name else ROLES[name]
@@ -83,6 +92,7 @@ def ioctl_number(name):
 
 NO_EXEC = (Arg(2, 0, mask=lib.PROT_EXEC),)          # mmap/mprotect: prot without PROT_EXEC
 KICK = (Arg(0, "pid"), Arg(2, "kick"))                # tgkill(this process, any thread, kick)
+F_GETFL, F_SETFL = fcntl.F_GETFL, fcntl.F_SETFL
 
 # What the Python interpreter and glibc do in any thread: allocate (malloc's
 # per-thread arena: mmap PROT_NONE, munmap, mprotect RW; obmalloc arenas;
@@ -170,27 +180,31 @@ ROLES = {role.name: role for role in (
              "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_FPU",
              "KVM_SET_FPU", "KVM_SET_XCRS", "KVM_SET_MSRS", "KVM_SET_MP_STATE", "KVM_SET_LAPIC",
              "KVM_SET_DEBUGREGS", "KVM_SET_VCPU_EVENTS"})),
-    # InputPump._pump: select, read stdin, the UART's feed (its IRQ); FIONBIO
-    # for a console thread that writes without blocking.
-    Role("console", "the console threads (pyvmm-input): read stdin, write output",
-         DEVICE_CODE + WAITING + Calls(ioctls={"FIONBIO"})),
+    # InputPump._pump (stdin, a pty's controller): select, read, the UART's
+    # feed (its IRQ); SocketConsole._serve: accept one client at a time on
+    # the socket bound before the run, setblocking (FIONBIO), recv.
+    Role("console", "the console threads (pyvmm-input, pyvmm-console): the console's input",
+         DEVICE_CODE + WAITING + SERVING),
     # GdbStub._serve: select/poll, the connection, parked vCPUs, kicks.
     Role("gdb", "the gdb stub's thread (pyvmm-gdb): one connection, parked vCPUs",
          INTERPRETER + WAITING + SERVING + DEBUG_IOCTLS + Calls(rules=[("tgkill", KICK)])),
     Role("api", "an API thread: requests on an already-bound socket",
          INTERPRETER + WAITING + SERVING),
-    # Machine._supervise and the end of run(): waits, kicks (pthread_kill),
-    # flushes the sink and the fast path (device code), joins threads; then
-    # the command's end: Machine.close (the VM's fds, mappings, eventfds
-    # still assigned: KVM_IOEVENTFD, KVM_IRQFD), raw_input_mode's restore
-    # (TCSETSW), isatty (TCGETS), the interpreter's exit (rt_sigaction).
+    # VcpuManager.supervise and the end of Machine.run: waits, kicks
+    # (pthread_kill), flushes the console output and the deferred writes
+    # (device code), drops a socket console's client that left (shutdown),
+    # waits for a pty's reader (FIONREAD), joins threads; then the command's
+    # end: Machine.close (the VM's fds, mappings, eventfds still assigned:
+    # KVM_IOEVENTFD, KVM_IRQFD; an output's file flags restored: fcntl),
+    # raw_input_mode's restore (TCSETSW), isatty (TCGETS), boot()'s and the
+    # interpreter's signal handlers (rt_sigaction).
     Role("supervisor", "the thread that called Machine.run with confine_caller "
          "(the pyvmm command's main thread): waits, kicks, flushes, tears down",
          DEVICE_CODE + WAITING + Calls(
-             calls={"rt_sigaction"},
+             calls={"rt_sigaction", "shutdown"},
              ioctls={"KVM_IOEVENTFD", "KVM_IRQFD", "KVM_UNREGISTER_COALESCED_MMIO",
-                     "TCGETS", "TCSETSW"},
-             rules=[("tgkill", KICK)])),
+                     "TCGETS", "TCSETSW", "FIONREAD"},
+             rules=[("tgkill", KICK), ("fcntl", (Arg(1, F_GETFL),)), ("fcntl", (Arg(1, F_SETFL),))])),
     # csrc/sandbox.c's listen_loop: poll, the eventfd, the notifications.
     Role("listener", "the listener thread (pyvmm-seccomp, in C): answers notifications",
          INTERPRETER + Calls(calls={"poll", "read"},

@@ -8,7 +8,8 @@ confines gets a filter that lets only futex and write through unreported
 (what handing the filter to the log listener takes); every other call goes
 to the listener, which records it and lets it continue. Each thread reports
 each (call, request) once. Then, per role: the calls seen, those the role
-does not allow (to add, or to remove from the code that makes them), and
+does not allow (to add, or to remove from the code that makes them; rules a
+thread gets at run time, such as roles.in_directory, show here too), and
 those it allows that nothing made (candidates to drop, if the command
 exercised the role fully).
 """

@@ -13,7 +13,7 @@ import pytest
 from pyvmm._kvm import lib as kvm
 from pyvmm._sandbox import lib
 from pyvmm.sandbox import ROLES, Sandbox
-from pyvmm.sandbox.roles import ioctl_number
+from pyvmm.sandbox.roles import in_directory, ioctl_number
 from pyvmm.sandbox.survey import summarize
 from pyvmm.machine.vcpus import KICK_SIGNAL, _install_kick_handler
 
@@ -24,16 +24,16 @@ class Confined:
     """A thread that enters `role` under `mode`, then runs the calls it is
     given one by one (each returns its outcome: a value or the OSError)."""
 
-    def __init__(self, role, mode="on", name=None):
+    def __init__(self, role, mode="on", name=None, extra=()):
         self.sandbox = Sandbox(mode, kick_signal=KICK_SIGNAL)
-        self.role = role
+        self.role, self.extra = role, extra
         self.requests, self.replies = [], []
         self.ready = threading.Condition()
         self.thread = threading.Thread(target=self._serve, name=name or f"pyvmm-test-{role}")
         self.thread.start()
 
     def _serve(self):
-        self.sandbox.enter(self.role)
+        self.sandbox.enter(self.role, extra=self.extra)
         while True:
             with self.ready:
                 while not self.requests:
@@ -73,8 +73,8 @@ class Confined:
 def confined():
     threads = []
 
-    def make(role, mode="on", name=None):
-        threads.append(Confined(role, mode, name))
+    def make(role, mode="on", name=None, extra=()):
+        threads.append(Confined(role, mode, name, extra))
         return threads[-1]
     yield make
     for thread in threads:
@@ -253,3 +253,21 @@ def test_the_survey_marks_calls_outside_a_role():
     assert "    ioctl KVM_RUN" in report
     assert "  + openat" in report
     assert "  + fsync" not in report and "    fsync" in report
+
+
+def test_a_supervisor_removes_entries_of_its_consoles_directory_and_nowhere_else(confined, tmp_path):
+    ours, elsewhere = tmp_path / "console", tmp_path / "other"
+    ours.mkdir()
+    elsewhere.mkdir()
+    (ours / "serial.sock").write_text("")
+    (elsewhere / "file").write_text("")
+    directory = os.open(ours, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        thread = confined("supervisor", extra=in_directory(directory))
+        assert thread(lambda: os.stat("serial.sock", dir_fd=directory, follow_symlinks=False)).st_size == 0
+        assert thread(lambda: os.unlink("serial.sock", dir_fd=directory)) is None
+        assert refused(thread(lambda: os.unlink(elsewhere / "file")))
+        assert refused(thread(lambda: os.rmdir(ours)))
+        assert not (ours / "serial.sock").exists() and (elsewhere / "file").exists()
+    finally:
+        os.close(directory)
