@@ -78,7 +78,7 @@ def add_machine_arguments(parser):
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
                         help="a Python device: PKG.MODULE:CLASS@PORT[-PORT] or "
                              "...@mmio:ADDR[-ADDR], then ,KEY=VALUE options (repeatable)")
-    parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on",
+    parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on", metavar="on|log|off",
                         help="confine each thread to the system calls of its role: a call outside "
                              "it ends the run (on, the default), is reported on stderr (log), "
                              "or nothing is confined (off)")
