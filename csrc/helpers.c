@@ -42,3 +42,13 @@ unsigned long pyvmm_sync_regs_offset(void)
 {
     return offsetof(struct kvm_run, s.regs.regs);
 }
+
+unsigned long pyvmm_sync_sregs_offset(void)
+{
+    return offsetof(struct kvm_run, s.regs.sregs);
+}
+
+unsigned long pyvmm_sync_events_offset(void)
+{
+    return offsetof(struct kvm_run, s.regs.events);
+}

@@ -10,7 +10,10 @@ int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
  * thread makes its KVM_RUN return -EINTR (other calls are restarted). */
 int pyvmm_install_kick_handler(int signo);
 
-/* Where KVM_CAP_SYNC_REGS leaves struct kvm_regs inside struct kvm_run. */
+/* Where KVM_CAP_SYNC_REGS leaves struct kvm_regs, kvm_sregs and
+ * kvm_vcpu_events inside struct kvm_run. */
 unsigned long pyvmm_sync_regs_offset(void);
+unsigned long pyvmm_sync_sregs_offset(void);
+unsigned long pyvmm_sync_events_offset(void);
 
 #endif

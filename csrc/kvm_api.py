@@ -15,6 +15,7 @@ typedef int... __u16;
 typedef int... __u32;
 typedef int... __u64;
 typedef int... __s32;
+typedef int... __s64;
 
 #define KVM_API_VERSION ...
 
@@ -25,6 +26,7 @@ typedef int... __s32;
 #define KVM_GET_VCPU_MMAP_SIZE ...
 #define KVM_GET_SUPPORTED_CPUID ...
 #define KVM_GET_MSR_INDEX_LIST ...
+#define KVM_GET_MSR_FEATURE_INDEX_LIST ...
 
 /* ioctls on a VM */
 #define KVM_CREATE_VCPU ...
@@ -39,6 +41,13 @@ typedef int... __s32;
 #define KVM_REGISTER_COALESCED_MMIO ...
 #define KVM_UNREGISTER_COALESCED_MMIO ...
 #define KVM_ENABLE_CAP ...
+#define KVM_GET_IRQCHIP ...
+#define KVM_SET_IRQCHIP ...
+#define KVM_GET_PIT2 ...
+#define KVM_SET_PIT2 ...
+#define KVM_GET_CLOCK ...
+#define KVM_SET_CLOCK ...
+#define KVM_GET_DIRTY_LOG ...
 
 /* ioctls on a vCPU */
 #define KVM_RUN ...
@@ -62,6 +71,10 @@ typedef int... __s32;
 #define KVM_SET_DEBUGREGS ...
 #define KVM_GET_LAPIC ...
 #define KVM_SET_LAPIC ...
+#define KVM_GET_XSAVE ...
+#define KVM_GET_XSAVE2 ...
+#define KVM_SET_XSAVE ...
+#define KVM_GET_TSC_KHZ ...
 #define KVM_SET_GUEST_DEBUG ...
 #define KVM_TRANSLATE ...
 
@@ -88,6 +101,13 @@ typedef int... __s32;
 #define KVM_CAP_READONLY_MEM ...
 #define KVM_CAP_SPLIT_IRQCHIP ...
 #define KVM_CAP_X86_USER_SPACE_MSR ...
+#define KVM_CAP_XSAVE2 ...
+#define KVM_CAP_DEBUGREGS ...
+#define KVM_CAP_VCPU_EVENTS ...
+#define KVM_CAP_ADJUST_CLOCK ...
+#define KVM_CAP_GET_MSR_FEATURES ...
+#define KVM_CAP_GET_TSC_KHZ ...
+#define KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 ...
 
 /* exit reasons */
 #define KVM_EXIT_UNKNOWN ...
@@ -130,6 +150,8 @@ typedef int... __s32;
 #define KVM_MP_STATE_INIT_RECEIVED ...
 #define KVM_MP_STATE_HALTED ...
 #define KVM_MP_STATE_SIPI_RECEIVED ...
+#define KVM_MP_STATE_AP_RESET_HOLD ...
+#define KVM_MP_STATE_SUSPENDED ...
 
 #define KVM_VCPUEVENT_VALID_NMI_PENDING ...
 #define KVM_VCPUEVENT_VALID_SIPI_VECTOR ...
@@ -140,6 +162,12 @@ typedef int... __s32;
 #define KVM_SYNC_X86_EVENTS ...
 
 #define KVM_MEM_READONLY ...
+#define KVM_MEM_LOG_DIRTY_PAGES ...
+#define KVM_IRQCHIP_PIC_MASTER ...
+#define KVM_IRQCHIP_PIC_SLAVE ...
+#define KVM_IRQCHIP_IOAPIC ...
+#define KVM_IOAPIC_NUM_PINS ...
+#define KVM_VCPUEVENT_VALID_SMM ...
 #define KVM_PIT_SPEAKER_DUMMY ...
 #define KVM_IOEVENTFD_FLAG_PIO ...
 #define KVM_IOEVENTFD_FLAG_DATAMATCH ...
@@ -267,9 +295,13 @@ struct kvm_xcrs {
     ...;
 };
 
+struct kvm_lapic_state {
+    char regs[1024];
+};
+
+/* --- state save and restore ---------------------------------------------- */
+
 struct kvm_vcpu_events {
-    /* The nested structs are anonymous, which cffi cannot leave partial:
-       they are spelled out whole, as in <linux/kvm.h> (x86). */
     struct {
         __u8 injected;
         __u8 nr;
@@ -291,7 +323,18 @@ struct kvm_vcpu_events {
     } nmi;
     __u32 sipi_vector;
     __u32 flags;
-    ...;
+    struct {
+        __u8 smm;
+        __u8 pending;
+        __u8 smm_inside_nmi;
+        __u8 latched_init;
+    } smi;
+    struct {
+        __u8 pending;
+    } triple_fault;
+    __u8 reserved[26];
+    __u8 exception_has_payload;
+    __u64 exception_payload;
 };
 
 struct kvm_debugregs {
@@ -302,8 +345,81 @@ struct kvm_debugregs {
     ...;
 };
 
-struct kvm_lapic_state {
-    char regs[1024];
+/* 4096 bytes, or KVM_CAP_XSAVE2's size with KVM_GET_XSAVE2 (a flexible tail) */
+struct kvm_xsave {
+    __u32 region[1024];
+    ...;
+};
+
+struct kvm_pic_state {
+    __u8 last_irr;
+    __u8 irr;
+    __u8 imr;
+    __u8 isr;
+    __u8 priority_add;
+    __u8 irq_base;
+    __u8 read_reg_select;
+    __u8 poll;
+    __u8 special_mask;
+    __u8 init_state;
+    __u8 auto_eoi;
+    __u8 rotate_on_auto_eoi;
+    __u8 special_fully_nested_mode;
+    __u8 init4;
+    __u8 elcr;
+    __u8 elcr_mask;
+};
+
+/* The redirection table (a union of bit fields) follows these fields: it is
+ * read as 24 raw u64 by pyvmm/kvm/state.py, which checks the size. */
+struct kvm_ioapic_state {
+    __u64 base_address;
+    __u32 ioregsel;
+    __u32 id;
+    __u32 irr;
+    ...;
+};
+
+/* chip: a union of char dummy[512], kvm_pic_state and kvm_ioapic_state,
+ * reached through the struct's bytes (pyvmm/kvm/state.py) */
+struct kvm_irqchip {
+    __u32 chip_id;
+    ...;
+};
+
+struct kvm_pit_channel_state {
+    __u32 count;
+    __u16 latched_count;
+    __u8 count_latched;
+    __u8 status_latched;
+    __u8 status;
+    __u8 read_state;
+    __u8 write_state;
+    __u8 write_latch;
+    __u8 rw_mode;
+    __u8 mode;
+    __u8 bcd;
+    __u8 gate;
+    __s64 count_load_time;
+    ...;
+};
+
+struct kvm_pit_state2 {
+    struct kvm_pit_channel_state channels[3];
+    __u32 flags;
+    ...;
+};
+
+struct kvm_clock_data {
+    __u64 clock;
+    __u32 flags;
+    ...;
+};
+
+struct kvm_dirty_log {
+    __u32 slot;
+    void *dirty_bitmap;
+    ...;
 };
 
 struct kvm_irq_level {

@@ -18,7 +18,7 @@ from .devices import BusError
 from .kvm import KvmError
 from .loader import LoaderError
 from .memory import GuestMemoryError
-from .machine import InputFileError, Machine, read_kernel
+from .machine import InputFileError, Machine, SnapshotError, read_kernel, read_snapshot
 from .run import trace
 from .run.stats import format_post_codes
 from .run.stop import STATUS_CRASH
@@ -52,9 +52,9 @@ class Parser(argparse.ArgumentParser):
 
 def add_machine_arguments(parser):
     """Options every command that boots a VM takes."""
-    parser.add_argument("--memory", default="128M", metavar="SIZE",
+    parser.add_argument("--memory", metavar="SIZE",
                         help="guest RAM, with a K/M/G suffix (default 128M)")
-    parser.add_argument("--cpus", type=int, default=1, metavar="N",
+    parser.add_argument("--cpus", type=int, metavar="N",
                         help="number of vCPUs (default 1)")
     parser.add_argument("--serial", default="stdio", metavar="stdio|null|file:PATH|pty|socket=PATH",
                         help="the serial console: output to stdout (stdio, the default), nowhere "
@@ -109,6 +109,32 @@ def build_parser():
     run.add_argument("--gdb", metavar="HOST:PORT",
                      help="stop before the first instruction and wait for gdb "
                           "(target remote HOST:PORT); port 0 picks a free port")
+    run.add_argument("--restore", metavar="DIR",
+                     help="continue the VM a snapshot in DIR holds (written by `pyvmm remote snapshot`); "
+                          "the machine comes from the snapshot, so KERNEL and the options that shape "
+                          "the machine are refused")
+    run.add_argument("--paused", action="store_true",
+                     help="start with every vCPU paused, until `pyvmm remote resume` (needs --api-socket)")
+    run.add_argument("--api-socket", metavar="PATH",
+                     help="serve the HTTP API (JSON, see `pyvmm remote`) on a unix socket at PATH, "
+                          "mode 0600; PATH must not exist, or be a stale socket")
+
+    fuzz = commands.add_parser("fuzz", help="a long fuzzing campaign of the fuzz targets under HypoFuzz "
+                                            "(the optional extra pyvmm[fuzz])")
+    fuzz.add_argument("targets", nargs="*", metavar="TARGET",
+                      help="test files or directories to fuzz (default: tests/fuzz of the source checkout)")
+    fuzz.add_argument("--seconds", type=float, metavar="N",
+                      help="stop after N seconds, then replay what was found (default: until Ctrl-C)")
+    fuzz.add_argument("--processes", type=int, default=1, metavar="N", help="fuzzing processes (default 1)")
+    fuzz.add_argument("--database", metavar="DIR",
+                      help="hypothesis's example database, shared by every process and machine that "
+                           "names it (default: the repository's .hypothesis/examples)")
+    fuzz.add_argument("--dashboard", action="store_true", help="serve HypoFuzz's dashboard")
+
+    remote = commands.add_parser("remote", help="control a VM through its --api-socket")
+    remote.add_argument("--api-socket", metavar="PATH", required=True, help="the VM's API socket")
+    from .api.client import add_commands
+    add_commands(remote)
 
     listing = commands.add_parser("guests", help="list the bundled guests, one line each on what they show")
     listing.add_argument("--path", metavar="NAME", help="print the file of guest NAME (for gdb, objdump)")
@@ -139,8 +165,8 @@ def config_from_args(args):
         kernel, raw_mode = _guest_file(guest), raw_mode or guest.raw_mode
     config = VmConfig(
         kernel=kernel,
-        memory=parse_size(args.memory),
-        cpus=args.cpus,
+        memory=parse_size("128M" if args.memory is None else args.memory),
+        cpus=1 if args.cpus is None else args.cpus,
         cmdline=args.cmdline,
         modules=getattr(args, "module", []),
         initrd=getattr(args, "initrd", None),
@@ -209,12 +235,91 @@ def command_linux(args):
     config = config_from_args(args)
     config.kernel, config.initrd = assets.kernel, assets.initramfs
     config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
-    return boot(config, [parse_device_spec(spec) for spec in args.device], args.confine_caller)
+    return boot(config, [(text, parse_device_spec(text)) for text in args.device],
+                confine_caller=args.confine_caller)
 
 
 def command_run(args):
-    return boot(config_from_args(args), [parse_device_spec(spec) for spec in args.device],
-                args.confine_caller)
+    if args.paused and args.api_socket is None:
+        raise ConfigError("--paused needs --api-socket: nothing else could resume the VM")
+    if args.restore is not None:
+        given = [flag for name, flag in MACHINE_OPTIONS if getattr(args, name, None) not in (None, "", [], False)]
+        if given:
+            raise ConfigError(f"--restore takes the machine from the snapshot: {', '.join(given)} cannot be given")
+        snapshot = read_snapshot(args.restore)
+        with _api_server(args) as api:
+            return boot_restored(args, snapshot, api)
+    config = config_from_args(args)
+    devices = [(text, parse_device_spec(text)) for text in args.device]
+    with _api_server(args) as api:
+        return boot(config, devices, api=api, paused=args.paused, confine_caller=args.confine_caller)
+
+
+@contextlib.contextmanager
+def _api_server(args):
+    """The API server --api-socket asks for (its socket made now, before the
+    VM), or None; closed (its socket removed) when the run ends."""
+    if args.api_socket is None:
+        yield None
+        return
+    from .api import ApiServer, ApiSocketError
+    try:
+        server = ApiServer(args.api_socket)
+    except ApiSocketError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def command_fuzz(args):
+    from .testing.campaign import CampaignError, run
+    if args.processes < 1 or (args.seconds is not None and not args.seconds > 0):
+        raise ConfigError("--processes and --seconds must be positive")
+    try:
+        return run(args.targets, args.seconds, args.processes, args.database, args.dashboard)
+    except CampaignError as error:
+        raise ConfigError(str(error)) from None
+
+
+def command_remote(args):
+    from .api.client import RemoteError, UsageError as RemoteUsage, run
+    try:
+        return run(args)
+    except RemoteUsage as error:
+        raise ConfigError(str(error)) from None
+    except RemoteError as error:
+        raise HostProblem(str(error)) from None
+
+
+# Options that shape the machine: a snapshot brings its own.
+MACHINE_OPTIONS = (("kernel", "KERNEL"), ("memory", "--memory"), ("cpus", "--cpus"), ("cmdline", "--cmdline"),
+                   ("module", "--module"), ("initrd", "--initrd"), ("raw_mode", "--raw-mode"),
+                   ("load_addr", "--load-addr"), ("entry", "--entry"), ("cpu_features", "--cpu-features"),
+                   ("device", "--device"), ("gdb", "--gdb"))
+
+
+def boot_restored(args, snapshot, api=None):
+    """`pyvmm run --restore DIR`: the machine a snapshot holds, run on."""
+    overrides = {"serial": args.serial, "timeout": args.timeout, "stats": args.stats, "trace": args.trace}
+    if args.exit_path is not None:
+        overrides["exit_path"] = args.exit_path
+
+    def make_device(text):
+        spec = parse_device_spec(text)
+        return spec.bus, spec.base, spec.length, spec.create(), f"{spec.module}:{spec.cls}"
+
+    previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        try:
+            machine = Machine.restore(snapshot, make_device=make_device, **overrides)
+        except BusError as error:
+            raise ConfigError(f"a device of the snapshot: {error}") from None
+        return _run(machine, machine.config, api, args.paused, args.confine_caller)
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
 
 
 def command_stats(args):
@@ -236,35 +341,53 @@ def _terminate(signo, _frame):
     raise Terminated(signo)
 
 
-def boot(config, devices=(), confine_caller=False):
+def boot(config, devices=(), api=None, paused=False, confine_caller=False):
     """Runs one VM to its end; the exit status. SIGTERM and SIGHUP unwind it
     (their handlers are restored afterwards). `confine_caller`: see main()."""
     previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _boot(config, devices, confine_caller)
+        return _boot(config, devices, api, paused, confine_caller)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
 
 
-def _boot(config, devices, confine_caller):
+def _boot(config, devices, api=None, paused=False, confine_caller=False):
     image, options = read_kernel(config)
-    user_devices = [(spec, spec.create()) for spec in devices]
-    with Machine(config, image, options) as machine:
-        for spec, device in user_devices:
+    user_devices = [(text, spec, spec.create()) for text, spec in devices]
+    machine = Machine(config, image, options)
+    try:
+        for text, spec, device in user_devices:
             register = machine.add_mmio_device if spec.bus == "mmio" else machine.add_port_device
             try:
                 register(spec.base, spec.length, device, name=f"{spec.module}:{spec.cls}")
             except BusError as error:
                 raise ConfigError(f"--device: {error}") from None
+            machine.device_specs.append(text)
+    except BaseException:
+        machine.close()
+        raise
+    return _run(machine, config, api, paused, confine_caller)
+
+
+def _run(machine, config, api=None, paused=False, confine_caller=False):
+    """Runs a machine the command line made (serving its API if asked); its
+    exit status. `confine_caller`: see main()."""
+    with machine:
         if machine.console_where is not None:
             print(f"pyvmm: serial console on {machine.console_where}", file=sys.stderr, flush=True)
         if machine.gdb is not None:
             print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
+        if api is not None:
+            api.start(machine)
         # Input comes from stdin whatever the output is, unless the console brings its own.
         from_stdin = not machine.console_carries_input and _readable(0)
         with raw_input_mode(0) if from_stdin else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if from_stdin else None, confine_caller=confine_caller)
+            result = machine.run(stdin_fd=0 if from_stdin else None, paused=paused,
+                                 confine_caller=confine_caller,
+                                 caller_removes=() if api is None else (api.directory,))
+        if api is not None:
+            api.close()                     # before the machine goes: no request may reach a closed one
         if config.stats == "json":
             print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
         elif config.stats:
@@ -297,7 +420,8 @@ def _readable(fd):
     return True
 
 
-COMMANDS = {"guests": command_guests, "linux": command_linux, "stats": command_stats, "run": command_run}
+COMMANDS = {"guests": command_guests, "linux": command_linux, "stats": command_stats, "run": command_run,
+            "remote": command_remote, "fuzz": command_fuzz}
 
 
 def main(argv=None, confine_caller=False):
@@ -326,7 +450,7 @@ def _main(argv, confine_caller):
         args.confine_caller = confine_caller
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
-            InputFileError) as error:
+            InputFileError, SnapshotError) as error:
         _error(error)
         return EXIT_USAGE
     except (KvmError, HostProblem, SandboxError) as error:

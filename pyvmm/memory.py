@@ -6,13 +6,20 @@ Vm.add_memory.
 """
 
 import bisect
+import ctypes
 import mmap
+import os
+import re
 import struct
 
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 PAGE_SIZE = 4096
 _FILL_CHUNK = 1 << 20
+_ZERO_PAGE = bytes(PAGE_SIZE)
+# /proc/self/pagemap: one u64 per page; bit 63 present, bit 62 swapped (byte 7: 0x80, 0x40)
+_PAGEMAP_IN_USE = re.compile(rb"[\x40-\xff]")
+_PAGEMAP_CHUNK = 1 << 18           # pages per read (2 MiB of pagemap)
 
 
 class GuestMemoryError(ValueError):
@@ -35,11 +42,22 @@ class MemoryRegion:
         self.size = size
         self.end = guest_addr + size
         self.view = memoryview(self._map)
+        anchor = ctypes.c_char.from_buffer(self._map)
+        self.host_addr = ctypes.addressof(anchor)
+        del anchor                      # releases the buffer export (close() needs none)
 
     @property
     def mapping(self):
         """The host mapping (an mmap) backing this region: what a KVM memory slot points at."""
         return self._map
+
+    def host_address(self):
+        """Where the mapping starts in this process (for /proc/self/smaps and the like)."""
+        anchor = ctypes.c_char.from_buffer(self._map)
+        try:
+            return ctypes.addressof(anchor)
+        finally:
+            del anchor                      # the mapping must stay closable
 
     def zero(self, offset, length):
         """Zeroes [offset, offset+length): whole pages are dropped with
@@ -54,6 +72,43 @@ class MemoryRegion:
         self.view[offset:first_page] = bytes(first_page - offset)
         self._map.madvise(mmap.MADV_DONTNEED, first_page, last_page - first_page)
         self.view[last_page:end] = bytes(end - last_page)
+
+    def touched_pages(self):
+        """Page numbers that were ever written or read (the others are zero and
+        cost nothing to skip), from /proc/self/pagemap; every page if it is unreadable."""
+        pages = self.size // PAGE_SIZE
+        try:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return range(pages)
+        try:
+            found = []
+            first = self.host_addr // PAGE_SIZE
+            for start in range(0, pages, _PAGEMAP_CHUNK):
+                count = min(_PAGEMAP_CHUNK, pages - start)
+                entries = os.pread(fd, count * 8, (first + start) * 8)
+                if len(entries) != count * 8:
+                    return range(pages)
+                found += [start + match.start() for match in _PAGEMAP_IN_USE.finditer(entries[7::8])]
+            return found
+        except OSError:
+            return range(pages)
+        finally:
+            os.close(fd)
+
+    def nonzero_runs(self):
+        """[(offset, length)] of the runs of pages holding anything but zeros."""
+        runs = []
+        view = self.view
+        for page in self.touched_pages():
+            offset = page * PAGE_SIZE
+            if view[offset:offset + PAGE_SIZE].tobytes() == _ZERO_PAGE:
+                continue
+            if runs and runs[-1][0] + runs[-1][1] == offset:
+                runs[-1][1] += PAGE_SIZE
+            else:
+                runs.append([offset, PAGE_SIZE])
+        return [tuple(run) for run in runs]
 
     def close(self):
         if self._map is None:
@@ -87,6 +142,18 @@ class GuestMemory:
             raise
         self._starts = [region.guest_addr for region in self.regions]
         self.size = sum(region.size for region in self.regions)
+        # Page numbers (guest address >> 12) the host wrote since track_writes(),
+        # or None: what KVM's dirty-page log cannot see (it logs the guest's writes).
+        self.written = None
+
+    def track_writes(self):
+        """From now on every write through this object (and every view handed
+        out, written or not) adds its pages to `written`, which this empties."""
+        self.written = set()
+
+    def _mark(self, addr, length):
+        if length > 0:
+            self.written.update(range(addr >> 12, ((addr + length - 1) >> 12) + 1))
 
     # --- address checks ----------------------------------------------------
     def _locate(self, addr, length):
@@ -108,6 +175,8 @@ class GuestMemory:
     def view(self, addr, length):
         """A zero-copy, writable memoryview of [addr, addr+length)."""
         region, offset = self._locate(addr, length)
+        if self.written is not None:
+            self._mark(addr, length)
         return region.view[offset:offset + length]
 
     # --- bytes ---------------------------------------------------------------
@@ -118,11 +187,15 @@ class GuestMemory:
     def write(self, addr, data):
         region, offset = self._locate(addr, len(data))
         region.view[offset:offset + len(data)] = data
+        if self.written is not None:
+            self._mark(addr, len(data))
 
     def fill(self, addr, length, byte=0):
         """Sets [addr, addr+length) to `byte` without allocating `length` bytes
         on the host; zeroing gives whole pages back (they read as zero again)."""
         region, offset = self._locate(addr, length)
+        if self.written is not None:
+            self._mark(addr, length)
         if byte == 0:
             region.zero(offset, length)
             return
@@ -151,18 +224,26 @@ class GuestMemory:
     def write_u8(self, addr, value):
         region, offset = self._locate(addr, 1)
         region.view[offset] = value & 0xFF
+        if self.written is not None:
+            self._mark(addr, 1)
 
     def write_u16(self, addr, value):
         region, offset = self._locate(addr, 2)
         _U16.pack_into(region.view, offset, value & 0xFFFF)
+        if self.written is not None:
+            self._mark(addr, 2)
 
     def write_u32(self, addr, value):
         region, offset = self._locate(addr, 4)
         _U32.pack_into(region.view, offset, value & 0xFFFFFFFF)
+        if self.written is not None:
+            self._mark(addr, 4)
 
     def write_u64(self, addr, value):
         region, offset = self._locate(addr, 8)
         _U64.pack_into(region.view, offset, value & 0xFFFFFFFFFFFFFFFF)
+        if self.written is not None:
+            self._mark(addr, 8)
 
     # --- lifetime ------------------------------------------------------------
     def close(self):

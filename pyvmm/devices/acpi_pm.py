@@ -59,6 +59,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from .state import StateReader
+
 PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
 PM_TMR_LEN = 4
@@ -100,6 +102,7 @@ RST_KEEP = 0x0A  # SYS_RST (bit 1) and FULL_RST (bit 3) read back
 
 TIMER_HALF_PERIOD = 1 << (PM_TMR_BITS - 1)  # ticks between toggles of bit 23
 NANOSECONDS = 1_000_000_000
+MAX_TICKS = 1 << 62          # centuries of the 3.58 MHz clock
 
 
 class AcpiPm:
@@ -197,6 +200,36 @@ class AcpiPm:
     def sci_level(self) -> bool:
         return self._sci_level
 
+    # ------------------------------------------------------------ state
+
+    def save_state(self) -> dict:
+        """The registers, and the PM timer as its count: it stops while the
+        machine is not running (as QEMU's virtual clock) and goes on from there."""
+        with self._lock:
+            return {"sts": self._status(), "en": self._en, "cnt": self._cnt, "timer_ticks": self.timer_ticks(),
+                    "timer_overflow_tick": self._timer_overflow_tick,
+                    "reset_control": self.reset_control.save_state()}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "acpi-pm")
+        sts, en, cnt = (reader.integer(name, 0, 0xFFFF) for name in ("sts", "en", "cnt"))
+        ticks = reader.integer("timer_ticks", 0, MAX_TICKS)
+        overflow_tick = reader.integer("timer_overflow_tick", 0, MAX_TICKS + TIMER_HALF_PERIOD)
+        reset_control = reader.nested("reset_control")      # checked by ResetControl
+        reader.finish()
+        if cnt & SLP_EN or not cnt & SCI_EN:
+            raise reader.fail("cnt", f"{cnt:#x}: SLP_EN reads 0 and SCI_EN 1")
+        self.reset_control.restore_state(reset_control)
+        actions: list = []
+        with self._lock:
+            self._sts, self._en, self._cnt = sts, en, cnt
+            # the smallest start that gives `ticks` now
+            self._start = self._now() - (ticks * NANOSECONDS + PM_TMR_FREQUENCY - 1) // PM_TMR_FREQUENCY
+            self._timer_overflow_tick = overflow_tick
+            self._update_sci(actions)                   # the line moves only if its level changes
+        for action in actions:
+            action()
+
     # ------------------------------------------------------------ registers
 
     def _register_image(self) -> bytes:
@@ -256,6 +289,18 @@ class ResetControl:
         self._on_reset = on_reset
         self._value = 0
         self.reset_requests = 0
+
+    def save_state(self) -> dict:
+        return {"value": self._value, "reset_requests": self.reset_requests}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "acpi-pm reset control")
+        value = reader.integer("value", 0, RST_KEEP)
+        requests = reader.integer("reset_requests", 0, 1 << 64)
+        reader.finish()
+        if value & ~RST_KEEP:
+            raise reader.fail("value", f"{value:#x} has bits outside {RST_KEEP:#x}")
+        self._value, self.reset_requests = value, requests
 
     def read(self, offset: int, size: int) -> bytes:
         if offset != 0:

@@ -48,6 +48,8 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+from .state import StateReader
+
 CMOS_LENGTH = 2  # index port, then data port (0x70, 0x71 on a PC)
 CMOS_SIZE = 128
 INDEX_MASK = 0x7F
@@ -96,6 +98,8 @@ ALARM_DONT_CARE = 0xC0  # an alarm byte with both top bits set matches any value
 HOUR_PM = 0x80  # in HOURS, 12-hour mode
 UIP_HOLD_SECONDS = 8 / 32768  # QEMU's UIP_HOLD_LENGTH: 244 us before each update
 SECONDS_PER_DAY = 86400
+# Further than any date the registers can hold (years 0-9999) from any host clock.
+MAX_CLOCK_OFFSET = 1 << 40
 
 # PC firmware memory-size bytes (QEMU pc_cmos_init).
 BASE_MEMORY_LO, BASE_MEMORY_HI = 0x15, 0x16  # KiB below 1 MiB, at most 640
@@ -406,6 +410,33 @@ class Cmos:
         seconds = days * SECONDS_PER_DAY + hour * 3600 + _decode(ram[MINUTES], b) * 60 + _decode(ram[SECONDS], b)
         self._offset = seconds + phase - self._now()
         self._updated_second = seconds
+
+    # ------------------------------------------------------------ state
+
+    def save_state(self) -> dict:
+        """The 128 bytes, the index, register C's flags, and the guest clock as
+        an offset from the host's: a restored RTC keeps following real time, as
+        a battery-backed one does while the machine is off."""
+        with self._lock:
+            return {"ram": bytes(self._ram).hex(), "index": self._index, "nmi_disabled": self.nmi_disabled,
+                    "flags": self._flags, "clock_offset": self._offset,
+                    "updated_second": self._updated_second}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "cmos")
+        ram = reader.data("ram", CMOS_SIZE, length=CMOS_SIZE)
+        index = reader.integer("index", 0, INDEX_MASK)
+        nmi_disabled = reader.boolean("nmi_disabled")
+        flags = reader.integer("flags", 0, REG_C_IRQF | REG_C_UF | REG_C_AF)
+        offset = reader.number("clock_offset", -MAX_CLOCK_OFFSET, MAX_CLOCK_OFFSET)
+        updated = reader.integer("updated_second", -MAX_CLOCK_OFFSET, 2 * MAX_CLOCK_OFFSET)
+        reader.finish()
+        with self._lock:
+            self._ram[:] = ram
+            self._index, self.nmi_disabled = index, nmi_disabled
+            self._flags, self._offset, self._updated_second = flags, offset, updated
+            self._set_line(bool(flags & REG_C_IRQF))
+            self._schedule()
 
     # ------------------------------------------------------------ host side
 

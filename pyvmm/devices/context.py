@@ -213,6 +213,19 @@ class DeviceWorker:
     def on_worker(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Waits until the callbacks queued so far have run (a snapshot then
+        sees the state they left); True when they have, or the worker ended."""
+        if self.on_worker:
+            return True
+        done = threading.Event()
+        with self._lock:
+            if self._closing:
+                return True
+            self._calls.append((done.set, ()))
+        self._poke()
+        return done.wait(timeout)
+
     def close(self) -> None:
         """Stops the thread (callbacks not yet run are dropped) and joins it,
         unless called from a callback: the thread then ends after it."""
@@ -327,6 +340,12 @@ class DeviceContext:
                 self._on_failure(str(error))
         else:
             self.fail(f"{type(error).__name__}: {error}")
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Waits for the worker's queued callbacks (see DeviceWorker.settle)."""
+        with self._lock:
+            worker = self._worker
+        return worker is None or worker.settle(timeout)
 
     def close(self) -> None:
         """Stops the worker, if one was started."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from .state import StateReader
+
 VALID_WRITE_SIZES = (1, 2, 4)
 
 
@@ -25,6 +27,17 @@ class DebugExit:
     def __init__(self, on_exit: Callable[[int], None]) -> None:
         self._on_exit = on_exit
         self.exit_status: Optional[int] = None  # last status requested by the guest
+
+    def save_state(self) -> dict:
+        return {"exit_status": self.exit_status}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "debug-exit")
+        status = reader.optional_integer("exit_status", 1, (1 << 33) - 1)
+        reader.finish()
+        if status is not None and not status & 1:
+            raise reader.fail("exit_status", f"{status:#x} is not (v << 1) | 1")
+        self.exit_status = status
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .bus import ONE_BYTE
+from .state import StateReader
 
 DEBUGCON_LENGTH = 1
 READBACK = 0xE9
@@ -38,6 +39,15 @@ class DebugConsole:
             return
         self.bytes_written += 1
         self._output(ONE_BYTE[data[0]])
+
+    def save_state(self) -> dict:
+        return {"bytes_written": self.bytes_written}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "debugcon")
+        written = reader.integer("bytes_written", 0, 1 << 64)
+        reader.finish()
+        self.bytes_written = written
 
     def __repr__(self) -> str:
         return f"DebugConsole(bytes_written={self.bytes_written})"

@@ -34,6 +34,8 @@ import struct
 import threading
 from typing import Mapping, Optional, Union
 
+from .state import StateReader
+
 FW_CFG_LENGTH = 2
 SELECTOR_OFFSET = 0  # port 0x510 on a PC
 DATA_OFFSET = 1  # port 0x511
@@ -147,6 +149,23 @@ class FwCfg:
             self._offset = 0
             # The write-channel bit only mattered for the removed write support.
             self._current = None if key & KEY_ARCH_LOCAL else self._items.get(key & KEY_ENTRY_MASK)
+
+    # ------------------------------------------------------------ state
+
+    def save_state(self) -> dict:
+        """The selected item and how far it was read (the items come from the
+        machine's configuration)."""
+        with self._lock:
+            return {"selected": self._selected, "offset": self._offset}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "fw_cfg")
+        selected = reader.integer("selected", 0, 0xFFFF)
+        offset = reader.integer("offset", 0, 1 << 32)
+        reader.finish()
+        self._select(selected)
+        with self._lock:
+            self._offset = offset
 
     def __repr__(self) -> str:
         return f"FwCfg(items={len(self._items)}, files={len(self._file_keys)}, selected={self._selected:#06x})"

@@ -38,6 +38,8 @@ import threading
 from collections import deque
 from typing import Callable, Optional
 
+from .state import StateReader
+
 # The controller's two interrupt outputs (IRQ 1 and IRQ 12 on a PC: the
 # machine maps them, see pyvmm/arch/x86_64/layout.py).
 KEYBOARD_LINE = "keyboard"
@@ -291,6 +293,44 @@ class I8042:
     def _request_reset(self) -> None:
         self.reset_requests += 1
         self._on_reset()
+
+    # ------------------------------------------------------------ state
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {
+                "output": [[value, from_aux] for value, from_aux in self._output],
+                "last_read": self._last_read, "status": self._status, "mode": self._mode,
+                "outport": self._outport, "pending_command": self._pending_command,
+                "kbd_pending_command": self._kbd_pending_command, "scancode_set": self._scancode_set,
+                "reset_requests": self.reset_requests,
+            }
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "i8042")
+        output = []
+        for item in reader.items("output", OUTPUT_QUEUE_LIMIT):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                    and not isinstance(item[0], bool) and 0 <= item[0] <= 0xFF and isinstance(item[1], bool)):
+                raise reader.fail("output", f"{item!r} is not [byte, from the mouse]")
+            output.append((item[0], item[1]))
+        registers = {name: reader.integer(name, 0, 0xFF)
+                     for name in ("last_read", "status", "mode", "outport", "kbd_pending_command")}
+        pending = reader.integer("pending_command", 0, 0xFF)
+        scancode_set = reader.integer("scancode_set", 1, 3)
+        reset_requests = reader.integer("reset_requests", 0, 1 << 64)
+        reader.finish()
+        if pending and pending not in PARAMETER_COMMANDS:
+            raise reader.fail("pending_command", f"{pending:#x} takes no parameter")
+        if registers["kbd_pending_command"] and registers["kbd_pending_command"] not in KBD_PARAMETER_COMMANDS:
+            raise reader.fail("kbd_pending_command", f"{registers['kbd_pending_command']:#x} takes no parameter")
+        with self._lock:
+            self._output = deque(output)
+            self._last_read, self._status, self._mode = registers["last_read"], registers["status"], registers["mode"]
+            self._outport, self._kbd_pending_command = registers["outport"], registers["kbd_pending_command"]
+            self._pending_command, self._scancode_set = pending, scancode_set
+            self.reset_requests = reset_requests
+            self._update_irq()          # each line moves only if its level changes
 
     def register_snapshot(self) -> dict[str, int]:
         """Registers without read side effects (for stats and tests)."""

@@ -34,6 +34,8 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
+from .state import StateReader, apply_runs, sparse_runs
+
 PORTS_LENGTH = 8
 SCRATCH_OFFSET = 0  # port 0xe0
 SCRATCH_SIZE = 4
@@ -56,6 +58,31 @@ class PcTestDev:
         self.byte_port = scratch  # QEMU's byte-wise mirror at 0xe8
         self.irq_lines = _IrqLines(set_irq)
         self.iomem = _IoMem()
+
+    def save_state(self) -> dict:
+        """The scratch register, the interrupt lines it drives, the 64 KiB of
+        MMIO scratch memory (its non-zero stretches) and the flush counter."""
+        with self.scratch._lock, self.iomem._lock:
+            return {"scratch": bytes(self.scratch._bytes).hex(), "irq_levels": list(self.irq_lines.levels),
+                    "iomem": sparse_runs(self.iomem._memory), "flush_requests": self.ports.flush_requests}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "pc-testdev")
+        scratch = reader.data("scratch", SCRATCH_SIZE, length=SCRATCH_SIZE)
+        levels = reader.items("irq_levels", IRQ_LINE_COUNT)
+        if len(levels) != IRQ_LINE_COUNT or not all(isinstance(level, bool) for level in levels):
+            raise reader.fail("irq_levels", f"not {IRQ_LINE_COUNT} true/false values")
+        memory = bytearray(IOMEM_SIZE)
+        apply_runs(reader, "iomem", memory)
+        flushes = reader.integer("flush_requests", 0, 1 << 64)
+        reader.finish()
+        with self.scratch._lock, self.iomem._lock:
+            self.scratch._bytes[:] = scratch
+            self.iomem._memory[:] = memory
+        self.ports.flush_requests = flushes
+        for line, level in enumerate(levels):
+            if self.irq_lines.levels[line] != level:      # a line moves only if its level changes
+                self.irq_lines.drive(line, level)
 
 
 class _Scratch:
@@ -108,6 +135,7 @@ class _IrqLines:
 
     def __init__(self, set_irq: Callable[[int, bool], None]) -> None:
         self._set_irq = set_irq
+        self.levels = [False] * IRQ_LINE_COUNT
 
     def read(self, offset: int, size: int) -> bytes:
         return b"\xff" * size
@@ -115,7 +143,11 @@ class _IrqLines:
     def write(self, offset: int, data: bytes) -> None:
         for line, value in enumerate(data, start=offset):
             if line < IRQ_LINE_COUNT:
-                self._set_irq(line, value != 0)
+                self.drive(line, value != 0)
+
+    def drive(self, line: int, level: bool) -> None:
+        self.levels[line] = level
+        self._set_irq(line, level)
 
 
 class _IoMem:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from .state import StateReader
+
 PCI_CONFIG_BASE = 0xCF8
 PCI_CONFIG_LENGTH = 8
 CONFIG_ADDRESS = 0  # offsets inside the range
@@ -43,6 +45,20 @@ class PciConfigAbsent:
     @property
     def config_address(self) -> int:
         return self._address
+
+    def save_state(self) -> dict:
+        """CONFIG_ADDRESS and the counters (0xcf9 belongs to the ACPI PM device's state)."""
+        with self._lock:
+            return {"address": self._address, "config_reads": self.config_reads,
+                    "config_writes": self.config_writes}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "pci-config")
+        address = reader.integer("address", 0, 0xFFFFFFFF)
+        reads, writes = (reader.integer(name, 0, 1 << 64) for name in ("config_reads", "config_writes"))
+        reader.finish()
+        with self._lock:
+            self._address, self.config_reads, self.config_writes = address, reads, writes
 
     def read(self, offset: int, size: int) -> bytes:
         if offset >= CONFIG_DATA:

@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
+from .state import StateReader
+
 POST_LENGTH = 1
 HISTORY_LIMIT = 1024
 
@@ -49,6 +51,28 @@ class PostCode:
         """The most recent writes, oldest first, as (timestamp_ns, value)."""
         with self._lock:
             return list(self._history)
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {"history": [[stamp, value] for stamp, value in self._history],
+                    "total_writes": self.total_writes, "last_value": self.last_value}
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "post")
+        history = []
+        for item in reader.items("history", self._history.maxlen or 0):
+            if not (isinstance(item, list) and len(item) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+                    and 0 <= item[1] < 1 << 32):
+                raise reader.fail("history", f"{item!r} is not [time ns, value]")
+            history.append((item[0], item[1]))
+        total = reader.integer("total_writes", len(history), 1 << 64)
+        last = reader.optional_integer("last_value", 0, (1 << 32) - 1)
+        reader.finish()
+        with self._lock:
+            self._history.clear()
+            self._history.extend(history)
+            self.total_writes, self.last_value = total, last
 
     def stats(self) -> dict[str, object]:
         with self._lock:

@@ -52,6 +52,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from .bus import ONE_BYTE
+from .state import StateReader
 
 REGISTER_COUNT = 8
 
@@ -304,6 +305,54 @@ class Serial16550:
                     for i in range(size):
                         self._write_register(offset + i, data[start + i])
             self._settle()
+
+    # ----------------------------------------------------------- state
+
+    def save_state(self) -> dict:
+        """Registers, both FIFOs (the receiver and the host input not yet in
+        it) and the counters, as plain data (pyvmm/devices/state.py)."""
+        with self._lock:
+            return {
+                "divisor": self._divisor, "ier": self._ier, "lcr": self._lcr, "mcr": self._mcr,
+                "scr": self._scr, "fcr": self._fcr, "lsr_errors": self._lsr_errors, "msr": self._msr,
+                "thr_pending": self._thr_pending,
+                "rx": bytes(self._rx).hex(), "backlog": bytes(self._backlog).hex(),
+                "bytes_transmitted": self.bytes_transmitted, "bytes_received": self.bytes_received,
+                "input_bytes_dropped": self.input_bytes_dropped, "overruns": self.overruns,
+            }
+
+    def restore_state(self, state: dict) -> None:
+        reader = StateReader(state, "serial")
+        registers = {name: reader.integer(name, 0, 0xFF) for name in ("ier", "lcr", "mcr", "scr", "fcr",
+                                                                     "lsr_errors", "msr")}
+        divisor = reader.integer("divisor", 0, 0xFFFF)
+        thr_pending = reader.boolean("thr_pending")
+        rx = reader.data("rx", FIFO_DEPTH)
+        backlog = reader.data("backlog", HOST_BACKLOG_LIMIT)
+        counters = {name: reader.integer(name, 0, 1 << 64) for name in ("bytes_transmitted", "bytes_received",
+                                                                       "input_bytes_dropped", "overruns")}
+        reader.finish()
+        for name, mask in (("ier", IER_MASK), ("mcr", MCR_MASK), ("fcr", FCR_STICKY),
+                           ("lsr_errors", LSR_ERRORS)):
+            if registers[name] & ~mask:
+                raise reader.fail(name, f"{registers[name]:#x} has bits outside {mask:#x}")
+        capacity = FIFO_DEPTH if registers["fcr"] & FCR_FIFO_ENABLE else 1
+        if len(rx) > capacity:
+            raise reader.fail("rx", f"{len(rx)} bytes in a receiver of {capacity}")
+        with self._lock:
+            self._divisor = divisor
+            self._ier, self._lcr, self._mcr, self._scr = (registers[name] for name in ("ier", "lcr", "mcr", "scr"))
+            self._fcr, self._lsr_errors, self._msr = registers["fcr"], registers["lsr_errors"], registers["msr"]
+            self._rx_capacity = capacity
+            self._rx_trigger = RX_TRIGGER_LEVELS[self._fcr & FCR_TRIGGER_MASK] if capacity > 1 else 1
+            self._thr_pending = thr_pending
+            self._rx = deque(rx)
+            self._backlog = deque(backlog)
+            for name, value in counters.items():
+                setattr(self, name, value)
+            self._refill_rx()
+            self._update_irq()
+            self._settle()              # the line moves only if its level changes
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""

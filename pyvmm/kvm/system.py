@@ -54,5 +54,14 @@ class Kvm(FdObject):
         ioctl(self.fd, "KVM_GET_MSR_INDEX_LIST", msrs)
         return [msrs.indices[i] for i in range(msrs.nmsrs)]
 
+    def msr_feature_index_list(self, max_msrs=1024):
+        """KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs (ARCH_CAPABILITIES,
+        microcode revision...) a VMM may set on a vCPU; empty without the capability."""
+        if not self.check_extension(lib.KVM_CAP_GET_MSR_FEATURES):
+            return []
+        msrs = ffi.new("struct kvm_msr_list *", {"nmsrs": max_msrs, "indices": max_msrs})
+        ioctl(self.fd, "KVM_GET_MSR_FEATURE_INDEX_LIST", msrs)
+        return [msrs.indices[i] for i in range(msrs.nmsrs)]
+
     def create_vm(self):
         return Vm(self, ioctl_value(self.fd, "KVM_CREATE_VM", 0))

@@ -1,12 +1,25 @@
 """Vm: one KVM virtual machine (memory slots, vCPUs, in-kernel devices)."""
 
+import functools
 import mmap
 import os
+from typing import NamedTuple
 
 from .._kvm import ffi, lib
 from ._ioctl import FdObject, ioctl, ioctl_value
 from .eventfd import IoEventFd, IrqFd
-from .vcpu import Vcpu
+from .vcpu import XSAVE_LEGACY_SIZE, Vcpu
+
+PAGE_SIZE = 4096
+DIRTY_LOG = lib.KVM_MEM_LOG_DIRTY_PAGES
+
+
+class MemorySlot(NamedTuple):
+    slot: int
+    guest_addr: int
+    size: int
+    host_addr: int
+    flags: int
 
 
 class Vm(FdObject):
@@ -30,9 +43,58 @@ class Vm(FdObject):
         ioctl(self.fd, "KVM_SET_USER_MEMORY_REGION", region,
               f"slot {slot} at {guest_phys_addr:#x}, {size:#x} bytes")
         if size:
-            self.slots[slot] = (guest_phys_addr, size)
+            self.slots[slot] = MemorySlot(slot, guest_phys_addr, size, host_addr, flags)
         else:
             self.slots.pop(slot, None)
+
+    # --- dirty-page log ---------------------------------------------------------------
+    def log_dirty_pages(self, enable=True):
+        """Turns KVM's dirty-page log on (or off) for every memory slot."""
+        for slot in list(self.slots.values()):
+            flags = slot.flags | DIRTY_LOG if enable else slot.flags & ~DIRTY_LOG
+            if flags != slot.flags:
+                self.set_user_memory_region(slot.slot, slot.guest_addr, slot.size, slot.host_addr, flags)
+
+    def dirty_log(self, slot):
+        """KVM_GET_DIRTY_LOG: the slot's bitmap of pages the guest wrote since
+        the last call (bit n: page n of the slot), as bytes; KVM clears it."""
+        memory_slot = self.slots[slot]
+        bitmap = ffi.new("uint64_t[]", (memory_slot.size // PAGE_SIZE + 63) // 64)
+        log = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap})
+        ioctl(self.fd, "KVM_GET_DIRTY_LOG", log, f"slot {slot}")
+        return bytes(ffi.buffer(bitmap))
+
+    # --- in-kernel devices' state ---------------------------------------------------------
+    def get_irqchip(self, chip):
+        """KVM_GET_IRQCHIP for chip KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC."""
+        irqchip = ffi.new("struct kvm_irqchip *", {"chip_id": chip})
+        ioctl(self.fd, "KVM_GET_IRQCHIP", irqchip, f"chip {chip}")
+        return irqchip
+
+    def set_irqchip(self, irqchip):
+        ioctl(self.fd, "KVM_SET_IRQCHIP", irqchip, f"chip {irqchip.chip_id}")
+
+    def get_pit2(self):
+        pit = ffi.new("struct kvm_pit_state2 *")
+        ioctl(self.fd, "KVM_GET_PIT2", pit)
+        return pit
+
+    def set_pit2(self, pit):
+        ioctl(self.fd, "KVM_SET_PIT2", pit)
+
+    def get_clock(self):
+        """The KVM clock (kvmclock's nanoseconds)."""
+        clock = ffi.new("struct kvm_clock_data *")
+        ioctl(self.fd, "KVM_GET_CLOCK", clock)
+        return clock.clock
+
+    def set_clock(self, nanoseconds):
+        ioctl(self.fd, "KVM_SET_CLOCK", ffi.new("struct kvm_clock_data *", {"clock": nanoseconds}))
+
+    @functools.cached_property
+    def xsave_size(self):
+        """Bytes of a vCPU's XSAVE area: KVM_CAP_XSAVE2's answer on the VM, else 4096."""
+        return max(XSAVE_LEGACY_SIZE, ioctl_value(self.fd, "KVM_CHECK_EXTENSION", lib.KVM_CAP_XSAVE2))
 
     def add_memory(self, memory):
         """Registers every region of a GuestMemory as its own slot. The regions
@@ -44,6 +106,13 @@ class Vm(FdObject):
             finally:
                 ffi.release(pointer)
             self.set_user_memory_region(len(self.slots), region.guest_addr, region.size, host_addr)
+
+    def slot_of(self, guest_addr):
+        """The slot number whose memory starts at `guest_addr`."""
+        for slot in self.slots.values():
+            if slot.guest_addr == guest_addr:
+                return slot.slot
+        raise KeyError(f"no memory slot at {guest_addr:#x}")
 
     def set_tss_addr(self, addr):
         ioctl_value(self.fd, "KVM_SET_TSS_ADDR", addr)

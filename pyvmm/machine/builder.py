@@ -9,8 +9,10 @@ from ..arch.x86_64 import acpi, cpuid, lapic, layout, modes, msr, mptable
 from ..arch.x86_64.power_on import VcpuBoot
 from ..kvm import Kvm
 from ..loader import LoadOptions, load_kernel
+from ..loader.common import BootSpec
 from ..loader.files import InputFileError, read_file, read_kernel  # noqa: F401  (Machine's API)
 from ..memory import GuestMemory
+from .snapshot import boot_of, load_memory
 
 
 class BuiltVm:
@@ -42,20 +44,42 @@ def build(config, image, options=None):
         options.rsdp_addr = write_firmware_tables(built.memory, config.cpus)
         built.facs = acpi.facs_address(layout.ACPI_TABLES)
         built.boot = load_kernel(image, built.memory, options)
-        built.kvm = Kvm()
-        built.vm = built.kvm.create_vm()
-        built.vm.set_tss_addr(layout.KVM_TSS)
-        built.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
-        built.vm.create_irqchip()
-        built.vm.create_pit2(speaker_dummy=True)
-        built.vm.add_memory(built.memory)
-        built.vcpus, built.vcpu_boot = create_vcpus(built.kvm, built.vm, config)
+        create_vm(built, config)
         modes.enter(built.vcpus[0], built.memory, built.boot.mode, built.boot.entry, built.boot.regs,
                     tables=built.boot.tables)
     except BaseException:
         built.close()
         raise
     return built
+
+
+def build_restored(config, snapshot):
+    """A BuiltVm whose memory is a snapshot's (the firmware tables and the
+    kernel come with it); the vCPUs' state is put in afterwards."""
+    built = BuiltVm()
+    try:
+        built.memory = GuestMemory(layout.ram_ranges(config.memory))
+        load_memory(built.memory, snapshot.memory_path)
+        built.facs = acpi.facs_address(layout.ACPI_TABLES)
+        built.boot = BootSpec(*boot_of(snapshot.state))
+        create_vm(built, config)
+    except BaseException:
+        built.close()
+        raise
+    return built
+
+
+def create_vm(built, config):
+    """The KVM VM with its in-kernel interrupt controllers and timer, the
+    memory slots, and the vCPUs."""
+    built.kvm = Kvm()
+    built.vm = built.kvm.create_vm()
+    built.vm.set_tss_addr(layout.KVM_TSS)
+    built.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
+    built.vm.create_irqchip()
+    built.vm.create_pit2(speaker_dummy=True)
+    built.vm.add_memory(built.memory)
+    built.vcpus, built.vcpu_boot = create_vcpus(built.kvm, built.vm, config)
 
 
 def write_firmware_tables(memory, cpus):

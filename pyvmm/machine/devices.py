@@ -13,12 +13,17 @@ from ..arch.x86_64 import layout
 from ..devices import (AcpiPm, Bus, BusError, Cmos, DebugConsole, DebugExit, FwCfg, I8042, PcTestDev,
                        PciConfigAbsent, PostCode, Serial16550)
 from ..devices.context import DeviceContext, InterruptLine
+from ..devices.state import DeviceStateError
 from ..devices.i8042 import KEYBOARD_LINE, MOUSE_LINE
 from ..run.stop import STATUS_CRASH, STATUS_OK
 
 # QEMU fills fw_cfg's command line only for Linux and PVH kernels.
 CMDLINE_IN_FW_CFG = ("bzImage", "pvh")
 I8042_IRQS = {KEYBOARD_LINE: layout.I8042_KEYBOARD_IRQ, MOUSE_LINE: layout.I8042_MOUSE_IRQ}
+# The platform's devices by the names their states have in a snapshot.
+PLATFORM_STATES = (("serial", "serial"), ("debug-exit", "debug_exit"), ("i8042", "i8042"), ("cmos", "cmos"),
+                   ("post", "post"), ("debugcon", "debugcon"), ("acpi-pm", "pm"), ("pci-config", "pci"),
+                   ("fw_cfg", "fw_cfg"), ("pc-testdev", "testdev"))
 
 
 def resampled_line(irqfd, worker, name):
@@ -55,6 +60,8 @@ class DeviceManager:
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
         self.late_failures = []
+        self.user_devices = {}                  # "name@port:0x560" -> device, in the order added
+        self._platform = None                   # set once the platform's devices are in
         self.serial = Serial16550(output=console)
         self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
         self.i8042 = I8042(on_reset=self._reset,
@@ -84,6 +91,7 @@ class DeviceManager:
         ports(layout.PCI_CONFIG, self.pci, "pci-config (no devices)")
         ports(layout.FW_CFG, self.fw_cfg, "fw_cfg")
         self.add_mmio_device(layout.PC_TESTDEV_MMIO, self.testdev.iomem, "pc-testdev iomem")
+        self._platform = {name: getattr(self, attribute) for name, attribute in PLATFORM_STATES}
 
     # --- adding devices ------------------------------------------------------------
     def add_port_device(self, window, device, name=None, irq=None):
@@ -115,6 +123,8 @@ class DeviceManager:
 
     def _attach(self, bus, base, device, name, irq):
         name = name or type(device).__name__
+        if self._platform is not None and all(device is not known for known in self.user_devices.values()):
+            self.user_devices[f"{name}@{'port' if bus is self.port_bus else 'mmio'}:{base:#x}"] = device
         attach = getattr(device, "attach", None)
         if not callable(attach):
             if irq is not None:
@@ -151,6 +161,45 @@ class DeviceManager:
         vCPU thread cannot create a thread (pyvmm.sandbox)."""
         for context in list(self._contexts.values()):
             context.start()
+
+    # --- state ---------------------------------------------------------------------------
+    def stateful(self):
+        """{name: device} of every device a snapshot holds: the platform's, then the user's."""
+        return {**self._platform, **self.user_devices}
+
+    def save_state(self):
+        """Every device's state by name, once their workers ran what was queued.
+        DeviceStateError for a user's device that cannot save its state."""
+        for context in list(self._contexts.values()):
+            context.settle()
+        states = {}
+        for name, device in self.stateful().items():
+            save = getattr(device, "save_state", None)
+            if not callable(save) or not callable(getattr(device, "restore_state", None)):
+                raise DeviceStateError(f"device {name} cannot be saved: it has no save_state() "
+                                       "and restore_state() (see pyvmm/devices/state.py)")
+            states[name] = save()
+        return states
+
+    def restore_state(self, states, changed_only=False):
+        """Puts each saved state back into the device of that name; the names
+        must be exactly this machine's (DeviceStateError otherwise).
+        changed_only: a device whose state is that one already is left alone
+        (saving a state costs a fraction of checking and restoring one)."""
+        devices = self.stateful()
+        if not isinstance(states, dict) or set(states) != set(devices):
+            theirs = set(states) if isinstance(states, dict) else set()
+            raise DeviceStateError("the saved devices do not match this machine's: "
+                                   f"missing {sorted(set(devices) - theirs)}, unknown {sorted(theirs - set(devices))}")
+        for name, device in devices.items():
+            if changed_only and device.save_state() == states[name]:
+                continue
+            try:
+                device.restore_state(states[name])
+            except DeviceStateError:
+                raise
+            except (ValueError, TypeError, KeyError, AttributeError) as error:     # a user's device
+                raise DeviceStateError(f"device {name}: {type(error).__name__}: {error}") from None
 
     # --- what devices reach ----------------------------------------------------------
     def set_irq(self, line, level):

@@ -6,23 +6,34 @@ loops of pyvmm.run) -> buses -> devices. The three parts live beside this
 module; Machine wires them and is the public API the CLI and users share.
 """
 
+import threading
 from time import monotonic_ns
 
 from ..arch.x86_64 import acpi, power_on
 from ..console import InputPump, open_output
 from ..devices import DeviceFailure
+from ..devices.state import DeviceStateError
 from ..run.fast import FastLoop, FastPath
 from ..run.hooks import Hooks
 from ..run.loop import VcpuLoop
 from ..run.stats import ExitStats
-from ..run.stop import STATUS_CRASH, RunResult, StopSignal
+from ..run.stop import STATUS_CRASH, STATUS_OK, RunResult, StopSignal
 from ..run.trace import ExitTracer
 from ..sandbox import Sandbox
 from ..sandbox.roles import in_directory
-from .builder import InputFileError, build, read_kernel
+from . import snapshot as snapshots
+from .builder import InputFileError, build, build_restored, read_kernel
 from .devices import DeviceManager
 from .sleep import SleepControl
 from .vcpus import KICK_SIGNAL, VcpuManager
+
+# Machine.state
+CREATED, RUNNING, PAUSED, SHUTDOWN = "created", "running", "paused", "shutdown"
+
+
+class MachineStateError(Exception):
+    """A request the machine cannot honour in its current state (snapshot a
+    running VM, resume a running one...); the message says why."""
 
 
 class Machine:
@@ -30,9 +41,14 @@ class Machine:
 
     Use as a context manager; close() releases every fd, mapping and thread.
     A machine runs once.
+
+    Lifecycle (pause, snapshot, restore): pause() parks every vCPU at an exit
+    boundary; snapshot(DIR) writes a paused (or not yet started) machine to a
+    directory (pyvmm/machine/snapshot.py); Machine.restore(DIR) builds the
+    machine again, in any process, ready to run() on from where it stopped.
     """
 
-    def __init__(self, config, image=None, options=None):
+    def __init__(self, config, image=None, options=None, snapshot=None):
         config.validate()
         self.config = config
         self.sandbox = Sandbox(config.seccomp, KICK_SIGNAL)   # pyvmm.sandbox: each thread's filter
@@ -43,10 +59,16 @@ class Machine:
         self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = None
         self.output = self.tracer = self.gdb = self._input = None
         self.loops = []
+        self.device_specs = []          # the --device specs of the user's devices (kept in snapshots)
+        self._lifecycle = threading.RLock()
+        self._inline = None             # the InlineRunner of run_until_pause
         try:
-            if image is None:
-                image, options = read_kernel(config)
-            self.built = build(config, image, options)
+            if snapshot is not None:
+                self.built = build_restored(config, snapshot)
+            else:
+                if image is None:
+                    image, options = read_kernel(config)
+                self.built = build(config, image, options)
             try:
                 self.output = open_output(config.serial)
             except OSError as error:
@@ -155,6 +177,11 @@ class Machine:
 
     def exit_stats(self):
         """The exit counters so far: readable during a run and after it."""
+        if self._inline is not None and self.fast is not None:
+            live = ExitStats()
+            live.merge(self.stats)
+            live.merge(self.fast.counts())
+            return live
         if self.vcpu_manager is None or not self.vcpu_manager.running:
             return self.stats
         live = ExitStats()
@@ -169,35 +196,41 @@ class Machine:
         return self.devices.port_bus.name_at(port)
 
     # --- running --------------------------------------------------------------------
-    def run(self, timeout=None, stdin_fd=None, confine_caller=False):
+    def run(self, timeout=None, stdin_fd=None, paused=False, confine_caller=False, caller_removes=()):
         """Runs until the guest stops; returns a RunResult.
 
         `timeout` defaults to config.timeout; `stdin_fd` (e.g. 0) feeds the
         UART's receiver from a host file descriptor, unless the console
-        back-end brings its own input (pty, socket). Every thread the run
+        back-end brings its own input (pty, socket); `paused`: the vCPUs park
+        before their first instruction, until resume(). Every thread the run
         needs starts before the vCPUs and confines itself (pyvmm.sandbox);
         with `confine_caller` the calling thread then confines itself too, as
-        the supervisor, for the rest of its life (the pyvmm command does).
+        the supervisor, for the rest of its life (the pyvmm command does),
+        still able to remove entries of the directories open as the fds
+        `caller_removes` (sockets it removes at its end: the API's).
         """
-        if self.vcpu_manager is not None:
-            raise RuntimeError("a Machine runs once")
-        timeout = self.config.timeout if timeout is None else timeout
-        self.started_ns = monotonic_ns()
-        if self.output.carries_input:
-            self.output.start_input(self.serial.feed, self.sandbox)
-        elif stdin_fd is not None:
-            self._input = InputPump(stdin_fd, self.serial.feed, self.sandbox).start()
-        self.loops = self._make_loops()
-        self.devices.start_workers()        # a confined vCPU thread cannot create one
-        self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush, self.sandbox)
-        self.sleep.bind(self.vcpu_manager)
-        if self.gdb is not None:
-            self.gdb.start(self.loops, self.vcpu_manager.kick)    # vCPUs wait for gdb
-        self.vcpu_manager.start()
+        with self._lifecycle:
+            if self.vcpu_manager is not None or self._inline is not None:
+                raise RuntimeError("a Machine runs once")
+            timeout = self.config.timeout if timeout is None else timeout
+            self.started_ns = monotonic_ns()
+            if self.output.carries_input:
+                self.output.start_input(self.serial.feed, self.sandbox)
+            elif stdin_fd is not None:
+                self._input = InputPump(stdin_fd, self.serial.feed, self.sandbox).start()
+            self.loops = self._make_loops()
+            self.devices.start_workers()        # a confined vCPU thread cannot create one
+            self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush, self.sandbox)
+            self.sleep.bind(self.vcpu_manager)
+            if self.gdb is not None:
+                self.gdb.start(self.loops, self.vcpu_manager.kick)    # vCPUs wait for gdb
+            self.vcpu_manager.start(paused=paused)
         try:
             if confine_caller:
-                directory = getattr(self.output, "directory", None)    # a socket console's
-                self.sandbox.enter("supervisor", extra=() if directory is None else in_directory(directory))
+                directories = (getattr(self.output, "directory", None), *caller_removes)  # sockets' homes
+                self.sandbox.enter("supervisor", extra=tuple(rule for directory in directories
+                                                             if directory is not None
+                                                             for rule in in_directory(directory)))
             self.vcpu_manager.supervise(timeout)
         finally:
             self.vcpu_manager.stop_all()
@@ -225,6 +258,73 @@ class Machine:
         if self.vcpu_manager is None:
             raise RuntimeError("the machine is not running")
         return self.vcpu_manager.pause(timeout)
+
+    def request_pause(self):
+        """Asks every vCPU to park at its next exit boundary and returns at once:
+        a device the guest writes to may call it (on the vCPU's thread)."""
+        if self.vcpu_manager is not None:
+            self.vcpu_manager.request_pause()
+        elif self._inline is not None:
+            self._inline.request_pause()
+
+    def run_until_pause(self, timeout=None):
+        """Runs a one-vCPU machine on the calling thread until a pause is asked
+        for (request_pause(), e.g. by a device the guest writes to), the guest
+        ends the run, or `timeout` s pass; returns a RunResult: reason "paused"
+        (status None) or "timeout" (124) with the machine paused there, ready
+        to run on, checkpoint() or reset(); or how the guest ended the run
+        (reset() to a checkpoint then lets it run on). No vCPU thread, no
+        supervisor: for snapshot fuzzing (pyvmm/machine/inline.py)."""
+        with self._lifecycle:
+            if self.vcpu_manager is not None:
+                raise MachineStateError("the machine runs on its vCPU threads (run())")
+            if len(self.vcpus) != 1:
+                raise MachineStateError(f"run_until_pause runs one vCPU; this machine has {len(self.vcpus)}")
+            if self.stop.requested:
+                raise MachineStateError("the guest ended the run: reset() to a checkpoint first")
+            if self._inline is None:
+                from .inline import InlineRunner
+                if self.started_ns is None:
+                    self.started_ns = monotonic_ns()
+                self.loops = self._make_loops()
+                self._inline = InlineRunner(self, self.loops[0])
+        try:
+            return self._inline.run(timeout)
+        finally:
+            self.output.flush()
+            for loop in self.loops:
+                self.stats.merge(loop.stats)
+                loop.stats = ExitStats()
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def checkpoint(self):
+        """The machine's state kept in memory for reset() (see
+        pyvmm/machine/checkpoint.py); the machine must be paused or not started."""
+        from .checkpoint import Checkpoint
+        with self._lifecycle:
+            self._check_still(self.state, "checkpoint")
+            self._quiesce()
+            try:
+                return Checkpoint(self)
+            except DeviceStateError as error:
+                raise MachineStateError(str(error)) from None
+
+    def reset(self, checkpoint):
+        """Puts the machine back to `checkpoint` (taken from this machine): the
+        pages written since, the devices, the interrupt controllers, the vCPUs.
+        The machine must be paused, or have ended a run_until_pause."""
+        with self._lifecycle:
+            if checkpoint.machine is not self:
+                raise ValueError("a checkpoint resets only the machine it was taken from")
+            state = self.state
+            if state == RUNNING or (state == SHUTDOWN and self._inline is None):
+                raise MachineStateError(f"cannot reset: the VM is {state} (pause it, or use run_until_pause)")
+            self._quiesce()
+            checkpoint.restore()
+
+    def wait_paused(self, timeout=5.0):
+        """True once every vCPU is parked after a pause request."""
+        return self.vcpu_manager is not None and self.vcpu_manager.wait_paused(timeout)
 
     def resume(self):
         if self.vcpu_manager is not None:
@@ -267,6 +367,107 @@ class Machine:
         for index, vcpu in enumerate(self.vcpus):
             power_on.power_on(vcpu, self.built.vcpu_boot[index], bsp=index == 0, entry=vector)
 
+    @property
+    def state(self):
+        """"created" (not run yet), "running", "paused" (every vCPU parked, or
+        a pause asked for) or "shutdown" (the run ended)."""
+        manager = self.vcpu_manager
+        if self._inline is not None:
+            if self._inline.running:
+                return RUNNING
+            return SHUTDOWN if self.stop.requested else PAUSED
+        if manager is None:
+            return CREATED
+        if not manager.running or self.stop.requested:
+            return SHUTDOWN
+        return PAUSED if manager.paused else RUNNING
+
+    def info(self):
+        """What the machine is, as plain data: its configuration, state, vCPUs
+        (parked or not) and devices (name, bus, base, length). Makes no vCPU
+        ioctl, so it never waits for a running vCPU."""
+        parked = self.vcpu_manager.parked_vcpus() if self.vcpu_manager is not None else set()
+        devices = [{"name": entry.name, "bus": bus, "base": entry.base, "length": entry.end - entry.base}
+                   for bus, entries in (("port", self.port_bus.entries()), ("mmio", self.mmio_bus.entries()))
+                   for entry in entries]
+        return {"config": snapshots.config_to_plain(self.config, self.device_specs), "state": self.state,
+                "vcpus": [{"index": vcpu.index, "parked": vcpu.index in parked} for vcpu in self.vcpus],
+                "devices": devices, "memory_actual_size": self.memory.size}
+
+    def shutdown(self):
+        """Ends the run (status 0, reason "shutdown"), paused or not."""
+        self.stop.request(STATUS_OK, "shutdown", "the VMM shut the VM down")
+        if self.vcpu_manager is not None:
+            self.vcpu_manager.resume()          # parked vCPUs wake and see the stop
+
+    # --- snapshots ---------------------------------------------------------------------
+    def snapshot(self, directory):
+        """Writes the machine to `directory` (see pyvmm/machine/snapshot.py): it
+        must be paused, or not started yet. Writes the guest made before the
+        pause reach their devices first; console output already given to this
+        process's output is this process's to write (the restored one prints
+        only what the guest prints from here on). MachineStateError for a
+        running or ended machine, SnapshotError if it cannot be written."""
+        with self._lifecycle:
+            self._check_still(self.state, "snapshot")
+            self._quiesce()
+            if self.stop.requested:
+                raise MachineStateError("a device failed while the VM was paused: it cannot be snapshotted")
+            try:
+                state = snapshots.capture(self)
+            except DeviceStateError as error:
+                raise MachineStateError(str(error)) from None
+            snapshots.write(directory, snapshots.config_to_plain(self.config, self.device_specs), state,
+                            self.memory)
+
+    @classmethod
+    def restore(cls, snapshot, devices=(), make_device=None, **overrides):
+        """A machine rebuilt from a snapshot (a directory, or a Snapshot from
+        read_snapshot), ready to run() on from where it was paused.
+
+        `overrides` set run-time config fields (serial, timeout, exit_path,
+        trace, stats); `devices`: the user's devices, as (bus, base, length,
+        device, name) with bus "port" or "mmio", at the places they had;
+        `make_device(spec)` makes one from each --device spec the snapshot
+        names, in the same form. SnapshotError for a damaged or foreign snapshot."""
+        if not isinstance(snapshot, snapshots.Snapshot):
+            snapshot = snapshots.read(snapshot)
+        config, specs = snapshots.machine_config(snapshot, overrides)
+        if specs and make_device is None:
+            raise snapshots.SnapshotError(f"the snapshot has command-line devices ({', '.join(specs)}): "
+                                          "give make_device")
+        machine = cls(config, snapshot=snapshot)
+        try:
+            machine.device_specs = specs
+            devices = list(devices) + [make_device(spec) for spec in specs]
+            for bus, base, length, device, name in devices:
+                register = machine.add_mmio_device if bus == "mmio" else machine.add_port_device
+                register(base, length, device, name=name)
+            snapshots.MachineState(machine, snapshot.state).apply(machine)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    def _check_still(self, state, action):
+        if state == PAUSED and self._inline is not None:
+            return
+        if state == RUNNING:
+            raise MachineStateError(f"the VM is running: pause it before a {action}")
+        if state == SHUTDOWN:
+            raise MachineStateError(f"the guest ended the run: there is nothing to {action}")
+        if state == PAUSED and not self.vcpu_manager.parked:
+            raise MachineStateError(f"the VM is still pausing: try the {action} again")
+
+    def _quiesce(self):
+        """With the vCPUs parked: every write the guest made reaches its device
+        (doorbells, the deferred-write queue), and console output goes out."""
+        if self.fast is not None:
+            if self.fast.doorbells is not None:
+                self._deliver(self.fast.doorbells.collect)
+            self._deliver(self.fast.flush)
+        self.output.flush()
+
     def kick_vcpu(self, index):
         """Makes vCPU `index` leave KVM_RUN (its loop then runs its kick handlers)."""
         self.vcpu_manager.kick(index)
@@ -301,6 +502,8 @@ class Machine:
             self.vcpu_manager.stop_all()
         if self.sleep is not None:
             self.sleep.close()
+        if self._inline is not None:
+            self._inline.close()
         if self.fast is not None:
             self.fast.close()
             self.fast = None

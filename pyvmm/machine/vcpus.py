@@ -25,7 +25,8 @@ DORMANT_ROUNDS_TO_STOP = 2
 _kick_installed = False
 
 
-def _install_kick_handler():
+def install_kick_signal():
+    """The (process-wide) handler of KICK_SIGNAL, installed once."""
     global _kick_installed
     if not _kick_installed:
         install_kick_handler(KICK_SIGNAL)
@@ -55,8 +56,13 @@ class VcpuManager:
             loop.kick_handlers.append(self._pause_point)
 
     # --- threads --------------------------------------------------------------------
-    def start(self):
-        _install_kick_handler()
+    def start(self, paused=False):
+        """Starts the threads; paused: each parks before entering the guest."""
+        install_kick_signal()
+        if paused:
+            self._paused = True
+            for loop in self.loops:
+                loop.vcpu.set_immediate_exit()
         self._threads = [threading.Thread(target=self._run, args=(loop,), name=f"pyvmm-vcpu{loop.vcpu.index}")
                          for loop in self.loops]
         for thread in self._threads:
@@ -110,10 +116,19 @@ class VcpuManager:
     def pause(self, timeout=5.0):
         """Stops every vCPU at an exit boundary (outside KVM_RUN, every exit
         completed) until resume(). True once all are parked (or ended)."""
+        self.request_pause()
+        return self.wait_paused(timeout)
+
+    def request_pause(self):
+        """Asks every vCPU to park at its next exit boundary, without waiting
+        (so a device may ask, on a vCPU thread)."""
         with self._pause:
             self._paused = True
         for index in range(len(self.loops)):
             self.kick(index)
+
+    def wait_paused(self, timeout=5.0):
+        """True once every vCPU is parked (or ended), False after `timeout`."""
         deadline = monotonic() + timeout
         with self._pause:
             while not self._all_parked():
@@ -135,6 +150,17 @@ class VcpuManager:
     @property
     def paused(self):
         return self._paused
+
+    def parked_vcpus(self):
+        """The indices of the vCPUs parked now."""
+        with self._pause:
+            return set(self._parked)
+
+    @property
+    def parked(self):
+        """Whether every vCPU is parked now (a pause in force, not only asked)."""
+        with self._pause:
+            return self._paused and self._all_parked()
 
     def _pause_point(self, loop):
         """A kick handler: parks the vCPU's thread while the machine is paused or suspended."""

@@ -54,6 +54,11 @@ class Doorbells:
         for bell in bells:
             worker.watch(bell.eventfd.fileno(), lambda bells=bells: self.deferred.collect(bells))
 
+    def collect(self):
+        """Queues (and delivers) every write the eventfds counted so far."""
+        for _entry, _worker, bells in list(self._armed):
+            self.deferred.collect(bells)
+
     def close(self, vm_ending=False):
         """vm_ending: the VM never runs again, so its teardown drops the
         ioeventfds (cheaper than deassigning each one now)."""

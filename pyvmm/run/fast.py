@@ -73,6 +73,7 @@ def stop_flag(stop):
 
         stop.request = request_and_flag
         stop._pyvmm_fast_flag = flag
+        stop.on_clear.append(lambda: flag.__setitem__(0, 0))
     if stop.requested:
         flag[0] = 1
     return flag
@@ -268,6 +269,10 @@ class FastLoop(VcpuLoop):
         fast.attach(state)
         self.state = state
         self.enter = functools.partial(lib.pyvmm_fast_run, state)
+
+    def exit_held(self):
+        """C returned PYVMM_FAST_DRAIN with an exit still to handle: the next call handles it."""
+        return bool(self.state.resume)
 
     def _interrupted(self, ret):
         """Not an exit: the log is full, the budget spent, the stop flag set, or a kick."""

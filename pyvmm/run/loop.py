@@ -24,10 +24,19 @@ from .stop import STATUS_CRASH, STATUS_OK
 
 VALID_IO_SIZES = (1, 2, 4)
 RFLAGS_IF = 1 << 9
+# KVM_RUNs (with immediate_exit) that may finish the exit a stopped loop
+# left: one, unless completing it starts another (a string I/O's next element).
+FINISH_ATTEMPTS = 16
+
+
+class LeaveRun(Exception):
+    """Raised by a kick handler to make run() return at once: a kick handler
+    runs with every exit completed, so nothing is left to finish."""
 
 
 class VcpuLoop:
-    """Runs one vCPU until the VM-wide StopSignal is raised."""
+    """Runs one vCPU until the VM-wide StopSignal is raised (or a kick
+    handler raises LeaveRun)."""
 
     def __init__(self, vcpu, port_bus, mmio_bus, stop, stats, hooks=None):
         self.vcpu = vcpu
@@ -74,10 +83,39 @@ class VcpuLoop:
         """The loop; returns when the VM stops. Device errors propagate.
 
         With hooks (or tracing) the observed loop decodes each exit into an
-        ExitEvent; without, the plain loop below pays nothing for them."""
-        if self.hooks:
-            return self._run_observed()
-        return self._run_plain()
+        ExitEvent; without, the plain loop below pays nothing for them. When
+        it returns, the vCPU's state in KVM is complete (finish_exit)."""
+        left = False
+        try:
+            if self.hooks:
+                return self._run_observed()
+            return self._run_plain()
+        except LeaveRun:
+            left = True
+            return None
+        finally:
+            if not left:
+                self.finish_exit()
+
+    def finish_exit(self):
+        """Completes, in KVM, the instruction of the exit the loop stopped at:
+        KVM's registers are consistent only after the vCPU re-entered KVM_RUN
+        (KVM's API), which immediate_exit makes return without running the
+        guest. An exit the completion starts (the next element of a string
+        I/O) is dropped: the run is over. Call it on the vCPU's own thread."""
+        vcpu = self.vcpu
+        vcpu.set_immediate_exit(True)
+        try:
+            for _ in range(FINISH_ATTEMPTS):
+                if vcpu.enter() != 0:            # -EINTR: nothing more in flight
+                    break
+        finally:
+            vcpu.set_immediate_exit(False)
+
+    def exit_held(self):
+        """Whether an exit KVM returned still waits to be handled (the loop may
+        not leave then, stop or not); the fast path's C loop can hold one."""
+        return False
 
     def _interrupted(self, ret):
         """enter() returned no exit: a kick (answer a probe if one is asked) or a failure."""
@@ -94,10 +132,10 @@ class VcpuLoop:
         vcpu, stop, stats = self.vcpu, self.stop, self.stats
         buf = vcpu.run_buffer
         run_size = vcpu.run_size
-        enter, header = self.enter, vcpu.exits.header
+        enter, header, held = self.enter, vcpu.exits.header, self.exit_held
         port_read, port_write = self.port_bus.read, self.port_bus.write
         reasons, ports = stats.reasons, stats.ports
-        while not stop.requested:
+        while not stop.requested or held():
             ret = enter()
             if ret:
                 self._interrupted(ret)

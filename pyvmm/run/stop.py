@@ -34,6 +34,16 @@ class StopSignal:
         self.result = None
         self._lock = threading.Lock()
         self.event = threading.Event()
+        self.on_clear = []          # callables clear() calls (the fast path's flag)
+
+    def clear(self):
+        """Unsets it, for a machine reset to a checkpoint that runs on."""
+        with self._lock:
+            self.result = None
+            self.requested = False
+            self.event.clear()
+        for callback in self.on_clear:
+            callback()
 
     def request(self, status, reason, message="", vcpu=None):
         with self._lock:

@@ -44,6 +44,15 @@ with a real SVM-backed /dev/kvm under QEMU/TCG and runs commands there with
 this checkout and interpreter; run_linux_script runs a shell script in a
 Linux guest that pyvmm boots inside it. See README, "Where the tests run".
 
+Snapshot fuzzing (pyvmm.testing.snapshot_fuzz), needs /dev/kvm:
+
+    SnapshotFuzzer(vm_config, timeout=1.0) boots a guest to its first park,
+        checkpoints it there, and run(data) -> FuzzOutcome runs one example
+        from that checkpoint: the input written into the guest's buffer, the
+        guest run to its next park (or end, or timeout), the VM reset
+        before the next (Machine.checkpoint/reset). See snapshot_fuzz.py
+        for the guest's side and guests/fuzz/ for the bundled target.
+
 Settings: settings_profile() registers (and returns the name of) the
 "pyvmm-fuzz" hypothesis profile, whose example database is hypothesis's
 usual .hypothesis/examples in the current directory (where the tests run,
@@ -68,26 +77,32 @@ except ImportError as missing:
 from .harness import (Event, InvariantViolation, Outcome, Placement, Report, Rig, Sentinel,
                       assert_same_reports, compare_reports, drive)
 from .replay import ReplayError, encode_program, replay_on_kvm
+from .snapshot_fuzz import FuzzTargetError, Outcome as FuzzOutcome, SnapshotFuzzer
 from .strategies import (MMIO, PIO, READ, WRITE, Access, access_sequences, accesses_for,
                          addresses_around, mmio_accesses, port_accesses)
 
 PROFILE = "pyvmm-fuzz"
 # Multiplies every fuzz_settings max_examples, for long runs (e.g. PYVMM_FUZZ_SCALE=20).
 SCALE_VARIABLE = "PYVMM_FUZZ_SCALE"
+# Where the fuzz profile keeps its examples, instead of the repository's (a shared directory).
+DATABASE_VARIABLE = "PYVMM_FUZZ_DATABASE"
+# Set: the fuzz profile only replays what its database holds (pyvmm fuzz's check).
+REPLAY_VARIABLE = "PYVMM_FUZZ_REPLAY"
 
 
 def example_database_path() -> str:
-    """Where the fuzz profile keeps hypothesis's examples: .hypothesis/examples in
-    the current directory, as hypothesis does by default (a project's tests
-    keep their own failures; pyvmm's package tree is never written to)."""
-    return os.path.join(os.getcwd(), ".hypothesis", "examples")
+    """Where the fuzz profile keeps hypothesis's examples: $PYVMM_FUZZ_DATABASE
+    (a directory several campaigns share), else .hypothesis/examples in the
+    current directory, as hypothesis does by default (a project's tests keep
+    their own failures; pyvmm's package tree is never written to)."""
+    return os.environ.get(DATABASE_VARIABLE) or os.path.join(os.getcwd(), ".hypothesis", "examples")
 
 
 def settings_profile(name: str = PROFILE, **overrides) -> str:
     """Registers the fuzz profile and returns its name (settings.load_profile
     takes it): examples in example_database_path(), no
     deadline (KVM runs vary), @reproduce_failure blobs printed."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     options = dict(
@@ -96,6 +111,8 @@ def settings_profile(name: str = PROFILE, **overrides) -> str:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    if os.environ.get(REPLAY_VARIABLE):
+        options["phases"] = (Phase.explicit, Phase.reuse)
     options.update(overrides)
     settings.register_profile(name, **options)
     return name
@@ -119,7 +136,7 @@ def fuzz_settings(**overrides):
 
 __all__ = [
     "Access", "Event", "InvariantViolation", "MMIO", "Outcome", "PIO", "Placement", "READ",
-    "ReplayError", "Report", "Rig", "Sentinel", "WRITE", "access_sequences", "accesses_for",
+    "FuzzOutcome", "FuzzTargetError", "ReplayError", "Report", "Rig", "Sentinel", "SnapshotFuzzer", "WRITE", "access_sequences", "accesses_for",
     "addresses_around", "assert_same_reports", "compare_reports", "drive", "encode_program",
     "example_database_path", "fuzz_settings", "mmio_accesses", "port_accesses",
     "replay_on_kvm", "settings_profile",

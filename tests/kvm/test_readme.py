@@ -122,3 +122,21 @@ def test_readme_gdb_example_runs_as_written(tmp_path):
     finally:
         vmm.kill()
         vmm.wait()
+
+
+def test_readme_snapshot_fuzzing_example_passes_and_finds_the_planted_bug():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = next(block for block in blocks if "SnapshotFuzzer" in block)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    namespace["test_the_parser_always_answers"]()
+    assert namespace["fuzzer"].examples >= 1000
+    namespace["fuzzer"].close()
+    widened = code.replace("st.integers(0, 15)", "st.integers(0, 20)")
+    assert widened != code
+    namespace = {}
+    exec(compile(widened, str(README), "exec"), namespace)
+    with pytest.raises(AssertionError) as failure:
+        namespace["test_the_parser_always_answers"]()
+    assert "data=b'\\x10\\x00'" in "\n".join(getattr(failure.value, "__notes__", [])) + str(failure.value)
+    namespace["fuzzer"].close()

@@ -21,6 +21,7 @@ ALLOWED = {
     "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb",
                 "sandbox"},
     "gdb": {"config", "kvm", "memory", "run"},
+    "api": {"machine"},                                 # Machine's public API only
     "config": {"arch"},
     "console": set(),
     "guests": set(),
