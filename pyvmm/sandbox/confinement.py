@@ -1,6 +1,7 @@
 """Sandbox: confines a machine's threads one by one and hears what they were refused."""
 
 import atexit
+import codecs
 import os
 import sys
 import termios
@@ -81,13 +82,24 @@ def _survey_file(path):
     return _survey_files[path]
 
 
-def _install_trap():
+# Codecs the interpreter imports on first use (json.loads of bytes picks
+# UTF-16 or UTF-32 from the first bytes; a device may decode text): looked
+# up before any thread is confined, since importing opens files.
+WARM_CODECS = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le",
+               "utf-32-be", "latin-1", "ascii")
+
+
+def _prepare_process():
+    """Once per process, before any thread is confined: the SIGSYS handler,
+    and the codecs a confined thread could not import."""
     global _trap_installed
     with _trap_lock:
         if not _trap_installed:
             error = lib.pyvmm_sandbox_install_trap()
             if error < 0:
                 raise SandboxError(f"seccomp: cannot install the SIGSYS handler: {os.strerror(-error)}")
+            for name in WARM_CODECS:
+                codecs.lookup(name)
             _trap_installed = True
 
 
@@ -135,7 +147,7 @@ class Sandbox:
             self._listen = lib.PYVMM_SANDBOX_CONTINUE
             self._survey = _survey_file(survey)
             _surveyed.add(self)
-        _install_trap()
+        _prepare_process()
         for role in ROLES:              # a role's mistake shows here, not in a thread
             filters.program(role, self._action, *self._params)
         if self._action == "log":

@@ -20,6 +20,7 @@ memory a thread already has.
 """
 
 import fcntl
+import os
 import termios
 
 from .._sandbox import lib
@@ -93,6 +94,7 @@ def ioctl_number(name):
 NO_EXEC = (Arg(2, 0, mask=lib.PROT_EXEC),)          # mmap/mprotect: prot without PROT_EXEC
 KICK = (Arg(0, "pid"), Arg(2, "kick"))                # tgkill(this process, any thread, kick)
 F_GETFL, F_SETFL = fcntl.F_GETFL, fcntl.F_SETFL
+NEW_FILE = (Arg(2, os.O_CREAT | os.O_EXCL, mask=os.O_CREAT | os.O_EXCL),)   # openat: create, never open
 
 # What the Python interpreter and glibc do in any thread: allocate (malloc's
 # per-thread arena: mmap PROT_NONE, munmap, mprotect RW; obmalloc arenas;
@@ -137,6 +139,16 @@ VCPU_IOCTLS = Calls(ioctls={
 DEBUG_IOCTLS = Calls(ioctls={
     "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_FPU",
     "KVM_SET_FPU", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_SET_GUEST_DEBUG", "KVM_TRANSLATE",
+})
+
+# A paused machine's state for a snapshot (pyvmm.kvm's plain state, in
+# Firecracker's order): every vCPU's, and the in-kernel PIC, IOAPIC, PIT
+# and clock.
+SNAPSHOT_IOCTLS = Calls(ioctls={
+    "KVM_CHECK_EXTENSION", "KVM_GET_MSR_INDEX_LIST", "KVM_GET_MSR_FEATURE_INDEX_LIST",
+    "KVM_GET_REGS", "KVM_GET_SREGS", "KVM_GET_FPU", "KVM_GET_XSAVE", "KVM_GET_XSAVE2",
+    "KVM_GET_XCRS", "KVM_GET_MSRS", "KVM_GET_MP_STATE", "KVM_GET_LAPIC", "KVM_GET_VCPU_EVENTS",
+    "KVM_GET_DEBUGREGS", "KVM_GET_CPUID2", "KVM_GET_IRQCHIP", "KVM_GET_PIT2", "KVM_GET_CLOCK",
 })
 
 WAITING = Calls(calls={"poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait"})
@@ -188,8 +200,23 @@ ROLES = {role.name: role for role in (
     # GdbStub._serve: select/poll, the connection, parked vCPUs, kicks.
     Role("gdb", "the gdb stub's thread (pyvmm-gdb): one connection, parked vCPUs",
          INTERPRETER + WAITING + SERVING + DEBUG_IOCTLS + Calls(rules=[("tgkill", KICK)])),
-    Role("api", "an API thread: requests on an already-bound socket",
-         INTERPRETER + WAITING + SERVING),
+    # ApiServer._serve (pyvmm.api): the socket bound before the run, and the
+    # handlers: pause and resume (kicks), the power button (the SCI: device
+    # code), counters, and a snapshot of the paused machine where the client
+    # asks (its vCPUs' and in-kernel devices' state, guest RAM's pages read
+    # through the pagemap fd it holds, then machine/snapshot.py's files: a
+    # directory made, new files only (O_CREAT|O_EXCL), written, linked into
+    # place, the temporary names unlinked). The thread that serves the
+    # operator's socket may thus make new files and remove names anywhere
+    # the VMM may: the price of snapshots wherever asked.
+    Role("api", "the API thread (pyvmm-api): requests on the socket bound before the run",
+         DEVICE_CODE + WAITING + SERVING + SNAPSHOT_IOCTLS + Calls(
+             calls={"mkdir", "newfstatat", "link", "unlink", "ftruncate"},
+             rules=[("tgkill", KICK), ("openat", NEW_FILE)])),
+    # InlineRunner._watch (Machine.run_until_pause): sleeps, then asks for a
+    # pause and kicks the thread running the vCPU.
+    Role("watchdog", "an inline run's watchdog (pyvmm-watchdog): sleeps, then kicks",
+         INTERPRETER + Calls(rules=[("tgkill", KICK)])),
     # VcpuManager.supervise and the end of Machine.run: waits, kicks
     # (pthread_kill), flushes the console output and the deferred writes
     # (device code), drops a socket console's client that left (shutdown),

@@ -15,7 +15,7 @@ from pyvmm._sandbox import lib
 from pyvmm.sandbox import ROLES, Sandbox
 from pyvmm.sandbox.roles import in_directory, ioctl_number
 from pyvmm.sandbox.survey import summarize
-from pyvmm.machine.vcpus import KICK_SIGNAL, _install_kick_handler
+from pyvmm.machine.vcpus import KICK_SIGNAL, install_kick_signal
 
 THREAD_ROLES = [name for name in ROLES if name != "listener"]
 
@@ -147,7 +147,7 @@ def test_a_vcpu_thread_issues_only_its_own_ioctls(confined):
 
 @pytest.mark.parametrize("role", ["vcpu", "gdb", "supervisor"])
 def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
-    _install_kick_handler()
+    install_kick_signal()
     thread = confined(role)
     assert thread(lambda: signal.pthread_kill(thread.thread.ident, KICK_SIGNAL)) is None
     assert refused(thread(lambda: signal.pthread_kill(thread.thread.ident, signal.SIGWINCH)))
@@ -156,7 +156,7 @@ def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
 
 @pytest.mark.parametrize("role", ["device", "sleep", "console", "api"])
 def test_threads_that_kick_nobody_send_no_signal(confined, role):
-    _install_kick_handler()
+    install_kick_signal()
     thread = confined(role)
     assert refused(thread(lambda: signal.pthread_kill(thread.thread.ident, KICK_SIGNAL)))
 
