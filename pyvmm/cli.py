@@ -78,6 +78,12 @@ def add_machine_arguments(parser):
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
                         help="a Python device: PKG.MODULE:CLASS@PORT[-PORT] or "
                              "...@mmio:ADDR[-ADDR], then ,KEY=VALUE options (repeatable)")
+    parser.add_argument("--console", choices=("off", "virtio"), default="off", metavar="off|virtio",
+                        help="virtio: a virtio console (hvc0) on the serial output, taking the input")
+    parser.add_argument("--rng", nargs="?", const="", metavar="src=PATH",
+                        help="a virtio entropy device reading PATH (default /dev/urandom)")
+    parser.add_argument("--disk", action="append", default=[], metavar="path=FILE[,readonly=on][,id=NAME]",
+                        help="a virtio-blk disk on a raw image (repeatable)")
     parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on", metavar="on|log|off",
                         help="confine each thread to the system calls of its role: a call outside "
                              "it ends the run (on, the default), is reported on stderr (log), "
@@ -181,10 +187,24 @@ def config_from_args(args):
         gdb=getattr(args, "gdb", None),
         masked_features=parse_feature_mask(args.cpu_features),
         seccomp=args.seccomp,
+        **virtio_options(args),
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
         raise ConfigError("--load-addr and --entry need --raw-mode")
-    return config.validate()
+    config.validate()
+    if config.has_virtio:     # before the kernel is read: a bad, locked or missing image
+        from .virtio_options import check
+        check(config)
+    return config
+
+
+def virtio_options(args):
+    """VmConfig's console, rng and disks from --console, --rng and --disk."""
+    if args.console == "off" and args.rng is None and not args.disk:
+        return {}
+    from .virtio_options import parse_disk, parse_rng
+    return {"console": args.console, "rng": None if args.rng is None else parse_rng(args.rng),
+            "disks": [parse_disk(text) for text in args.disk]}
 
 
 def _address(text):

@@ -60,14 +60,15 @@ class VmConfig:
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
     and entry; serial: stdio | null | file:PATH | pty | socket=PATH | buffer;
-    timeout: seconds; seccomp: on | log | off, the sandbox of pyvmm's
-    threads (pyvmm.sandbox).
+    timeout: seconds; console, rng, disks: virtio devices
+    (pyvmm.virtio_options), opened by the Machine before anything else;
+    seccomp: on | log | off, the sandbox of pyvmm's threads (pyvmm.sandbox).
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
                  masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None,
-                 seccomp=None):
+                 console="off", rng=None, disks=(), seccomp=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -85,7 +86,14 @@ class VmConfig:
         # fast (the C loop) | python (the reference loop); PYVMM_EXIT_PATH sets the default
         self.exit_path = exit_path or os.environ.get("PYVMM_EXIT_PATH") or "fast"
         self.gdb = gdb                                 # "HOST:PORT": wait for gdb there
+        self.console = console                         # off | virtio (pyvmm.virtio_options)
+        self.rng = rng                                 # RngSpec or None
+        self.disks = list(disks)                       # DiskSpec, in slot order
         self.seccomp = default_seccomp() if seccomp is None else seccomp
+
+    @property
+    def has_virtio(self):
+        return self.console != "off" or self.rng is not None or bool(self.disks)
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

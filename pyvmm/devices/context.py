@@ -125,14 +125,22 @@ class DeviceWorker:
     call() and call_later() may be used from any thread, the worker's
     included; watch()/unwatch() too. `on_error(exception)` hears a callback
     that raised; the worker stops then (what the device left half done is
-    not run again). With a `sandbox` (pyvmm.sandbox) the thread confines
-    itself to `role` first.
+    not run again).
+
+    `catch_up()`, when given, runs before every callback: the machine
+    delivers there the guest's writes still queued for their devices
+    (pyvmm/run/deferred.py), so work done here sees the guest's register
+    writes in the order it made them relative to the guest memory it reads
+    (a virtio console's output stays behind the UART output printed first).
+    With a `sandbox` (pyvmm.sandbox) the thread confines itself to `role` first.
     """
 
     def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None,
-                 sandbox: Any = None, role: str = "device") -> None:
+                 catch_up: Optional[Callable[[], None]] = None, sandbox: Any = None,
+                 role: str = "device") -> None:
         self.name = name
         self.on_error = on_error
+        self.catch_up = catch_up
         self.sandbox, self.role = sandbox, role
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
@@ -243,6 +251,10 @@ class DeviceWorker:
             if self._wake >= 0:
                 os.eventfd_write(self._wake, 1)
 
+    def _catch_up(self) -> None:
+        if self.catch_up is not None:
+            self.catch_up()
+
     def _next_timeout(self) -> Optional[float]:
         with self._lock:
             if self._calls:
@@ -279,11 +291,13 @@ class DeviceWorker:
                     with self._running:
                         fn = self._watches.get(key.fd)
                         if fn is not None and not self._closing:
+                            self._catch_up()
                             fn()
                 for fn, args in self._due():
                     if self._closing:
                         break
                     with self._running:
+                        self._catch_up()
                         fn(*args)
         except BaseException as error:  # a device bug: report it, never a traceback
             with self._lock:
@@ -307,21 +321,27 @@ class DeviceContext:
 
     def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
                  on_failure: Optional[Callable[[str], None]] = None, registers: Any = None,
-                 sandbox: Any = None) -> None:
+                 catch_up: Optional[Callable[[], None]] = None, sandbox: Any = None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
         self.registers = registers
         self._on_failure = on_failure
+        self._catch_up = catch_up               # the worker's (see DeviceWorker)
         self._sandbox = sandbox
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def worker(self) -> DeviceWorker:
+        """The worker; once the context is closed, one that drops every call
+        (a late notification must not start a thread nobody will join)."""
         with self._lock:
+            if self._closed:
+                return _CLOSED_WORKER
             if self._worker is None:
-                self._worker = DeviceWorker(self.name, self._worker_failed, self._sandbox)
+                self._worker = DeviceWorker(self.name, self._worker_failed, self._catch_up, self._sandbox)
             return self._worker
 
     def start(self) -> None:
@@ -351,5 +371,32 @@ class DeviceContext:
         """Stops the worker, if one was started."""
         with self._lock:
             worker, self._worker = self._worker, None
+            self._closed = True
         if worker is not None:
             worker.close()
+
+
+class _ClosedWorker:
+    """The worker of a closed context: calls go nowhere."""
+
+    on_worker = False
+
+    def call(self, fn: Callable, *args: Any) -> None:
+        pass
+
+    def call_later(self, delay: float, fn: Callable, *args: Any) -> Timer:
+        timer = Timer(monotonic() + delay, fn, args)
+        timer.cancel()
+        return timer
+
+    def watch(self, fd: int, fn: Callable[[], None]) -> None:
+        pass
+
+    def unwatch(self, fd: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED_WORKER = _ClosedWorker()

@@ -35,13 +35,14 @@ class BuiltVm:
         self.vm = self.memory = self.kvm = None
 
 
-def build(config, image, options=None):
-    """A BuiltVm for `config` with `image` (the kernel's bytes) loaded."""
+def build(config, image, options=None, virtio=()):
+    """A BuiltVm for `config` with `image` (the kernel's bytes) loaded;
+    `virtio`: the virtio-mmio transports the DSDT declares (uid, base, size, irq)."""
     built = BuiltVm()
     try:
         built.memory = GuestMemory(layout.ram_ranges(config.memory))
         options = options or LoadOptions()
-        options.rsdp_addr = write_firmware_tables(built.memory, config.cpus)
+        options.rsdp_addr = write_firmware_tables(built.memory, config.cpus, virtio)
         built.facs = acpi.facs_address(layout.ACPI_TABLES)
         built.boot = load_kernel(image, built.memory, options)
         create_vm(built, config)
@@ -82,9 +83,10 @@ def create_vm(built, config):
     built.vcpus, built.vcpu_boot = create_vcpus(built.kvm, built.vm, config)
 
 
-def write_firmware_tables(memory, cpus):
+def write_firmware_tables(memory, cpus, virtio=()):
     """ACPI and MP tables into the BIOS area; returns the RSDP's address."""
-    tables, rsdp = acpi.build_acpi_tables(layout.ACPI_TABLES, cpus, irq0_pin=layout.IRQ0_PIN)
+    tables, rsdp = acpi.build_acpi_tables(layout.ACPI_TABLES, cpus, irq0_pin=layout.IRQ0_PIN,
+                                          virtio=virtio)
     memory.write(layout.ACPI_TABLES, tables)
     memory.write(layout.MPTABLE, mptable.build_mptable(layout.MPTABLE, cpus, irq0_pin=layout.IRQ0_PIN))
     return rsdp

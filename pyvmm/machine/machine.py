@@ -6,6 +6,7 @@ loops of pyvmm.run) -> buses -> devices. The three parts live beside this
 module; Machine wires them and is the public API the CLI and users share.
 """
 
+import functools
 import threading
 from time import monotonic_ns
 
@@ -56,7 +57,7 @@ class Machine:
         self.stats = ExitStats()
         self.hooks = Hooks()
         self.started_ns = None
-        self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = None
+        self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = self.virtio = None
         self.output = self.tracer = self.gdb = self._input = None
         self.loops = []
         self.device_specs = []          # the --device specs of the user's devices (kept in snapshots)
@@ -66,9 +67,15 @@ class Machine:
             if snapshot is not None:
                 self.built = build_restored(config, snapshot)
             else:
+                if config.has_virtio:     # their files first: a bad one is a usage error, nothing built
+                    from .virtio import VirtioSlots
+                    self.virtio = VirtioSlots.open(config)
                 if image is None:
                     image, options = read_kernel(config)
-                self.built = build(config, image, options)
+                if self.virtio:
+                    options = self.virtio.boot_options(image, options)    # Linux: the command line grows
+                self.built = build(config, image, options,
+                                   self.virtio.acpi_devices() if self.virtio else ())
             try:
                 self.output = open_output(config.serial)
             except OSError as error:
@@ -78,6 +85,8 @@ class Machine:
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
                                       self._waking_vector, self._power_on_vcpus, sandbox=self.sandbox)
             self.devices.sleep = self.sleep
+            if self.virtio:
+                self.virtio.attach(self, console_output=self.output)
             if config.trace:
                 self._open_trace(config.trace)
             if config.gdb is not None:
@@ -214,10 +223,11 @@ class Machine:
                 raise RuntimeError("a Machine runs once")
             timeout = self.config.timeout if timeout is None else timeout
             self.started_ns = monotonic_ns()
-            if self.output.carries_input:
-                self.output.start_input(self.serial.feed, self.sandbox)
+            feed = (self.virtio.console_input if self.virtio else None) or self.serial.feed
+            if self.output.carries_input:             # --console virtio takes the input
+                self.output.start_input(feed, self.sandbox)
             elif stdin_fd is not None:
-                self._input = InputPump(stdin_fd, self.serial.feed, self.sandbox).start()
+                self._input = InputPump(stdin_fd, feed, self.sandbox).start()
             self.loops = self._make_loops()
             self.devices.start_workers()        # a confined vCPU thread cannot create one
             self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush, self.sandbox)
@@ -238,6 +248,7 @@ class Machine:
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
+                self.devices.catch_up = None
                 self._deliver(lambda: self.fast.close(vm_ending=True))
                 self.stats.merge(self.fast.counts())
                 self.fast = None
@@ -476,6 +487,7 @@ class Machine:
         port_bus, mmio_bus = self.devices.port_bus, self.devices.mmio_bus
         if self.config.exit_path == "fast" and FastLoop.supported(self):   # hooks need the Python loop
             self.fast = FastPath(port_bus, mmio_bus, self.vm, self.devices.worker_for)
+            self.devices.catch_up = functools.partial(self._deliver, self.fast.flush)
             return [FastLoop(vcpu, port_bus, mmio_bus, self.stop, ExitStats(), self.fast)
                     for vcpu in self.vcpus]
         return [VcpuLoop(vcpu, port_bus, mmio_bus, self.stop, ExitStats(), hooks=self.hooks)
@@ -505,10 +517,14 @@ class Machine:
         if self._inline is not None:
             self._inline.close()
         if self.fast is not None:
+            self.devices.catch_up = None
             self.fast.close()
             self.fast = None
         if self.devices is not None:
             self.devices.close()
+        if self.virtio is not None:
+            self.virtio.close()           # once the device workers stopped: files, locks, RAM views
+            self.virtio = None
         if self.gdb is not None:
             self.gdb.close()
             self.gdb = None

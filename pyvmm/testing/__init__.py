@@ -53,6 +53,14 @@ Snapshot fuzzing (pyvmm.testing.snapshot_fuzz), needs /dev/kvm:
         before the next (Machine.checkpoint/reset). See snapshot_fuzz.py
         for the guest's side and guests/fuzz/ for the bundled target.
 
+Virtio (pyvmm.testing.virtio, no KVM; pyvmm.testing.virtio_kvm, with KVM):
+
+    VirtioBench(device) runs a VirtioDevice behind its MMIO transport with
+    guest RAM, a test context and a Driver; hostile_chains(), chain_specs()
+    and driver_actions() are strategies for rings and register sequences;
+    replay_rings_on_kvm() and run_block_program() do the same through a
+    real guest (see those modules).
+
 Settings: settings_profile() registers (and returns the name of) the
 "pyvmm-fuzz" hypothesis profile, whose example database is hypothesis's
 usual .hypothesis/examples in the current directory (where the tests run,

@@ -78,6 +78,53 @@ def pyvmm_command(kernel, cmdline=None, modules=(), cpus=None, memory_mib=128,
     return command + list(extra)
 
 
+# QEMU's microvm machine with its virtio-mmio transports in version 2 (QEMU 7.2
+# shows version 1 without the -global), as /work/shared's notes give it.
+MICROVM_ARGS = [QEMU, "-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on", "-nodefaults",
+                "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-global", "virtio-mmio.force-legacy=false"]
+
+
+def microvm_command(kernel, devices=(), cmdline=None, memory_mib=128, accel="tcg"):
+    """QEMU microvm with `devices`, each one of ("rng",), ("console",),
+    ("disk", path, readonly, id): in order, they fill the slots from the top
+    down, as pyvmm_virtio_command's options do."""
+    command = [*MICROVM_ARGS, "-accel", accel, "-m", str(memory_mib), "-kernel", kernel]
+    if cmdline is not None:
+        command += ["-append", cmdline]
+    for number, device in enumerate(devices):
+        if device[0] == "rng":
+            command += ["-device", "virtio-rng-device"]
+        elif device[0] == "console":
+            command += ["-chardev", "stdio,id=vcon,mux=on,signal=off", "-device", "virtio-serial-device,max_ports=1",
+                        "-device", "virtconsole,chardev=vcon"]
+            command[command.index("-serial") + 1] = "chardev:vcon"
+        elif device[0] == "disk":
+            _, path, readonly, disk_id = device
+            options = ",readonly=on" if readonly else ""
+            command += ["-drive", f"id=d{number},file={path},format=raw,if=none,discard=unmap{options}",
+                        "-device", f"virtio-blk-device,drive=d{number},serial={disk_id}"]
+    return command
+
+
+def pyvmm_virtio_command(kernel, devices=(), cmdline=None, memory_mib=128, exit_path="fast",
+                         timeout=PYVMM_TIMEOUT):
+    """pyvmm with the same devices (see microvm_command); pyvmm places the
+    console, then the entropy device, then the disks, so `devices` must come
+    in that order."""
+    extra = ["--exit-path", exit_path]
+    for device in devices:
+        if device[0] == "rng":
+            extra.append("--rng=")
+        elif device[0] == "console":
+            extra += ["--console", "virtio"]
+        elif device[0] == "disk":
+            _, path, readonly, disk_id = device
+            extra += ["--disk", f"path={path},id={disk_id}" + (",readonly=on" if readonly else "")]
+    return pyvmm_command(kernel, cmdline=cmdline, memory_mib=memory_mib, timeout=timeout, extra=extra)
+
+
 def run(command, stdin=b"", prompt=None, expect_output=None, timeout=DEFAULT_TIMEOUT):
     """Runs `command` and returns a Run.
 

@@ -127,6 +127,12 @@ def decode_data(aml, pos):
     if op == 0x0D:
         end = aml.index(0, pos + 1)
         return aml[pos + 1:end].decode(), end + 1
+    if op == 0x11:                                           # BufferOp: its bytes
+        length, body = decode_pkg_length(aml, pos + 1)
+        end = pos + 1 + length
+        size, data = decode_data(aml, body)
+        assert data + size == end
+        return bytes(aml[data:end]), end
     if op == 0x12:
         length, body = decode_pkg_length(aml, pos + 1)
         end = pos + 1 + length
@@ -352,6 +358,24 @@ def test_dsdt_processor_uids_match_the_madt(cpus):
     assert uids == madt_uids == list(range(cpus))
 
 
+VIRTIO = [(23, 0xFEB02E00, 0x200, 23), (22, 0xFEB02C00, 0x200, 22)]
+
+
+def test_dsdt_declares_virtio_mmio_transports_as_qemu_microvm_does():
+    devices = decode_terms(read_tables(2, virtio=VIRTIO).dsdt[36:])["_SB_"]
+    for uid, base, size, irq in VIRTIO:
+        device = devices[f"VR{uid}"]
+        assert {key: device[key] for key in ("_HID", "_UID", "_CCA")} == {
+            "_HID": "LNRO0005", "_UID": uid, "_CCA": 1}
+        crs = device["_CRS"]
+        # Memory32Fixed (ReadWrite, base, size); Interrupt (Consumer, Level, ActiveHigh,
+        # Exclusive) {irq}; End Tag.
+        assert struct.unpack("<BHBII", crs[:12]) == (0x86, 9, 1, base, size)
+        assert struct.unpack("<BHBBI", crs[12:21]) == (0x89, 6, 0x01, 1, irq)
+        assert crs[21:] == b"\x79\x00"
+    assert "C000" in devices and "C001" in devices
+
+
 def test_aml_encodings_match_the_spec():
     assert acpi.aml_pkg_length(0x3E) == bytes([0x3F])                 # one byte up to 63
     assert acpi.aml_pkg_length(0x3F) == bytes([0x41, 0x04])           # 0x41: 1 extra byte, 0x41 total
@@ -394,9 +418,9 @@ def iasl(tmp_path, *args):
 
 @pytest.mark.skipif(shutil.which("iasl") is None,
                     reason="iasl is not installed (apt-get install acpica-tools)")
-@pytest.mark.parametrize("apic_ids", [None, [0, 1, 300, 301]])
-def test_iasl_disassembles_and_reassembles_every_table(tmp_path, apic_ids):
-    tables = read_tables(4, apic_ids=apic_ids)
+@pytest.mark.parametrize("apic_ids, virtio", [(None, ()), ([0, 1, 300, 301], ()), (None, VIRTIO)])
+def test_iasl_disassembles_and_reassembles_every_table(tmp_path, apic_ids, virtio):
+    tables = read_tables(4, apic_ids=apic_ids, virtio=virtio)
     named = {"xsdt": tables.xsdt, "rsdt": tables.rsdt, "facp": tables.fadt,
              "apic": tables.madt, "facs": tables.facs, "dsdt": tables.dsdt}
     # (iasl cannot read a bare RSDP binary: its header has no length at offset 4.)
@@ -405,6 +429,12 @@ def test_iasl_disassembles_and_reassembles_every_table(tmp_path, apic_ids):
         iasl(tmp_path, "-d", f"{name}.dat")
         iasl(tmp_path, "-p", f"re_{name}", f"{name}.dsl")
         rebuilt = (tmp_path / f"re_{name}.aml").read_bytes()
+        if name == "dsdt" and virtio:
+            source = (tmp_path / "dsdt.dsl").read_text()
+            for uid, base, size, irq in virtio:
+                assert f"Device (VR{uid})" in source
+                assert re.search(rf"Memory32Fixed \(ReadWrite,\s*0x{base:08X},[^\n]*\n\s*0x{size:08X},", source)
+            assert source.count("Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive") == len(virtio)
         if name == "facs":
             assert rebuilt == table
         else:
@@ -417,10 +447,11 @@ def test_iasl_disassembles_and_reassembles_every_table(tmp_path, apic_ids):
 def test_acpica_loads_the_tables_without_firmware_warnings(tmp_path):
     # acpiexec runs ACPICA, the interpreter inside Linux: its FADT parser warns
     # about 32/64-bit mismatches and bad register lengths the way a guest would.
-    tables = read_tables(4)
+    tables = read_tables(4, virtio=VIRTIO)
     for name, table in {"facp": tables.fadt, "dsdt": tables.dsdt, "apic": tables.madt}.items():
         (tmp_path / f"{name}.dat").write_bytes(table)
-    result = subprocess.run(["acpiexec", "-b", "evaluate _S5_; evaluate _SB_.C003._UID",
+    result = subprocess.run(["acpiexec", "-b", "evaluate _S5_; evaluate _SB_.C003._UID; "
+                             "evaluate _SB_.VR23._CRS",
                              "facp.dat", "dsdt.dat", "apic.dat"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     # acpiexec's own GPE self-tests (aetests) complain that the FADT has no GPE block.
@@ -430,3 +461,4 @@ def test_acpica_loads_the_tables_without_firmware_warnings(tmp_path):
     assert not re.search(r"warning|error", output, re.IGNORECASE), output
     assert "Evaluation of \\_S5_ returned" in output and "[Package] Contains 4 Elements" in output
     assert "[Integer] = 0000000000000003" in output
+    assert "Evaluation of \\_SB_.VR23._CRS returned" in output and "86 09 00 01 00 2E B0 FE 00 02 00 00 89 06 00 01" in output

@@ -27,6 +27,7 @@ ALLOWED = {
     "guests": set(),
     "terminal": set(),
     "user_devices": {"config"},
+    "virtio_options": {"arch", "config", "devices"},
     "sandbox": {"_sandbox"},                            # its own cffi module; nothing else of pyvmm
 }
 # Who may import the cffi module itself: the KVM layer, and the C helpers' own wrappers.

@@ -120,6 +120,21 @@ def test_context_memory_is_bounds_checked_guest_ram():
         assert not context.memory.contains((1 << 20) - 1, 2)
 
 
+def test_a_closed_context_starts_no_worker_and_drops_calls():
+    before = threading.active_count()
+    seen = []
+    context = DeviceContext("late", memory=None)
+    context.worker.call(seen.append, 1)
+    _wait(lambda: seen == [1])
+    context.close()
+    _wait(lambda: threading.active_count() == before)
+    context.worker.call(seen.append, 2)          # e.g. a doorbell delivered during teardown
+    context.worker.call_later(0, seen.append, 3)
+    context.worker.watch(0, lambda: seen.append(4))
+    time.sleep(0.05)
+    assert seen == [1] and threading.active_count() == before
+
+
 class FakeIrqFd:
     """What KVM's resampling irqfd looks like to the line: two eventfds."""
 
@@ -182,3 +197,27 @@ def test_cancel_after_the_timer_ran_changes_nothing():
         assert worker.queued_timers() == 0 and not later.cancelled
     finally:
         worker.close()
+
+
+def test_catch_up_runs_before_every_call_timer_and_watch():
+    events = []
+    worker = DeviceWorker("caught-up", catch_up=lambda: events.append("catch-up"))
+    readable, writable = os.pipe()
+    done = threading.Event()
+    try:
+        worker.call(events.append, "call")
+        worker.call_later(0.01, events.append, "timer")
+
+        def on_readable():
+            os.read(readable, 1)
+            events.append("watch")
+            done.set()
+        time.sleep(0.1)
+        worker.watch(readable, on_readable)
+        os.write(writable, b"x")
+        assert done.wait(5)
+    finally:
+        worker.close()
+        os.close(readable)
+        os.close(writable)
+    assert events == ["catch-up", "call", "catch-up", "timer", "catch-up", "watch"]

@@ -224,7 +224,7 @@ def madt(apic_ids, sci_irq, irq0_pin=PC_TIMER_PIN):
 
 
 # --- AML: just enough of the ACPI Machine Language to name objects -----------
-NAME_OP, SCOPE_OP, PACKAGE_OP = 0x08, 0x10, 0x12
+NAME_OP, SCOPE_OP, BUFFER_OP, PACKAGE_OP = 0x08, 0x10, 0x11, 0x12
 EXT_OP_PREFIX, DEVICE_OP = 0x5B, 0x82
 ZERO_OP, ONE_OP = 0x00, 0x01
 BYTE_PREFIX, WORD_PREFIX, DWORD_PREFIX, STRING_PREFIX, QWORD_PREFIX = 0x0A, 0x0B, 0x0C, 0x0D, 0x0E
@@ -295,41 +295,81 @@ def aml_device(name, terms):
     return bytes([EXT_OP_PREFIX, DEVICE_OP]) + aml_pkg_length(len(body)) + body
 
 
+def aml_buffer(data):
+    """Buffer() { data }."""
+    body = aml_integer(len(data)) + data
+    return bytes([BUFFER_OP]) + aml_pkg_length(len(body)) + body
+
+
+# Resource descriptors (ACPI 6.3, 6.4): large items, then the end tag.
+MEMORY32_FIXED, EXTENDED_INTERRUPT, END_TAG = 0x86, 0x89, 0x79
+READ_WRITE = 1
+INTERRUPT_CONSUMER = 1          # flags: consumer; level, active-high, exclusive (bits clear)
+
+
+def resource_template(descriptors):
+    """ResourceTemplate() { descriptors }: a buffer ending in an End Tag (checksum 0)."""
+    return aml_buffer(b"".join(descriptors) + bytes([END_TAG, 0]))
+
+
+def memory32_fixed(base, length, writable=True):
+    return struct.pack("<BHBII", MEMORY32_FIXED, 9, READ_WRITE if writable else 0, base, length)
+
+
+def level_interrupt(irq):
+    """Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive) {irq}."""
+    return struct.pack("<BHBBI", EXTENDED_INTERRUPT, 6, INTERRUPT_CONSUMER, 1, irq)
+
+
+def virtio_mmio_device(uid, base, size, irq):
+    """A virtio-mmio transport as QEMU's microvm declares one: VRnn, LNRO0005."""
+    return aml_device(f"VR{uid:02d}", [
+        aml_name_decl("_HID", aml_string("LNRO0005")),
+        aml_name_decl("_UID", aml_integer(uid)),
+        aml_name_decl("_CCA", aml_integer(1)),        # cache-coherent DMA
+        aml_name_decl("_CRS", resource_template([memory32_fixed(base, size), level_interrupt(irq)])),
+    ])
+
+
 def sleep_package(slp_typ):
     # PM1a and PM1b SLP_TYP (there is no PM1b block), then two reserved values.
     return aml_package([aml_integer(slp_typ), aml_integer(slp_typ),
                         aml_integer(0), aml_integer(0)])
 
 
-def dsdt(cpus, pm):
-    """DSDT revision 2 (64-bit integers): sleep states and one processor device per CPU."""
+def dsdt(cpus, pm, virtio=()):
+    """DSDT revision 2 (64-bit integers): sleep states, one processor device
+    per CPU and one device per virtio-mmio transport, `virtio` being
+    (uid, base, size, irq) tuples."""
     if cpus > 0x1000:
         raise ValueError(f"{cpus} CPUs do not fit the DSDT's Cxxx device names")
     processors = [aml_device(f"C{uid:03X}", [aml_name_decl("_HID", aml_string("ACPI0007")),
                                              aml_name_decl("_UID", aml_integer(uid))])
                   for uid in range(cpus)]
+    transports = [virtio_mmio_device(*entry) for entry in virtio]
     # Top-level names need no root prefix: the DSDT's scope is the root (iasl drops it too).
-    body = (aml_scope("_SB_", processors)
+    body = (aml_scope("_SB_", processors + transports)
             + aml_name_decl("_S3_", sleep_package(pm.slp_typ_s3))
             + aml_name_decl("_S5_", sleep_package(pm.slp_typ_s5)))
     return sdt(b"DSDT", 2, body)
 
 
 def build_acpi_tables(base_addr, cpus, pm=DEFAULT_PM, apic_ids=None, *,
-                      irq0_pin=PC_TIMER_PIN, boot_arch=BOOT_ARCH):
+                      irq0_pin=PC_TIMER_PIN, boot_arch=BOOT_ARCH, virtio=()):
     """(bytes to write at base_addr, guest address of the RSDP).
 
     `pm` gives the PM register ports and sleep values (PmRegisters);
     `apic_ids` each CPU's APIC ID (CPU 0 boots); `irq0_pin` the IOAPIC pin
     of the PIT's IRQ 0, as in build_mptable; `boot_arch` the FADT
-    IAPC_BOOT_ARCH flags. Raises ValueError if the tables would cross 1 MiB
+    IAPC_BOOT_ARCH flags; `virtio` the virtio-mmio transports for the DSDT
+    ((uid, base, size, irq) tuples). Raises ValueError if the tables would cross 1 MiB
     from inside the BIOS area, or leave the 32-bit address space.
     """
     ids = cpu_apic_ids(cpus, apic_ids)
     if base_addr % 16:
         raise ValueError(f"RSDP at {base_addr:#x} is not 16-byte aligned")
     madt_table = madt(ids, pm.sci_irq, irq0_pin)
-    dsdt_table = dsdt(cpus, pm)
+    dsdt_table = dsdt(cpus, pm, virtio)
     system_tables = 2                      # FADT and MADT, in the RSDT and XSDT
 
     # Addresses in order: RSDP, FACS (facs_address), XSDT, RSDT, FADT, MADT, DSDT.

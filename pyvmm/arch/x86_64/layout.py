@@ -104,3 +104,21 @@ ACPI_RESET_PORT = 0xCF9                # the FADT's reset register, inside PCI_C
 PC_TESTDEV_MMIO = Window(0xFF000000, 0x10000)
 IOAPIC_BASE = 0xFEC00000               # KVM's in-kernel IOAPIC (24 pins)
 LAPIC_BASE = 0xFEE00000                # KVM's in-kernel local APICs
+
+# virtio-mmio transports, where QEMU's microvm machine puts them: 24 slots of
+# 0x200 bytes from 0xfeb00000, filled from the top (the first device at
+# 0xfeb02e00). Slot n interrupts on IOAPIC pin n, for the top 8 slots
+# (16-23, the pins no ISA device uses); QEMU's microvm wires slot n to pin
+# 24 + n of a second IOAPIC, which KVM's in-kernel irqchip does not have.
+VIRTIO_MMIO_BASE = 0xFEB00000
+VIRTIO_MMIO_SLOT_SIZE = 0x200           # one Window(base, VIRTIO_MMIO_SLOT_SIZE) per slot
+VIRTIO_MMIO_SLOTS = 24
+VIRTIO_FIRST_IRQ_SLOT = 16
+
+
+def virtio_slot(slot):
+    """(MMIO base, IRQ) of virtio-mmio slot `slot`; IRQ None for slots without one."""
+    if not 0 <= slot < VIRTIO_MMIO_SLOTS:
+        raise ValueError(f"virtio-mmio slot {slot} (0-{VIRTIO_MMIO_SLOTS - 1})")
+    irq = slot if slot >= VIRTIO_FIRST_IRQ_SLOT else None
+    return VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SLOT_SIZE, irq
