@@ -59,6 +59,7 @@ class DeviceManager:
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
+        self._workerless = set()                # id(device) of those with uses_worker = False
         self.late_failures = []
         self.user_devices = {}                  # "name@port:0x560" -> device, in the order added
         self._platform = None                   # set once the platform's devices are in
@@ -138,6 +139,8 @@ class DeviceManager:
         if irq is not None:
             context.irq = self._interrupt_line(irq, context)
         self._contexts[id(device)] = context
+        if getattr(device, "uses_worker", True) is False:
+            self._workerless.add(id(device))
         attach(context)
 
     def _interrupt_line(self, irq, context):
@@ -166,9 +169,11 @@ class DeviceManager:
 
     def start_workers(self):
         """Starts every device's worker now, before the vCPUs run: a confined
-        vCPU thread cannot create a thread (pyvmm.sandbox)."""
-        for context in list(self._contexts.values()):
-            context.start()
+        vCPU thread cannot create a thread (pyvmm.sandbox). A device that says
+        it never uses one (uses_worker = False) gets none."""
+        for key, context in list(self._contexts.items()):
+            if key not in self._workerless:
+                context.start()
 
     # --- state ---------------------------------------------------------------------------
     def stateful(self):

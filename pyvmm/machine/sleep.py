@@ -150,7 +150,7 @@ class SleepControl:
 
     def _worker_thread(self):
         if self._worker is None:
-            self._worker = DeviceWorker("acpi-s3", self._failed, self._sandbox, role="sleep")
+            self._worker = DeviceWorker("acpi-s3", self._failed, sandbox=self._sandbox, role="sleep")
         return self._worker
 
     def _failed(self, error):

@@ -114,12 +114,13 @@ INTERPRETER = Calls(
 # What a device's code may do wherever it runs (vCPU threads, its worker,
 # the console thread's feed, the supervisor's flushes of deferred writes),
 # by contract: I/O on file descriptors it already holds (eventfds, irqfds,
-# pipes, open files, TAP devices), asking its worker to watch an fd
+# pipes, open files, TAP devices; os.preadv and os.pwritev are preadv2 and
+# pwritev2 to the kernel), asking its worker to watch an fd
 # (DeviceWorker.watch: epoll_ctl), and its interrupt line (KVM_IRQ_LINE:
 # InterruptLine, the UART's IRQ).
 DEVICE_CODE = INTERPRETER + Calls(
-    calls={"read", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "lseek",
-           "epoll_ctl"},
+    calls={"read", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
+           "pwritev2", "lseek", "epoll_ctl"},
     ioctls={"KVM_IRQ_LINE"},
 )
 
@@ -185,13 +186,13 @@ ROLES = {role.name: role for role in (
     # The ACPI S3 controller's worker (pyvmm.machine.sleep): waits for a wake
     # event, then puts every parked vCPU back in its power-on state
     # (arch/x86_64/power_on.py: registers, x87/SSE, XCRs, MSRs, MP state,
-    # local APIC, debug registers, no pending event) and wakes the RTC and
-    # PM devices.
+    # local APIC, debug registers (read, then set to their reset values), no
+    # pending event) and wakes the RTC and PM devices.
     Role("sleep", "the ACPI S3 controller's thread (pyvmm-dev-acpi-s3): resets parked vCPUs",
          DEVICE_CODE + WAITING + Calls(ioctls={
              "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_FPU",
              "KVM_SET_FPU", "KVM_SET_XCRS", "KVM_SET_MSRS", "KVM_SET_MP_STATE", "KVM_SET_LAPIC",
-             "KVM_SET_DEBUGREGS", "KVM_SET_VCPU_EVENTS"})),
+             "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_SET_VCPU_EVENTS"})),
     # InputPump._pump (stdin, a pty's controller): select, read, the UART's
     # feed (its IRQ); SocketConsole._serve: accept one client at a time on
     # the socket bound before the run, setblocking (FIONBIO), recv.
@@ -222,13 +223,14 @@ ROLES = {role.name: role for role in (
     # (device code), drops a socket console's client that left (shutdown),
     # waits for a pty's reader (FIONREAD), joins threads; then the command's
     # end: Machine.close (the VM's fds, mappings, eventfds still assigned:
-    # KVM_IOEVENTFD, KVM_IRQFD; an output's file flags restored: fcntl),
+    # KVM_IOEVENTFD, KVM_IRQFD; an output's file flags restored: fcntl; a
+    # written virtio-blk image synced before it is closed: fdatasync),
     # raw_input_mode's restore (TCSETSW), isatty (TCGETS), boot()'s and the
     # interpreter's signal handlers (rt_sigaction).
     Role("supervisor", "the thread that called Machine.run with confine_caller "
          "(the pyvmm command's main thread): waits, kicks, flushes, tears down",
          DEVICE_CODE + WAITING + Calls(
-             calls={"rt_sigaction", "shutdown"},
+             calls={"rt_sigaction", "shutdown", "fdatasync"},
              ioctls={"KVM_IOEVENTFD", "KVM_IRQFD", "KVM_UNREGISTER_COALESCED_MMIO",
                      "TCGETS", "TCSETSW", "FIONREAD"},
              rules=[("tgkill", KICK), ("fcntl", (Arg(1, F_GETFL),)), ("fcntl", (Arg(1, F_SETFL),))])),

@@ -117,6 +117,39 @@ def test_every_thread_of_a_running_vm_is_confined_with_no_new_privs(mode):
     assert "seccomp" not in stderr.decode()
 
 
+def test_the_api_and_virtio_threads_are_confined_too(tmp_path):
+    # The API server's thread; the workers of the virtio entropy, console and
+    # block devices (file I/O on the image; their resampled interrupt lines).
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    api = str(tmp_path / "api.sock")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "run", "--gdb", "127.0.0.1:0", "--api-socket", api, "--rng",
+         "--console", "virtio", "--disk", f"path={disk}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            states = thread_states(process.pid)
+            names = [name.split("/")[0] for name in states]     # comm: 15 characters
+            every = "pyvmm-vcpu0" in names and "pyvmm-api" in names
+            if every and set(states.values()) == {("2", "1")}:
+                break
+            assert time.monotonic() < deadline, f"not every thread is confined: {states}"
+            time.sleep(0.05)
+        # One worker per device: the empty slots (29 of them) start none.
+        assert names.count("pyvmm-dev-virti") == 3
+        from pyvmm.api.client import call
+        from pyvmm.api import document
+        assert call(api, document().by_command["ping"], None, timeout=10)[0] == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "seccomp" not in stderr.decode()
+    assert not os.path.exists(api)          # the confined main thread removed it
+
+
 class WorkerOpens:
     """A device whose write asks its worker to open a file, and waits for it."""
 

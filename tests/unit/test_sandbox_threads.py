@@ -145,7 +145,7 @@ def test_a_vcpu_thread_issues_only_its_own_ioctls(confined):
         os.close(write_end)
 
 
-@pytest.mark.parametrize("role", ["vcpu", "gdb", "supervisor"])
+@pytest.mark.parametrize("role", ["vcpu", "gdb", "supervisor", "api", "watchdog"])
 def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
     install_kick_signal()
     thread = confined(role)
@@ -154,7 +154,7 @@ def test_the_kick_is_the_only_signal_a_thread_may_send(confined, role):
     assert thread.sandbox.poll().endswith("made a forbidden system call tgkill")
 
 
-@pytest.mark.parametrize("role", ["device", "sleep", "console", "api"])
+@pytest.mark.parametrize("role", ["device", "sleep", "console"])
 def test_threads_that_kick_nobody_send_no_signal(confined, role):
     install_kick_signal()
     thread = confined(role)
@@ -235,10 +235,36 @@ DANGEROUS = ("open", "openat", "openat2", "creat", "socket", "connect", "bind", 
              "prctl", "personality", "io_uring_setup")
 
 
+# The API thread writes snapshots where its client asks: new files only
+# (openat with O_CREAT|O_EXCL), their temporary names removed.
+SNAPSHOT_WRITER = {"api": ["openat", "unlink"]}
+
+
 @pytest.mark.parametrize("role", list(ROLES))
 def test_no_role_lists_a_call_that_leaves_the_sandbox(role):
     calls = ROLES[role].calls
-    assert [call for call in DANGEROUS if calls.allows(call)] == []
+    assert [call for call in DANGEROUS if calls.allows(call)] == SNAPSHOT_WRITER.get(role, [])
+
+
+def test_the_api_thread_creates_new_files_but_opens_no_existing_one(confined, tmp_path):
+    existing = tmp_path / "existing"
+    existing.write_bytes(b"keep")
+    thread = confined("api")
+
+    def create(path, flags):
+        return lambda: os.close(os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    assert thread(lambda: os.mkdir(tmp_path / "snapshot", 0o700)) is None
+    new = tmp_path / "snapshot" / ".state.partial"
+    assert thread(create(new, os.O_WRONLY | os.O_EXCL)) is None
+    assert thread(lambda: os.link(new, tmp_path / "snapshot" / "state")) is None
+    assert thread(lambda: os.unlink(new)) is None
+    assert isinstance(thread(create(existing, os.O_WRONLY | os.O_EXCL)), FileExistsError)
+    assert refused(thread(create(existing, os.O_WRONLY | os.O_TRUNC)))        # no O_EXCL
+    assert refused(thread(lambda: os.open(existing, os.O_RDONLY | os.O_CLOEXEC)))
+    assert refused(thread(lambda: os.open(existing, os.O_RDWR | os.O_CLOEXEC)))
+    assert refused(thread(open_a_socket))
+    assert existing.read_bytes() == b"keep"
+    assert sorted(os.listdir(tmp_path / "snapshot")) == ["state"]
 
 
 def test_every_listed_ioctl_has_a_number():
