@@ -83,16 +83,29 @@ def test_host_input_not_yet_read_goes_with_the_snapshot(tmp_path):
     with Machine(config) as machine:
         machine.serial.feed(b"4242\n")
         seen = []
+        asked, ended = threading.Event(), []
+
+        def take():         # started here: a hook runs on a vCPU thread, which starts none (pyvmm.sandbox)
+            if asked.wait(60) and not ended:
+                machine.wait_paused()
+                machine.snapshot(directory)
+                machine.shutdown()
 
         def pause_early(event):
             seen.append(event)
             if machine.serial.bytes_received == 2 and not machine.stop.requested and len(seen) < 10**6:
                 seen.extend([None] * 10**6)     # once: "42" read, "42\n" still to come
                 machine.request_pause()
-                threading.Thread(target=lambda: (machine.wait_paused(), machine.snapshot(directory),
-                                                 machine.shutdown())).start()
+                asked.set()
+        taker = threading.Thread(target=take)
+        taker.start()
         machine.add_hook(pause_early)
-        assert machine.run().reason == "shutdown"
+        try:
+            assert machine.run().reason == "shutdown"
+        finally:
+            ended.append(True)
+            asked.set()
+            taker.join(60)
         assert machine.serial.pending_input() + machine.serial.rx_level > 0
     finished = pyvmm("run", "--restore", directory, "--serial", "null")
     assert finished.returncode == (4242 << 1 | 1) & 0xFF, finished.stderr
