@@ -421,6 +421,11 @@ def _run(machine, config, api=None, paused=False, confine_caller=False):
     if machine.console_dropped:
         print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
               f"{machine.console_drop_reason}", file=sys.stderr)
+    if result.reason != "seccomp" and machine.sandbox.refusal is not None:
+        # Refused while the VM was closed (on the confined main thread): what
+        # that call was for (a disk's sync...) did not happen.
+        _error(f"{machine.sandbox.refusal}, after the run ended")
+        return STATUS_CRASH
     if result.reason == "seccomp":
         _error(result.message)
     elif result.reason == "device-failure":

@@ -150,6 +150,17 @@ def test_the_api_and_virtio_threads_are_confined_too(tmp_path):
     assert not os.path.exists(api)          # the confined main thread removed it
 
 
+@pytest.mark.parametrize("mode", ["on", "log"])
+def test_a_written_disk_is_synced_by_the_confined_main_thread_as_the_vm_closes(tmp_path, mode):
+    # virtio-blk.bin writes sectors 10-11 and ends with debug-exit 0.
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(64 * 512))
+    result = pyvmm("run", guests.path("virtio-blk.bin"), "--disk", f"path={image}", "--seccomp", mode,
+                   "--serial", "null", timeout=120)
+    assert (result.returncode, result.stderr) == (1, b"")
+    assert image.read_bytes()[10 * 512:12 * 512] == bytes((0xA5 ^ i) & 0xFF for i in range(1024))
+
+
 class WorkerOpens:
     """A device whose write asks its worker to open a file, and waits for it."""
 
