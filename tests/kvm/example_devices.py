@@ -67,3 +67,18 @@ class EveryThread(Scratch):
 
     def attach(self, context):
         self.context = context
+
+
+class Attached:
+    """A device that keeps its DeviceContext and ignores its registers."""
+
+    context = None
+
+    def attach(self, context):
+        self.context = context
+
+    def read(self, offset, size):
+        return bytes(size)
+
+    def write(self, offset, data):
+        pass
