@@ -30,6 +30,6 @@ class BuildPyWithGuests(build_py):
 
 
 setup(
-    cffi_modules=["csrc/build.py:ffibuilder"],
+    cffi_modules=["csrc/build.py:ffibuilder", "csrc/build.py:sandbox_ffibuilder"],
     cmdclass={"build_py": BuildPyWithGuests},
 )

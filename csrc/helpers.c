@@ -30,6 +30,10 @@ int pyvmm_install_kick_handler(int signo)
 
     memset(&action, 0, sizeof(action));
     action.sa_handler = pyvmm_kick;
+    /* KVM_RUN returns EINTR whatever the flags; SA_RESTART lets any other
+     * call the kick interrupts start again (one held by seccomp's log
+     * listener, a device's blocking read) instead of failing with EINTR. */
+    action.sa_flags = SA_RESTART;
     sigemptyset(&action.sa_mask);
     return sigaction(signo, &action, NULL) < 0 ? -errno : 0;
 }

@@ -6,8 +6,8 @@
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
 
-/* Installs a do-nothing handler (no SA_RESTART) for signo, so that a signal
- * sent to a vCPU thread makes its KVM_RUN return -EINTR. */
+/* Installs a do-nothing handler for signo, so that a signal sent to a vCPU
+ * thread makes its KVM_RUN return -EINTR (other calls are restarted). */
 int pyvmm_install_kick_handler(int signo);
 
 /* Where KVM_CAP_SYNC_REGS leaves struct kvm_regs, kvm_sregs and

@@ -22,6 +22,7 @@ from .machine import InputFileError, Machine, SnapshotError, read_kernel, read_s
 from .run import trace
 from .run.stats import format_post_codes
 from .run.stop import STATUS_CRASH
+from .sandbox import SandboxError
 from .terminal import raw_input_mode
 from .user_devices import parse_device_spec
 
@@ -83,6 +84,10 @@ def add_machine_arguments(parser):
                         help="a virtio entropy device reading PATH (default /dev/urandom)")
     parser.add_argument("--disk", action="append", default=[], metavar="path=FILE[,readonly=on][,id=NAME]",
                         help="a virtio-blk disk on a raw image (repeatable)")
+    parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on", metavar="on|log|off",
+                        help="confine each thread to the system calls of its role: a call outside "
+                             "it ends the run (on, the default), is reported on stderr (log), "
+                             "or nothing is confined (off)")
 
 
 def build_parser():
@@ -181,6 +186,7 @@ def config_from_args(args):
         exit_path=args.exit_path,
         gdb=getattr(args, "gdb", None),
         masked_features=parse_feature_mask(args.cpu_features),
+        seccomp=args.seccomp,
         **virtio_options(args),
     )
     if (config.load_addr is not None or config.entry is not None) and not config.raw_mode:
@@ -249,7 +255,8 @@ def command_linux(args):
     config = config_from_args(args)
     config.kernel, config.initrd = assets.kernel, assets.initramfs
     config.cmdline = f"{LINUX_CMDLINE} {config.cmdline}".strip()
-    return boot(config, [(text, parse_device_spec(text)) for text in args.device])
+    return boot(config, [(text, parse_device_spec(text)) for text in args.device],
+                confine_caller=args.confine_caller)
 
 
 def command_run(args):
@@ -265,7 +272,7 @@ def command_run(args):
     config = config_from_args(args)
     devices = [(text, parse_device_spec(text)) for text in args.device]
     with _api_server(args) as api:
-        return boot(config, devices, api=api, paused=args.paused)
+        return boot(config, devices, api=api, paused=args.paused, confine_caller=args.confine_caller)
 
 
 @contextlib.contextmanager
@@ -329,7 +336,7 @@ def boot_restored(args, snapshot, api=None):
             machine = Machine.restore(snapshot, make_device=make_device, **overrides)
         except BusError as error:
             raise ConfigError(f"a device of the snapshot: {error}") from None
-        return _run(machine, machine.config, api, args.paused)
+        return _run(machine, machine.config, api, args.paused, args.confine_caller)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
@@ -354,18 +361,18 @@ def _terminate(signo, _frame):
     raise Terminated(signo)
 
 
-def boot(config, devices=(), api=None, paused=False):
+def boot(config, devices=(), api=None, paused=False, confine_caller=False):
     """Runs one VM to its end; the exit status. SIGTERM and SIGHUP unwind it
-    (their handlers are restored afterwards)."""
+    (their handlers are restored afterwards). `confine_caller`: see main()."""
     previous = {signo: signal.signal(signo, _terminate) for signo in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _boot(config, devices, api, paused)
+        return _boot(config, devices, api, paused, confine_caller)
     finally:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
 
 
-def _boot(config, devices, api=None, paused=False):
+def _boot(config, devices, api=None, paused=False, confine_caller=False):
     image, options = read_kernel(config)
     user_devices = [(text, spec, spec.create()) for text, spec in devices]
     machine = Machine(config, image, options)
@@ -380,11 +387,12 @@ def _boot(config, devices, api=None, paused=False):
     except BaseException:
         machine.close()
         raise
-    return _run(machine, config, api, paused)
+    return _run(machine, config, api, paused, confine_caller)
 
 
-def _run(machine, config, api=None, paused=False):
-    """Runs a machine the command line made (serving its API if asked); its exit status."""
+def _run(machine, config, api=None, paused=False, confine_caller=False):
+    """Runs a machine the command line made (serving its API if asked); its
+    exit status. `confine_caller`: see main()."""
     with machine:
         if machine.console_where is not None:
             print(f"pyvmm: serial console on {machine.console_where}", file=sys.stderr, flush=True)
@@ -395,7 +403,9 @@ def _run(machine, config, api=None, paused=False):
         # Input comes from stdin whatever the output is, unless the console brings its own.
         from_stdin = not machine.console_carries_input and _readable(0)
         with raw_input_mode(0) if from_stdin else contextlib.nullcontext():
-            result = machine.run(stdin_fd=0 if from_stdin else None, paused=paused)
+            result = machine.run(stdin_fd=0 if from_stdin else None, paused=paused,
+                                 confine_caller=confine_caller,
+                                 caller_removes=() if api is None else (api.directory,))
         if api is not None:
             api.close()                     # before the machine goes: no request may reach a closed one
         if config.stats == "json":
@@ -411,7 +421,14 @@ def _run(machine, config, api=None, paused=False):
     if machine.console_dropped:
         print(f"pyvmm: warning: {machine.console_dropped} bytes of console output were dropped: "
               f"{machine.console_drop_reason}", file=sys.stderr)
-    if result.reason == "device-failure":
+    if result.reason != "seccomp" and machine.sandbox.refusal is not None:
+        # Refused while the VM was closed (on the confined main thread): what
+        # that call was for (a disk's sync...) did not happen.
+        _error(f"{machine.sandbox.refusal}, after the run ended")
+        return STATUS_CRASH
+    if result.reason == "seccomp":
+        _error(result.message)
+    elif result.reason == "device-failure":
         print(f"pyvmm: device failure: {result.message}", file=sys.stderr)
     elif result.status == STATUS_CRASH:
         print(f"pyvmm: guest crashed: {result.message}", file=sys.stderr)
@@ -432,13 +449,17 @@ COMMANDS = {"guests": command_guests, "linux": command_linux, "stats": command_s
             "remote": command_remote, "fuzz": command_fuzz}
 
 
-def main(argv=None):
+def main(argv=None, confine_caller=False):
     """The exit status of one command. A reader that closes its end of
     standard output (`pyvmm stats FILE | head -1`) ends the command quietly,
-    with the status a shell shows for a tool that SIGPIPE ended."""
+    with the status a shell shows for a tool that SIGPIPE ended. With
+    `confine_caller` the calling thread confines itself as the supervisor
+    once a VM's threads have started, for the rest of its life
+    (pyvmm.sandbox): what the pyvmm program does (command()); a Python
+    program calling main() keeps its thread."""
     try:
         try:
-            return _main(argv)
+            return _main(argv, confine_caller)
         finally:
             sys.stdout.flush()          # inside: a late broken pipe is caught here too
     except BrokenPipeError:
@@ -448,15 +469,16 @@ def main(argv=None):
         return EXIT_BROKEN_PIPE
 
 
-def _main(argv):
+def _main(argv, confine_caller):
     try:
         args = build_parser().parse_args(argv)
+        args.confine_caller = confine_caller
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, CpuFeatureError, LoaderError, GuestMemoryError,
             InputFileError, SnapshotError) as error:
         _error(error)
         return EXIT_USAGE
-    except (KvmError, HostProblem) as error:
+    except (KvmError, HostProblem, SandboxError) as error:
         _error(error)
         return EXIT_HOST
     except KeyboardInterrupt:
@@ -474,5 +496,11 @@ def _error(message):
     print(f"pyvmm: error: {message}", file=sys.stderr)
 
 
+def command():
+    """The pyvmm program (and `python -m pyvmm`): its process ends with the
+    run, so its main thread is confined too."""
+    return main(confine_caller=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

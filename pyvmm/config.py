@@ -9,6 +9,12 @@ DEFAULT_MEMORY = 128 << 20
 MAX_CPUS = 254             # the IOAPIC needs the last 8-bit APIC ID (MP table, MADT)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SECCOMP_MODES = ("on", "log", "off")
+
+
+def default_seccomp():
+    """VmConfig.seccomp's default: on, unless PYVMM_SECCOMP says otherwise."""
+    return os.environ.get("PYVMM_SECCOMP", "on")
 
 
 class ConfigError(ValueError):
@@ -55,13 +61,14 @@ class VmConfig:
     raw_mode: real | protected | long to load a flat binary, with load_addr
     and entry; serial: stdio | null | file:PATH | pty | socket=PATH | buffer;
     timeout: seconds; console, rng, disks: virtio devices
-    (pyvmm.virtio_options), opened by the Machine before anything else.
+    (pyvmm.virtio_options), opened by the Machine before anything else;
+    seccomp: on | log | off, the sandbox of pyvmm's threads (pyvmm.sandbox).
     """
 
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
                  masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None,
-                 console="off", rng=None, disks=()):
+                 console="off", rng=None, disks=(), seccomp=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -82,6 +89,7 @@ class VmConfig:
         self.console = console                         # off | virtio (pyvmm.virtio_options)
         self.rng = rng                                 # RngSpec or None
         self.disks = list(disks)                       # DiskSpec, in slot order
+        self.seccomp = default_seccomp() if seccomp is None else seccomp
 
     @property
     def has_virtio(self):
@@ -119,4 +127,6 @@ class VmConfig:
                 self.cmdline.encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:
                 raise ConfigError(f"the command line {self.cmdline!r} cannot be encoded") from None
+        if self.seccomp not in SECCOMP_MODES:
+            raise ConfigError(f"unknown seccomp mode {self.seccomp!r} (use on, log or off)")
         return self

@@ -192,8 +192,8 @@ class PtyConsole(ConsoleOutput):
         self._terminal = terminal
         self._input = None
 
-    def start_input(self, feed):
-        self._input = InputPump(self.fd, feed).start()
+    def start_input(self, feed, sandbox=None):
+        self._input = InputPump(self.fd, feed, sandbox).start()
 
     def stop_input(self):
         if self._input is not None:
@@ -253,26 +253,39 @@ class SocketConsole(ConsoleOutput):
         super().__init__(None, limit=limit)
         self.where = path
         self._shutdown = socket.SHUT_RDWR
+        # The socket is removed at the end through its directory, opened now:
+        # the sandbox lets the thread that closes the console remove and stat
+        # entries there and nowhere else (pyvmm.sandbox.roles.in_directory).
+        self.directory = os.open(os.path.dirname(os.path.abspath(path)),
+                                 os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._name = os.path.basename(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._listener.bind(path)                   # EADDRINUSE if PATH exists
-            self._identity = _identity(os.stat(path))
+            self._identity = _identity(os.stat(self._name, dir_fd=self.directory, follow_symlinks=False))
             self._listener.listen(1)
         except OSError:
             self._listener.close()
+            os.close(self.directory)
             raise
         self._client = None
         self._feed = None
+        self._sandbox = None
         self._thread = None
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
 
-    def start_input(self, feed):
-        self._feed = feed
+    def start_input(self, feed, sandbox=None):
+        self._feed, self._sandbox = feed, sandbox
         self._thread = threading.Thread(target=self._serve, name="pyvmm-console", daemon=True)
         self._thread.start()
 
     def _serve(self):
         """Accepts a client when none is attached, else feeds what it sends."""
+        if self._sandbox is not None:
+            try:
+                self._sandbox.enter("console")
+            except Exception:       # the sandbox reports it and ends the run
+                return
         while True:
             client = self._client
             try:
@@ -334,10 +347,11 @@ class SocketConsole(ConsoleOutput):
         self._listener.close()
         self._listener = None
         try:                                # remove it only if it is still ours
-            if _identity(os.stat(self.where)) == self._identity:
-                os.unlink(self.where)
+            if _identity(os.stat(self._name, dir_fd=self.directory, follow_symlinks=False)) == self._identity:
+                os.unlink(self._name, dir_fd=self.directory)
         except OSError:
             pass
+        os.close(self.directory)
         os.close(self._wake_read)
         os.close(self._wake_write)
 
@@ -376,12 +390,14 @@ class InputPump:
     """A thread copying bytes from an fd (stdin) into a device's feed().
 
     It waits on the fd and on a wake-up pipe, so stop() ends it promptly
-    even when no input ever arrives.
+    even when no input ever arrives. With a `sandbox` the thread confines
+    itself to the console role first.
     """
 
-    def __init__(self, fd, feed):
+    def __init__(self, fd, feed, sandbox=None):
         self.fd = fd
         self.feed = feed
+        self.sandbox = sandbox
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._pump, name="pyvmm-input", daemon=True)
 
@@ -390,6 +406,11 @@ class InputPump:
         return self
 
     def _pump(self):
+        if self.sandbox is not None:
+            try:
+                self.sandbox.enter("console")
+            except Exception:       # the sandbox reports it and ends the run
+                return
         while True:
             try:
                 ready, _, _ = select.select([self.fd, self._wake_read], [], [])

@@ -45,6 +45,11 @@ class MemoryRegion:
         anchor = ctypes.c_char.from_buffer(self._map)
         self.host_addr = ctypes.addressof(anchor)
         del anchor                      # releases the buffer export (close() needs none)
+        # Opened now: a snapshot taken later, on a sandboxed thread, may open nothing.
+        try:
+            self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._pagemap = None
 
     @property
     def mapping(self):
@@ -76,10 +81,8 @@ class MemoryRegion:
     def touched_pages(self):
         """Page numbers that were ever written or read (the others are zero and
         cost nothing to skip), from /proc/self/pagemap; every page if it is unreadable."""
-        pages = self.size // PAGE_SIZE
-        try:
-            fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        pages, fd = self.size // PAGE_SIZE, self._pagemap
+        if fd is None:
             return range(pages)
         try:
             found = []
@@ -93,8 +96,6 @@ class MemoryRegion:
             return found
         except OSError:
             return range(pages)
-        finally:
-            os.close(fd)
 
     def nonzero_runs(self):
         """[(offset, length)] of the runs of pages holding anything but zeros."""
@@ -113,6 +114,9 @@ class MemoryRegion:
     def close(self):
         if self._map is None:
             return
+        if self._pagemap is not None:
+            os.close(self._pagemap)
+            self._pagemap = None
         self.view.release()
         try:
             self._map.close()

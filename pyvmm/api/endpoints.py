@@ -19,8 +19,12 @@ def _version():
         return "unknown"
 
 
+# Read once, here: the API thread is sandboxed and opens no files (pyvmm.sandbox).
+VERSION = _version()
+
+
 def ping(machine, body):
-    return 200, {"version": _version(), "pid": os.getpid()}
+    return 200, {"version": VERSION, "pid": os.getpid()}
 
 
 def info(machine, body):

@@ -114,8 +114,18 @@ class ApiServer:
     close() stops it and removes the socket."""
 
     def __init__(self, path, machine=None):
+        document()                  # read now: the sandboxed thread opens no files (pyvmm.sandbox)
         self._listener, self.path = listen(path)
-        self._inode = os.stat(self.path).st_ino
+        # Removed at the end through its directory, opened now: a confined
+        # caller may remove entries there and nowhere else (pyvmm.sandbox).
+        try:
+            self.directory = os.open(os.path.dirname(self.path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            self._listener.close()
+            os.unlink(self.path)
+            raise ApiSocketError(f"--api-socket {self.path}: {error.strerror}") from None
+        self._name = os.path.basename(self.path)
+        self._inode = os.stat(self._name, dir_fd=self.directory, follow_symlinks=False).st_ino
         self.machine = machine
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -136,6 +146,12 @@ class ApiServer:
 
     # --- the loop ---------------------------------------------------------------------
     def _serve(self):
+        sandbox = getattr(self.machine, "sandbox", None)
+        if sandbox is not None:
+            try:
+                sandbox.enter("api")
+            except Exception:       # the sandbox reports it and ends the run
+                return
         while not self._closing:
             timeout = None
             if self._connections:
@@ -275,10 +291,11 @@ class ApiServer:
         os.close(self._wake_read)
         os.close(self._wake_write)
         try:
-            if os.stat(self.path).st_ino == self._inode:
-                os.unlink(self.path)
+            if os.stat(self._name, dir_fd=self.directory, follow_symlinks=False).st_ino == self._inode:
+                os.unlink(self._name, dir_fd=self.directory)
         except OSError:
             pass
+        os.close(self.directory)
 
     def __enter__(self):
         return self

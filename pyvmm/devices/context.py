@@ -25,7 +25,8 @@ context.memory  guest RAM by guest-physical address: read(addr, n),
                 read_u16/u32/u64, write_u16/u32/u64, contains(addr, n). Every
                 access is checked against guest RAM and raises
                 GuestMemoryError outside it; nothing else is reachable.
-context.worker  the device's own thread (started on first use): call(fn,
+context.worker  the device's own thread (started when the run starts, or
+                on first use before): call(fn,
                 *args) runs fn there soon, call_later(seconds, fn, *args)
                 later (cancel() on the handle; cancelled timers are
                 dropped, not kept until their time), watch(fd, fn) calls fn()
@@ -131,13 +132,16 @@ class DeviceWorker:
     (pyvmm/run/deferred.py), so work done here sees the guest's register
     writes in the order it made them relative to the guest memory it reads
     (a virtio console's output stays behind the UART output printed first).
+    With a `sandbox` (pyvmm.sandbox) the thread confines itself to `role` first.
     """
 
     def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None,
-                 catch_up: Optional[Callable[[], None]] = None) -> None:
+                 catch_up: Optional[Callable[[], None]] = None, sandbox: Any = None,
+                 role: str = "device") -> None:
         self.name = name
         self.on_error = on_error
         self.catch_up = catch_up
+        self.sandbox, self.role = sandbox, role
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
@@ -274,6 +278,8 @@ class DeviceWorker:
 
     def _loop(self) -> None:
         try:
+            if self.sandbox is not None:
+                self.sandbox.enter(self.role)
             while not self._closing:
                 for key, _events in self._selector.select(self._next_timeout()):
                     if key.fd == self._wake:
@@ -309,18 +315,20 @@ class DeviceContext:
     """A device's view of the machine (see the module docstring).
 
     `on_failure(message)` ends the run; the machine passes its own. The
-    worker is created on first use, named after the device.
+    worker is created by start() or on first use, named after the device,
+    and confined with `sandbox` if given.
     """
 
     def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
                  on_failure: Optional[Callable[[str], None]] = None, registers: Any = None,
-                 catch_up: Optional[Callable[[], None]] = None) -> None:
+                 catch_up: Optional[Callable[[], None]] = None, sandbox: Any = None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
         self.registers = registers
         self._on_failure = on_failure
         self._catch_up = catch_up               # the worker's (see DeviceWorker)
+        self._sandbox = sandbox
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
         self._closed = False
@@ -333,8 +341,13 @@ class DeviceContext:
             if self._closed:
                 return _CLOSED_WORKER
             if self._worker is None:
-                self._worker = DeviceWorker(self.name, self._worker_failed, self._catch_up)
+                self._worker = DeviceWorker(self.name, self._worker_failed, self._catch_up, self._sandbox)
             return self._worker
+
+    def start(self) -> None:
+        """Starts the worker now. The machine does so before the guest runs:
+        a confined vCPU thread cannot create a thread (pyvmm.sandbox)."""
+        self.worker
 
     def fail(self, message: str) -> None:
         """Ends the run as a failure of this device (status 125)."""

@@ -502,6 +502,9 @@ class GdbStub:
     def _serve(self):
         connection = None
         try:
+            sandbox = getattr(self.machine, "sandbox", None)
+            if sandbox is not None:
+                sandbox.enter("gdb")
             connection = self._accept()
             if connection is not None:
                 _Session(self, connection).run()

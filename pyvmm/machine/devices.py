@@ -50,15 +50,16 @@ class DeviceManager:
     end the run through it); `console` receives what the UART and the debug
     console print. `sleep`, the machine's SleepControl (pyvmm.machine.sleep),
     hears ACPI S3 requests and RTC alarms; without one an S3 request ends
-    the run.
+    the run. `sandbox` confines the devices' workers (pyvmm.sandbox).
     """
 
-    def __init__(self, config, memory, vm, stop, console, boot_format=None):
-        self.memory, self.vm, self.stop = memory, vm, stop
+    def __init__(self, config, memory, vm, stop, console, boot_format=None, sandbox=None):
+        self.memory, self.vm, self.stop, self.sandbox = memory, vm, stop, sandbox
         self.sleep = None
         self.port_bus = Bus.port_io()
         self.mmio_bus = Bus.mmio()
         self._contexts = {}                     # id(device) -> DeviceContext
+        self._workerless = set()                # id(device) of those with uses_worker = False
         self.late_failures = []
         self.user_devices = {}                  # "name@port:0x560" -> device, in the order added
         self._platform = None                   # set once the platform's devices are in
@@ -134,10 +135,12 @@ class DeviceManager:
                 raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
             return
         context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers,
-                                catch_up=self._catch_up)
+                                catch_up=self._catch_up, sandbox=self.sandbox)
         if irq is not None:
             context.irq = self._interrupt_line(irq, context)
         self._contexts[id(device)] = context
+        if getattr(device, "uses_worker", True) is False:
+            self._workerless.add(id(device))
         attach(context)
 
     def _interrupt_line(self, irq, context):
@@ -160,9 +163,17 @@ class DeviceManager:
         context = self._contexts.get(id(device))
         if context is None:
             context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed,
-                                    catch_up=self._catch_up)
+                                    catch_up=self._catch_up, sandbox=self.sandbox)
             self._contexts[id(device)] = context
         return context.worker
+
+    def start_workers(self):
+        """Starts every device's worker now, before the vCPUs run: a confined
+        vCPU thread cannot create a thread (pyvmm.sandbox). A device that says
+        it never uses one (uses_worker = False) gets none."""
+        for key, context in list(self._contexts.items()):
+            if key not in self._workerless:
+                context.start()
 
     # --- state ---------------------------------------------------------------------------
     def stateful(self):

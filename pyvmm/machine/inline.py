@@ -95,6 +95,12 @@ class InlineRunner:
             self._watchdog.start()
 
     def _watch(self):
+        sandbox = getattr(self.machine, "sandbox", None)
+        if sandbox is not None:
+            try:
+                sandbox.enter("watchdog")
+            except Exception:       # the sandbox reports it and ends the run
+                return
         while not self._closing:
             sleep(WATCHDOG_POLL)
             with self._lock:

@@ -18,13 +18,15 @@ from ..run.fast import FastLoop, FastPath
 from ..run.hooks import Hooks
 from ..run.loop import VcpuLoop
 from ..run.stats import ExitStats
-from ..run.stop import STATUS_OK, StopSignal
+from ..run.stop import STATUS_CRASH, STATUS_OK, RunResult, StopSignal
 from ..run.trace import ExitTracer
+from ..sandbox import Sandbox
+from ..sandbox.roles import in_directory
 from . import snapshot as snapshots
 from .builder import InputFileError, build, build_restored, read_kernel
 from .devices import DeviceManager
 from .sleep import SleepControl
-from .vcpus import VcpuManager
+from .vcpus import KICK_SIGNAL, VcpuManager
 
 # Machine.state
 CREATED, RUNNING, PAUSED, SHUTDOWN = "created", "running", "paused", "shutdown"
@@ -50,6 +52,7 @@ class Machine:
     def __init__(self, config, image=None, options=None, snapshot=None):
         config.validate()
         self.config = config
+        self.sandbox = Sandbox(config.seccomp, KICK_SIGNAL)   # pyvmm.sandbox: each thread's filter
         self.stop = StopSignal()
         self.stats = ExitStats()
         self.hooks = Hooks()
@@ -78,9 +81,9 @@ class Machine:
             except OSError as error:
                 raise InputFileError(f"{_serial_trouble(config.serial)}: {error.strerror or error}") from None
             self.devices = DeviceManager(config, self.memory, self.vm, self.stop, self.output.write,
-                                         self.boot.format)
+                                         self.boot.format, self.sandbox)
             self.sleep = SleepControl(self.devices.pm, self.devices.cmos, self.stop,
-                                      self._waking_vector, self._power_on_vcpus)
+                                      self._waking_vector, self._power_on_vcpus, sandbox=self.sandbox)
             self.devices.sleep = self.sleep
             if self.virtio:
                 self.virtio.attach(self, console_output=self.output)
@@ -202,13 +205,18 @@ class Machine:
         return self.devices.port_bus.name_at(port)
 
     # --- running --------------------------------------------------------------------
-    def run(self, timeout=None, stdin_fd=None, paused=False):
+    def run(self, timeout=None, stdin_fd=None, paused=False, confine_caller=False, caller_removes=()):
         """Runs until the guest stops; returns a RunResult.
 
         `timeout` defaults to config.timeout; `stdin_fd` (e.g. 0) feeds the
         UART's receiver from a host file descriptor, unless the console
         back-end brings its own input (pty, socket); `paused`: the vCPUs park
-        before their first instruction, until resume().
+        before their first instruction, until resume(). Every thread the run
+        needs starts before the vCPUs and confines itself (pyvmm.sandbox);
+        with `confine_caller` the calling thread then confines itself too, as
+        the supervisor, for the rest of its life (the pyvmm command does),
+        still able to remove entries of the directories open as the fds
+        `caller_removes` (sockets it removes at its end: the API's).
         """
         with self._lifecycle:
             if self.vcpu_manager is not None or self._inline is not None:
@@ -217,16 +225,22 @@ class Machine:
             self.started_ns = monotonic_ns()
             feed = (self.virtio.console_input if self.virtio else None) or self.serial.feed
             if self.output.carries_input:             # --console virtio takes the input
-                self.output.start_input(feed)
+                self.output.start_input(feed, self.sandbox)
             elif stdin_fd is not None:
-                self._input = InputPump(stdin_fd, feed).start()
+                self._input = InputPump(stdin_fd, feed, self.sandbox).start()
             self.loops = self._make_loops()
-            self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush)
+            self.devices.start_workers()        # a confined vCPU thread cannot create one
+            self.vcpu_manager = VcpuManager(self.loops, self.stop, self._flush, self.sandbox)
             self.sleep.bind(self.vcpu_manager)
             if self.gdb is not None:
                 self.gdb.start(self.loops, self.vcpu_manager.kick)    # vCPUs wait for gdb
             self.vcpu_manager.start(paused=paused)
         try:
+            if confine_caller:
+                directories = (getattr(self.output, "directory", None), *caller_removes)  # sockets' homes
+                self.sandbox.enter("supervisor", extra=tuple(rule for directory in directories
+                                                             if directory is not None
+                                                             for rule in in_directory(directory)))
             self.vcpu_manager.supervise(timeout)
         finally:
             self.vcpu_manager.stop_all()
@@ -246,6 +260,8 @@ class Machine:
             if self.output.carries_input:
                 self.output.stop_input()
             self.output.finish()
+            if self.sandbox.poll():           # a refused call is why the run ended
+                self.stop.result = RunResult(STATUS_CRASH, "seccomp", self.sandbox.refusal)
         return self.stop.result
 
     def pause(self, timeout=5.0):
@@ -478,10 +494,13 @@ class Machine:
                 for vcpu in self.vcpus]
 
     def _flush(self):
-        """The supervisor's periodic flush: deferred writes, then console output."""
+        """The supervisor's periodic flush: deferred writes, then console
+        output; and a call the sandbox refused ends the run."""
         if self.fast is not None:
             self._deliver(self.fast.flush)
         self.output.flush()
+        if self.sandbox.poll():
+            self.stop.request(STATUS_CRASH, "seccomp", self.sandbox.refusal)
 
     def _deliver(self, action):
         try:
@@ -518,6 +537,7 @@ class Machine:
             self.tracer.close()
         if self.built is not None:
             self.built.close()
+        self.sandbox.close()
 
     def __enter__(self):
         return self

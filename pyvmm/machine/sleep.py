@@ -49,10 +49,12 @@ class SleepControl:
     StopSignal; `waking_vector()` reads the FACS's WakingVector (or None);
     `reset_vcpus(vector)` puts every vCPU in its power-on state, vCPU 0 at
     `vector`; `warn(text)` prints a warning. bind(vcpu_manager) at the start
-    of each run gives it the vCPUs to suspend and wake.
+    of each run gives it the vCPUs to suspend and wake, and starts its
+    thread, confined with `sandbox` (pyvmm.sandbox): the vCPU or device
+    thread that asks for a wake-up later could not create it.
     """
 
-    def __init__(self, pm, cmos, stop, waking_vector, reset_vcpus, warn=None):
+    def __init__(self, pm, cmos, stop, waking_vector, reset_vcpus, warn=None, sandbox=None):
         self.pm, self.cmos, self.stop = pm, cmos, stop
         self._waking_vector = waking_vector
         self._reset_vcpus = reset_vcpus
@@ -61,12 +63,14 @@ class SleepControl:
         self._state = AWAKE
         self._vcpus = None
         self._worker = None
+        self._sandbox = sandbox
         self._timer = None             # the PM timer's wake, while suspended
         self.external_wake = False
         self.suspends = self.wakes = 0
 
     def bind(self, vcpu_manager):
         self._vcpus = vcpu_manager
+        self._worker_thread()
 
     @property
     def state(self):
@@ -146,7 +150,7 @@ class SleepControl:
 
     def _worker_thread(self):
         if self._worker is None:
-            self._worker = DeviceWorker("acpi-s3", self._failed)
+            self._worker = DeviceWorker("acpi-s3", self._failed, sandbox=self._sandbox, role="sleep")
         return self._worker
 
     def _failed(self, error):

@@ -38,13 +38,15 @@ class VcpuManager:
 
     `flush()` is called every FLUSH_INTERVAL while the vCPUs run (console
     output, deferred writes). A loop that raises (a pyvmm or device bug)
-    ends the run as an internal error.
+    ends the run as an internal error. With a `sandbox` each thread confines
+    itself to the vcpu role first (pyvmm.sandbox).
     """
 
-    def __init__(self, loops, stop, flush=lambda: None):
+    def __init__(self, loops, stop, flush=lambda: None, sandbox=None):
         self.loops = list(loops)
         self.stop = stop
         self.flush = flush
+        self.sandbox = sandbox
         self._threads = []
         self._pause = threading.Condition()
         self._paused = False
@@ -73,6 +75,8 @@ class VcpuManager:
 
     def _run(self, loop):
         try:
+            if self.sandbox is not None:
+                self.sandbox.enter("vcpu")
             loop.run()
         except DeviceFailure as failure:
             self.stop.request(STATUS_CRASH, "device-failure", str(failure), vcpu=loop.vcpu.index)

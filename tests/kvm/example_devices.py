@@ -1,6 +1,9 @@
 """Test devices shared by the KVM tests (pytest puts tests/kvm on sys.path),
 and the user device of the `--device` tests (which put it on PYTHONPATH)."""
 
+import os
+import socket
+
 
 class Scratch:
     """A register file of `registers` bytes that reads back what was written,
@@ -30,6 +33,40 @@ class Recorder:
 
     def write(self, offset, data):
         self.log.append(("write", offset, bytes(data)))
+
+
+class Forbidden:
+    """A --device whose first write makes a call no vCPU thread may make:
+    `call` is execve, socket or create (a new file at `path`)."""
+
+    def __init__(self, call="create", path=""):
+        self.call, self.path = call, path
+        self.done = False
+
+    def read(self, offset, size):
+        return bytes(size)
+
+    def write(self, offset, data):
+        if self.done:
+            return
+        self.done = True
+        if self.call == "execve":
+            os.execv("/bin/true", ["true"])
+        elif self.call == "socket":
+            socket.socket().close()
+        else:
+            with open(self.path, "w") as created:
+                created.write("made from a vCPU thread\n")
+
+
+class EveryThread(Scratch):
+    """A --device that gives a run every kind of thread: a worker (attach),
+    which also watches its doorbell (writes of 1 at its offset 0)."""
+
+    doorbells = ((0, 1, 1),)
+
+    def attach(self, context):
+        self.context = context
 
 
 class Attached:

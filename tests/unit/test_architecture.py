@@ -18,7 +18,8 @@ ALLOWED = {
     "arch": {"devices", "memory"},
     "loader": {"arch", "memory", "guests"},             # guests: the default kernel
     "run": {"kvm", "devices", "_kvm"},
-    "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb"},
+    "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb",
+                "sandbox"},
     "gdb": {"config", "kvm", "memory", "run"},
     "api": {"machine"},                                 # Machine's public API only
     "config": {"arch"},
@@ -27,6 +28,7 @@ ALLOWED = {
     "terminal": set(),
     "user_devices": {"config"},
     "virtio_options": {"arch", "config", "devices"},
+    "sandbox": {"_sandbox"},                            # its own cffi module; nothing else of pyvmm
 }
 # Who may import the cffi module itself: the KVM layer, and the C helpers' own wrappers.
 CFFI_USERS = {"kvm", "run/fast.py", "run/deferred.py"}
@@ -72,3 +74,8 @@ def test_only_the_kvm_layer_and_the_c_wrappers_touch_the_cffi_module():
         if "_kvm" in pyvmm_imports(relative, tree):
             users.add(part if part == "kvm" else str(relative))
     assert users == CFFI_USERS
+
+
+def test_only_the_sandbox_touches_its_cffi_module():
+    users = {part for relative, part, tree in modules() if "_sandbox" in pyvmm_imports(relative, tree)}
+    assert users == {"sandbox"}

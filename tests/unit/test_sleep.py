@@ -239,8 +239,9 @@ def test_concurrent_wake_events_wake_once(platform):
     assert platform.resets == [VECTOR] and platform.vcpus.calls == ["suspend", "wake"]
 
 
-def test_close_stops_the_thread(platform):
+def test_close_stops_the_thread():
     before = threading.active_count()
+    platform = Platform()                  # bind() starts the controller's thread
     platform.sleep.external_wake = True
     platform.enter_s3()
     platform.sleep.wake()

@@ -418,6 +418,7 @@ class EmptySlot:
     identification registers are cached reads (no exit on the fast path)."""
 
     cached_reads = tuple((offset, 4) for offset in IDENTIFICATION)
+    uses_worker = False          # no thread is started for it (pyvmm.sandbox starts workers early)
 
     def __init__(self, vendor_id: int = VENDOR_ID) -> None:
         self._values = {spec.MMIO_MAGIC_VALUE: spec.MMIO_MAGIC,
