@@ -74,8 +74,6 @@ typedef int... __s64;
 #define KVM_GET_XSAVE ...
 #define KVM_GET_XSAVE2 ...
 #define KVM_SET_XSAVE ...
-#define KVM_GET_DEBUGREGS ...
-#define KVM_SET_DEBUGREGS ...
 #define KVM_GET_TSC_KHZ ...
 #define KVM_SET_GUEST_DEBUG ...
 #define KVM_TRANSLATE ...
@@ -169,9 +167,6 @@ typedef int... __s64;
 #define KVM_IRQCHIP_PIC_SLAVE ...
 #define KVM_IRQCHIP_IOAPIC ...
 #define KVM_IOAPIC_NUM_PINS ...
-#define KVM_VCPUEVENT_VALID_NMI_PENDING ...
-#define KVM_VCPUEVENT_VALID_SIPI_VECTOR ...
-#define KVM_VCPUEVENT_VALID_SHADOW ...
 #define KVM_VCPUEVENT_VALID_SMM ...
 #define KVM_PIT_SPEAKER_DUMMY ...
 #define KVM_IOEVENTFD_FLAG_PIO ...
@@ -297,41 +292,6 @@ struct kvm_xcrs {
     __u32 nr_xcrs;
     __u32 flags;
     struct kvm_xcr xcrs[16];
-    ...;
-};
-
-struct kvm_vcpu_events {
-    /* The nested structs are anonymous, which cffi cannot leave partial:
-       they are spelled out whole, as in <linux/kvm.h> (x86). */
-    struct {
-        __u8 injected;
-        __u8 nr;
-        __u8 has_error_code;
-        __u8 pending;
-        __u32 error_code;
-    } exception;
-    struct {
-        __u8 injected;
-        __u8 nr;
-        __u8 soft;
-        __u8 shadow;
-    } interrupt;
-    struct {
-        __u8 injected;
-        __u8 pending;
-        __u8 masked;
-        __u8 pad;
-    } nmi;
-    __u32 sipi_vector;
-    __u32 flags;
-    ...;
-};
-
-struct kvm_debugregs {
-    __u64 db[4];
-    __u64 dr6;
-    __u64 dr7;
-    __u64 flags;
     ...;
 };
 

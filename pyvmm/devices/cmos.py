@@ -414,25 +414,29 @@ class Cmos:
     # ------------------------------------------------------------ state
 
     def save_state(self) -> dict:
-        """The 128 bytes, the index, and the guest clock as an offset from the
-        host's: a restored RTC keeps following real time, as a battery-backed
-        one does while the machine is off."""
+        """The 128 bytes, the index, register C's flags, and the guest clock as
+        an offset from the host's: a restored RTC keeps following real time, as
+        a battery-backed one does while the machine is off."""
         with self._lock:
             return {"ram": bytes(self._ram).hex(), "index": self._index, "nmi_disabled": self.nmi_disabled,
-                    "clock_offset": self._offset, "last_update_second": self._last_update_second}
+                    "flags": self._flags, "clock_offset": self._offset,
+                    "updated_second": self._updated_second}
 
     def restore_state(self, state: dict) -> None:
         reader = StateReader(state, "cmos")
         ram = reader.data("ram", CMOS_SIZE, length=CMOS_SIZE)
         index = reader.integer("index", 0, INDEX_MASK)
         nmi_disabled = reader.boolean("nmi_disabled")
+        flags = reader.integer("flags", 0, REG_C_IRQF | REG_C_UF | REG_C_AF)
         offset = reader.number("clock_offset", -MAX_CLOCK_OFFSET, MAX_CLOCK_OFFSET)
-        last_update = reader.integer("last_update_second", -MAX_CLOCK_OFFSET, 2 * MAX_CLOCK_OFFSET)
+        updated = reader.integer("updated_second", -MAX_CLOCK_OFFSET, 2 * MAX_CLOCK_OFFSET)
         reader.finish()
         with self._lock:
             self._ram[:] = ram
             self._index, self.nmi_disabled = index, nmi_disabled
-            self._offset, self._last_update_second = offset, last_update
+            self._flags, self._offset, self._updated_second = flags, offset, updated
+            self._set_line(bool(flags & REG_C_IRQF))
+            self._schedule()
 
     # ------------------------------------------------------------ host side
 

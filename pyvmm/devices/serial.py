@@ -351,8 +351,8 @@ class Serial16550:
             for name, value in counters.items():
                 setattr(self, name, value)
             self._refill_rx()
-            self._update_irq()          # the line moves only if its level changes
-            self._publish()
+            self._update_irq()
+            self._settle()              # the line moves only if its level changes
 
     def register_snapshot(self) -> dict[str, int]:
         """Register values without read side effects (for stats and tests)."""

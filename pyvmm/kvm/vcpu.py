@@ -156,9 +156,6 @@ class Vcpu(FdObject):
         state = self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
         return state if raw else MP_STATE_NAMES.get(state, f"unknown_{state}")
 
-    def set_mp_state(self, state):
-        """KVM_SET_MP_STATE from KVM's number."""
-        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
 
     def get_xcrs(self):
         """{xcr: value} (KVM_GET_XCRS)."""
@@ -166,41 +163,14 @@ class Vcpu(FdObject):
         return {xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(min(xcrs.nr_xcrs, 16))}
 
     def set_mp_state(self, state):
-        """KVM_SET_MP_STATE with a name get_mp_state() returns ("runnable", "uninitialized", ...)."""
-        value = {name: number for number, name in MP_STATE_NAMES.items()}.get(state)
-        if value is None:
-            raise ValueError(f"unknown MP state {state!r}")
-        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": value}))
-
-    def get_events(self):
-        """What KVM_GET_VCPU_EVENTS reports pending or injected, as a dict."""
-        events = self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
-        return {"exception_injected": events.exception.injected, "exception_pending": events.exception.pending,
-                "exception": events.exception.nr, "interrupt_injected": events.interrupt.injected,
-                "interrupt": events.interrupt.nr, "shadow": events.interrupt.shadow,
-                "nmi_injected": events.nmi.injected, "nmi_pending": events.nmi.pending,
-                "nmi_masked": events.nmi.masked, "sipi_vector": events.sipi_vector}
-
-    def clear_events(self):
-        """KVM_SET_VCPU_EVENTS with no exception, interrupt or NMI pending or
-        injected, NMIs unmasked, no interrupt shadow and SIPI vector 0."""
-        events = ffi.new("struct kvm_vcpu_events *")
-        events.flags = (lib.KVM_VCPUEVENT_VALID_NMI_PENDING | lib.KVM_VCPUEVENT_VALID_SHADOW
-                        | lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR)
-        ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
-
-    def get_debugregs(self):
-        """(DR0-DR3, DR6, DR7) from KVM_GET_DEBUGREGS."""
-        regs = self._get("KVM_GET_DEBUGREGS", "struct kvm_debugregs *")
-        return list(regs.db), regs.dr6, regs.dr7
-
-    def set_debugregs(self, addresses, dr6, dr7):
-        """KVM_SET_DEBUGREGS: DR0-DR3 from `addresses`, then DR6 and DR7."""
-        regs = ffi.new("struct kvm_debugregs *")
-        for index, address in enumerate(addresses):
-            regs.db[index] = address
-        regs.dr6, regs.dr7 = dr6, dr7
-        ioctl(self.fd, "KVM_SET_DEBUGREGS", regs)
+        """KVM_SET_MP_STATE, from KVM's number or a name get_mp_state() returns
+        ("runnable", "uninitialized", ...)."""
+        if isinstance(state, str):
+            value = {name: number for number, name in MP_STATE_NAMES.items()}.get(state)
+            if value is None:
+                raise ValueError(f"unknown MP state {state!r}")
+            state = value
+        ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
 
     def set_xcrs(self, values):
         xcrs = ffi.new("struct kvm_xcrs *")
@@ -236,7 +206,16 @@ class Vcpu(FdObject):
         self._run.kvm_dirty_regs &= ~lib.KVM_SYNC_X86_EVENTS
         ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
 
+    def clear_vcpu_events(self):
+        """No exception, interrupt or NMI pending or injected, NMIs unmasked, no
+        interrupt shadow and SIPI vector 0 (as after a reset)."""
+        events = ffi.new("struct kvm_vcpu_events *")
+        events.flags = (lib.KVM_VCPUEVENT_VALID_NMI_PENDING | lib.KVM_VCPUEVENT_VALID_SHADOW
+                        | lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR)
+        self.set_vcpu_events(events)
+
     def get_debugregs(self):
+        """struct kvm_debugregs: db[0..3] (DR0-DR3), dr6, dr7 (KVM_GET_DEBUGREGS)."""
         return self._get("KVM_GET_DEBUGREGS", "struct kvm_debugregs *")
 
     def set_debugregs(self, debugregs):

@@ -155,14 +155,16 @@ def test_power_on_resets_what_a_guest_changed():
             regs = vcpu.get_regs()
             regs.rax, regs.rsp, regs.rflags = 0x1234, 0x5678, 0x202
             vcpu.set_regs(regs)
-            vcpu.set_debugregs([0x1000, 0, 0, 0], 0xFFFF0FF0, 0x401)
+            debugregs = vcpu.get_debugregs()
+            debugregs.db[0], debugregs.dr6, debugregs.dr7 = 0x1000, 0xFFFF0FF0, 0x401
+            vcpu.set_debugregs(debugregs)
             vcpu.set_msrs({msr.IA32_PAT: 0x0606060606060606})
             lapic = bytearray(vcpu.get_lapic())
             struct.pack_into("<I", lapic, LAPIC_TIMER_INITIAL, 1_000_000)
             struct.pack_into("<I", lapic, LAPIC_TPR, 0x20)
             vcpu.set_lapic(lapic)
             block_nmis(vcpu)
-            assert vcpu.get_events()["nmi_masked"] == 1
+            assert vcpu.get_vcpu_events().nmi.masked == 1
         machine.vcpus[1].set_mp_state("halted")
         vector = acpi.WakingVector("real", 0x9A5C3)
         for index, vcpu in enumerate(machine.vcpus):
@@ -173,9 +175,11 @@ def test_power_on_resets_what_a_guest_changed():
             assert (regs.rax, regs.rsp, regs.rflags) == (0, 0, 0x2)
             assert (sregs.cr3, sregs.cr4, sregs.efer) == (0, 0, 0)
             assert (sregs.gdt.base, sregs.gdt.limit, sregs.idt.limit) == (0, 0xFFFF, 0xFFFF)
-            assert vcpu.get_debugregs() == ([0, 0, 0, 0], 0xFFFF0FF0, 0x400)
+            debugregs = vcpu.get_debugregs()
+            assert (list(debugregs.db), debugregs.dr6, debugregs.dr7) == ([0, 0, 0, 0], 0xFFFF0FF0, 0x400)
             assert vcpu.get_msrs([msr.IA32_PAT]) == {msr.IA32_PAT: msr.PAT_RESET}
-            assert (vcpu.get_events()["nmi_pending"], vcpu.get_events()["nmi_masked"]) == (0, 0)
+            events = vcpu.get_vcpu_events()
+            assert (events.nmi.pending, events.nmi.masked) == (0, 0)
             lapic = vcpu.get_lapic()
             assert bytes(lapic) == machine.built.vcpu_boot[index].lapic
             assert struct.unpack_from("<I", lapic, LAPIC_TIMER_INITIAL)[0] == 0

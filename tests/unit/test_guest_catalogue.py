@@ -55,7 +55,7 @@ def test_every_guest_loads_in_the_mode_its_row_gives(guest):
 
 def test_the_flat_guests_without_a_header_get_their_mode():
     assert {guest.name: guest.raw_mode for guest in CATALOGUE if guest.raw_mode} == \
-        {"real": "real", "long": "long"}
+        {"real": "real", "long": "long", "triple_real": "real"}
 
 
 def test_pyvmm_guests_lists_one_line_each():

@@ -76,8 +76,11 @@ def power_on(vcpu, boot, bsp, entry=None):
     vcpu.set_msrs(boot.msrs)
     vcpu.set_mp_state("runnable" if bsp else "uninitialized")
     vcpu.set_lapic(boot.lapic)
-    vcpu.clear_events()
-    vcpu.set_debugregs([0, 0, 0, 0], DR6_RESET, DR7_RESET)
+    vcpu.clear_vcpu_events()
+    debugregs = vcpu.get_debugregs()
+    debugregs.db = [0, 0, 0, 0]
+    debugregs.dr6, debugregs.dr7 = DR6_RESET, DR7_RESET
+    vcpu.set_debugregs(debugregs)
 
 
 def _reset_sregs(sregs, bsp):
