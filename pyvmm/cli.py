@@ -77,7 +77,7 @@ def add_machine_arguments(parser):
     parser.add_argument("--device", action="append", default=[], metavar="MODULE:CLASS@RANGE",
                         help="a Python device: PKG.MODULE:CLASS@PORT[-PORT] or "
                              "...@mmio:ADDR[-ADDR], then ,KEY=VALUE options (repeatable)")
-    parser.add_argument("--console", choices=("off", "virtio"), default="off",
+    parser.add_argument("--console", choices=("off", "virtio"), default="off", metavar="off|virtio",
                         help="virtio: a virtio console (hvc0) on the serial output, taking the input")
     parser.add_argument("--rng", nargs="?", const="", metavar="src=PATH",
                         help="a virtio entropy device reading PATH (default /dev/urandom)")

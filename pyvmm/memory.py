@@ -51,6 +51,14 @@ class MemoryRegion:
         """The host mapping (an mmap) backing this region: what a KVM memory slot points at."""
         return self._map
 
+    def host_address(self):
+        """Where the mapping starts in this process (for /proc/self/smaps and the like)."""
+        anchor = ctypes.c_char.from_buffer(self._map)
+        try:
+            return ctypes.addressof(anchor)
+        finally:
+            del anchor                      # the mapping must stay closable
+
     def zero(self, offset, length):
         """Zeroes [offset, offset+length): whole pages are dropped with
         MADV_DONTNEED (an anonymous private page then reads as zero and costs

@@ -125,11 +125,19 @@ class DeviceWorker:
     included; watch()/unwatch() too. `on_error(exception)` hears a callback
     that raised; the worker stops then (what the device left half done is
     not run again).
+
+    `catch_up()`, when given, runs before every callback: the machine
+    delivers there the guest's writes still queued for their devices
+    (pyvmm/run/deferred.py), so work done here sees the guest's register
+    writes in the order it made them relative to the guest memory it reads
+    (a virtio console's output stays behind the UART output printed first).
     """
 
-    def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None) -> None:
+    def __init__(self, name: str, on_error: Optional[Callable[[BaseException], None]] = None,
+                 catch_up: Optional[Callable[[], None]] = None) -> None:
         self.name = name
         self.on_error = on_error
+        self.catch_up = catch_up
         self._lock = threading.Lock()
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
@@ -239,6 +247,10 @@ class DeviceWorker:
             if self._wake >= 0:
                 os.eventfd_write(self._wake, 1)
 
+    def _catch_up(self) -> None:
+        if self.catch_up is not None:
+            self.catch_up()
+
     def _next_timeout(self) -> Optional[float]:
         with self._lock:
             if self._calls:
@@ -273,11 +285,13 @@ class DeviceWorker:
                     with self._running:
                         fn = self._watches.get(key.fd)
                         if fn is not None and not self._closing:
+                            self._catch_up()
                             fn()
                 for fn, args in self._due():
                     if self._closing:
                         break
                     with self._running:
+                        self._catch_up()
                         fn(*args)
         except BaseException as error:  # a device bug: report it, never a traceback
             with self._lock:
@@ -299,12 +313,14 @@ class DeviceContext:
     """
 
     def __init__(self, name: str, memory: Any, irq: Optional[InterruptLine] = None,
-                 on_failure: Optional[Callable[[str], None]] = None, registers: Any = None) -> None:
+                 on_failure: Optional[Callable[[str], None]] = None, registers: Any = None,
+                 catch_up: Optional[Callable[[], None]] = None) -> None:
         self.name = name
         self.memory = memory
         self.irq = irq
         self.registers = registers
         self._on_failure = on_failure
+        self._catch_up = catch_up               # the worker's (see DeviceWorker)
         self._worker: Optional[DeviceWorker] = None
         self._lock = threading.Lock()
         self._closed = False
@@ -317,7 +333,7 @@ class DeviceContext:
             if self._closed:
                 return _CLOSED_WORKER
             if self._worker is None:
-                self._worker = DeviceWorker(self.name, self._worker_failed)
+                self._worker = DeviceWorker(self.name, self._worker_failed, self._catch_up)
             return self._worker
 
     def fail(self, message: str) -> None:

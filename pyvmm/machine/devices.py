@@ -62,6 +62,9 @@ class DeviceManager:
         self.late_failures = []
         self.user_devices = {}                  # "name@port:0x560" -> device, in the order added
         self._platform = None                   # set once the platform's devices are in
+        # What a device worker runs before each callback: the machine's
+        # delivery of the writes the fast path deferred (None: nothing is).
+        self.catch_up = None
         self.serial = Serial16550(output=console)
         self.debug_exit = DebugExit(lambda status: stop.request(status, "debug-exit"))
         self.i8042 = I8042(on_reset=self._reset,
@@ -130,7 +133,8 @@ class DeviceManager:
             if irq is not None:
                 raise BusError(f"device {name} was given IRQ {irq} but has no attach(context) to drive it")
             return
-        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers)
+        context = DeviceContext(name, self.memory, None, self.device_failed, bus.delivery_at(base).registers,
+                                catch_up=self._catch_up)
         if irq is not None:
             context.irq = self._interrupt_line(irq, context)
         self._contexts[id(device)] = context
@@ -146,11 +150,17 @@ class DeviceManager:
             return InterruptLine(functools.partial(self.set_irq, irq), f"irq{irq}")
         return resampled_line(self.vm.irqfd(irq, resample=True), context.worker, f"gsi{irq}")
 
+    def _catch_up(self):
+        catch_up = self.catch_up
+        if catch_up is not None:
+            catch_up()
+
     def worker_for(self, device):
         """The worker thread of `device` (its context's, made if it has none)."""
         context = self._contexts.get(id(device))
         if context is None:
-            context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed)
+            context = DeviceContext(type(device).__name__, self.memory, None, self.device_failed,
+                                    catch_up=self._catch_up)
             self._contexts[id(device)] = context
         return context.worker
 

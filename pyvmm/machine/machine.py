@@ -6,6 +6,7 @@ loops of pyvmm.run) -> buses -> devices. The three parts live beside this
 module; Machine wires them and is the public API the CLI and users share.
 """
 
+import functools
 import threading
 from time import monotonic_ns
 
@@ -233,6 +234,7 @@ class Machine:
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
             if self.fast is not None:
+                self.devices.catch_up = None
                 self._deliver(lambda: self.fast.close(vm_ending=True))
                 self.stats.merge(self.fast.counts())
                 self.fast = None
@@ -469,6 +471,7 @@ class Machine:
         port_bus, mmio_bus = self.devices.port_bus, self.devices.mmio_bus
         if self.config.exit_path == "fast" and FastLoop.supported(self):   # hooks need the Python loop
             self.fast = FastPath(port_bus, mmio_bus, self.vm, self.devices.worker_for)
+            self.devices.catch_up = functools.partial(self._deliver, self.fast.flush)
             return [FastLoop(vcpu, port_bus, mmio_bus, self.stop, ExitStats(), self.fast)
                     for vcpu in self.vcpus]
         return [VcpuLoop(vcpu, port_bus, mmio_bus, self.stop, ExitStats(), hooks=self.hooks)
@@ -495,6 +498,7 @@ class Machine:
         if self._inline is not None:
             self._inline.close()
         if self.fast is not None:
+            self.devices.catch_up = None
             self.fast.close()
             self.fast = None
         if self.devices is not None:

@@ -12,9 +12,12 @@ The rule: before any access reaches a device, the bus calls settle(), which
 collects that device's doorbells and, if anything is queued or being
 delivered, delivers the whole queue, oldest first. So a device sees its
 own accesses in guest order, and posted output keeps its order across
-devices (the UART and the debug console share the queue). The supervisor's
-periodic flush and the doorbell watchers deliver the queue too, so a guest
-that writes and then spins without exits is still heard.
+devices (the UART and the debug console share the queue). Device workers
+deliver the queue before each callback (pyvmm.devices.context.DeviceWorker
+catch_up), so work off the vCPU thread that reads guest memory comes after
+the register writes the guest made before that memory. The supervisor's
+periodic flush and the doorbell watchers deliver it too, so a guest that
+writes and then spins without exits is still heard.
 
 Delivery runs on whichever thread got there first (a vCPU, the supervisor,
 a device's worker), one at a time. Consecutive writes of one size to one

@@ -44,7 +44,7 @@ def everything(machine):
         channel.pop("count_load_time")
     devices = json.loads(json.dumps(machine.devices.save_state()))
     devices["acpi-pm"].pop("timer_ticks")
-    devices["cmos"].pop("last_update_second")
+    devices["cmos"].pop("updated_second")
     return {"vcpus": vcpus, "vm": vm, "devices": devices}
 
 

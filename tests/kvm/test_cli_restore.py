@@ -102,14 +102,18 @@ def test_smp_guest_restores_on_two_vcpus(tmp_path):
     directory = str(tmp_path / "vm")
     config = VmConfig(kernel=guests.path("smp.bin"), serial="buffer", cpus=2, timeout=60)
     with Machine(config) as machine:
-        taker = threading.Thread(target=lambda: (time.sleep(0.02), machine.pause(), machine.snapshot(directory),
-                                                 machine.shutdown()))
-        taker.start()
-        result = machine.run()
-        taker.join()
+        paused = []
+
+        def pause_after_the_first_line(event):
+            if not paused and b"\n" in machine.serial_output:
+                paused.append(event)            # once: "bsp 0" out, the AP's line still to come
+                machine.request_pause()
+                threading.Thread(target=lambda: (machine.wait_paused(), machine.snapshot(directory),
+                                                 machine.shutdown())).start()
+        machine.add_hook(pause_after_the_first_line, when="after", reasons={"io"})
+        assert machine.run().reason == "shutdown"
         before = machine.serial_output
-    if result.reason != "shutdown":
-        pytest.skip("the guest ended before the pause")
+    assert before.startswith(b"bsp 0\n") and before != b"bsp 0\ncpu 1 up\ncpus 2\n"
     finished = pyvmm("run", "--restore", directory)
     assert before + finished.stdout == b"bsp 0\ncpu 1 up\ncpus 2\n"
     assert finished.returncode == 5

@@ -61,7 +61,7 @@ def timeless(devices):
     for register in TIME_REGISTERS:
         ram[register] = 0
     cmos["ram"] = ram.hex()
-    cmos.pop("last_update_second")
+    cmos.pop("updated_second")
     pm = devices["acpi-pm"]
     pm["sts"] &= ~TMR_STS
     pm.pop("timer_ticks")

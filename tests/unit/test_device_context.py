@@ -197,3 +197,27 @@ def test_cancel_after_the_timer_ran_changes_nothing():
         assert worker.queued_timers() == 0 and not later.cancelled
     finally:
         worker.close()
+
+
+def test_catch_up_runs_before_every_call_timer_and_watch():
+    events = []
+    worker = DeviceWorker("caught-up", catch_up=lambda: events.append("catch-up"))
+    readable, writable = os.pipe()
+    done = threading.Event()
+    try:
+        worker.call(events.append, "call")
+        worker.call_later(0.01, events.append, "timer")
+
+        def on_readable():
+            os.read(readable, 1)
+            events.append("watch")
+            done.set()
+        time.sleep(0.1)
+        worker.watch(readable, on_readable)
+        os.write(writable, b"x")
+        assert done.wait(5)
+    finally:
+        worker.close()
+        os.close(readable)
+        os.close(writable)
+    assert events == ["catch-up", "call", "catch-up", "timer", "catch-up", "watch"]

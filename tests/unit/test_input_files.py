@@ -8,11 +8,11 @@ test (MemoryError) instead of exhausting the host.
 
 import os
 import resource
-import selectors
 import subprocess
 import sys
-import time
+import tempfile
 
+import peak_rss
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -31,38 +31,17 @@ def _limit_address_space():
 
 def peak_rss_of(*args, timeout=30):
     """(status, stderr, peak RSS in bytes) of one `pyvmm ARGS`, measured for that child alone."""
-    process = subprocess.Popen([sys.executable, "-m", "pyvmm", *args], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=_limit_address_space)
-    stderr = b""
-    try:
-        stderr = _read_all(process, timeout)
-        _pid, status, usage = os.wait4(process.pid, 0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"pyvmm {' '.join(args)} still ran after {timeout} s") from None
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr.decode(errors="replace"), usage.ru_maxrss * 1024
-
-
-def _read_all(process, timeout):
-    """Everything the child writes to stderr until it closes it, without reaping the child."""
-    deadline = time.monotonic() + timeout
-    chunks = []
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(process.args, timeout)
-            if not selector.select(left):
-                continue
-            chunk = os.read(process.stderr.fileno(), 65536)
-            if not chunk:
-                process.stderr.close()
-                return b"".join(chunks)
-            chunks.append(chunk)
+    with tempfile.TemporaryDirectory() as directory:
+        report = os.path.join(directory, "peak")
+        process = peak_rss.popen([sys.executable, "-m", "pyvmm", *args], report, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=_limit_address_space)
+        try:
+            _stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            peak_rss.kill(process)
+            raise AssertionError(f"pyvmm {' '.join(args)} still ran after {timeout} s") from None
+        return process.returncode, stderr.decode(errors="replace"), peak_rss.peak_bytes(report)
 
 
 def assert_one_usage_error(status, stderr, *fragments):

@@ -8,7 +8,7 @@ OUTPUT_HIGH_WATER the device leaves the driver's buffers in the queue and
 looks again OUTPUT_RETRY seconds later, so a guest printing faster than the
 terminal takes it waits for it, as on real hardware, and loses nothing.
 The UART's output and this one keep the guest's order: the UART's queued
-writes are delivered before a notification reaches the device
+writes are delivered before the device's worker looks at a queue
 (pyvmm/run/deferred.py). Input waits in a backlog of at most INPUT_BACKLOG
 bytes until the driver posts receive buffers; what does not fit is dropped
 and counted.
