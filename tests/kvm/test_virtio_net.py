@@ -93,3 +93,40 @@ def test_a_tap_that_does_not_exist_is_one_error_line(ns):
     assert run.returncode == 2
     errors = run.stderr.decode().splitlines()
     assert len(errors) == 1 and "no network interface nosuchtap" in errors[0], errors
+
+
+def test_frames_arriving_while_the_guest_resets_the_device_again_and_again(ns):
+    """The guest resets and sets the device up eight times (every other
+    time without merged buffers) while the host keeps sending it frames of
+    up to 8000 bytes; then, frames still arriving, it answers as usual."""
+    import threading
+    from pyvmm.testing.netns import UdpClient
+    stop = threading.Event()
+    flood = UdpClient(ns)
+    flood.sock.setblocking(False)
+
+    def send():
+        sizes = [60, 1000, 3000, 8000]
+        count = 0
+        while not stop.is_set():
+            try:
+                flood.sock.sendto(bytes(sizes[count % 4]), (GUEST_ADDRESS, 5000 + count % 3))
+            except (BlockingIOError, OSError):
+                pass
+            count += 1
+            stop.wait(0.005)          # 200 frames a second: fewer than the guest can take
+    ns.neighbour("tap0", GUEST_ADDRESS, MAC)          # no ARP: frames flow from the start
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        result = exchange(ns, pyvmm_command("--net", f"tap=tap0,mac={MAC}", "--stats", "json",
+                                            cmdline="resets=8 resetms=40 quiet=1"), PAYLOADS, ECHOES)
+    finally:
+        stop.set()
+        sender.join()
+        flood.close()
+    assert result.ready and result.status == 1, result
+    assert result.pings == PAYLOADS and result.echoes == ECHOES and result.bye == b"bye", result
+    assert b"8 resets done" in result.output
+    counters = json.loads(result.errors.decode().strip().splitlines()[-1])["devices"]["net0"]
+    assert counters["rx_packets"] > 20
