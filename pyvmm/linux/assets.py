@@ -12,6 +12,8 @@ Cache layout, in $XDG_CACHE_HOME/pyvmm/linux or ~/.cache/pyvmm/linux:
     vmlinuz              the bzImage (boot/vmlinuz-VERSION of the package)
     busybox              bin/busybox of busybox-static
     initramfs.cpio.gz    build_initramfs() around that busybox
+    modules/             the kernel's virtio-mmio, -blk, -console, -rng and -net
+                         modules (VIRTIO_MODULES), for guests that load them
     COMPLETE             the kernel version (uname -r), written last
     .lock                held while fetching, so that fetches queue up
     .tmp-*/              work space of a running fetch (a killed one's is
@@ -43,6 +45,15 @@ COMPLETE_FILE = "COMPLETE"
 LOCK_FILE = ".lock"
 WORK_PREFIX = ".tmp-"
 
+MODULES_DIR = "modules"
+# The virtio modules of the cloud kernel (all =m there) under lib/modules/VERSION/,
+# in an order that loads each after what it depends on.
+VIRTIO_MODULES = ("kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko",
+                  "kernel/drivers/virtio/virtio_mmio.ko", "kernel/drivers/block/virtio_blk.ko",
+                  "kernel/drivers/char/virtio_console.ko", "kernel/drivers/char/hw_random/virtio-rng.ko",
+                  "kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko",
+                  "kernel/drivers/net/virtio_net.ko")
+
 # apt gives up on a dead mirror by itself; this only bounds a hung command.
 COMMAND_TIMEOUT = 900
 
@@ -52,20 +63,22 @@ class CommandFailed(AssetError):
 
 
 class Assets:
-    """Paths of the cached kernel, initramfs and busybox, and the kernel version."""
+    """Paths of the cached kernel, initramfs and busybox, the kernel version,
+    and the kernel's virtio modules the package holds, in loading order."""
 
-    def __init__(self, kernel, initramfs, version, busybox):
+    def __init__(self, kernel, initramfs, version, busybox, modules=()):
         self.kernel = kernel
         self.initramfs = initramfs
         self.version = version
         self.busybox = busybox
+        self.modules = tuple(modules)
 
     def __eq__(self, other):
         return isinstance(other, Assets) and vars(self) == vars(other)
 
     def __repr__(self):
         return (f"Assets(kernel={self.kernel!r}, initramfs={self.initramfs!r}, "
-                f"version={self.version!r}, busybox={self.busybox!r})")
+                f"version={self.version!r}, busybox={self.busybox!r}, modules={self.modules!r})")
 
 
 def default_cache_dir():
@@ -78,9 +91,14 @@ def default_cache_dir():
 def fetch(cache_dir=None, refresh=False):
     """The cached assets, fetched and built first when the cache is not
     complete or `refresh` is true. Raises AssetError."""
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    return fetch_once(os.path.abspath(cache_dir or default_cache_dir()), refresh, cached, _fetch_into)
+
+
+def fetch_once(cache_dir, refresh, cached_in, fetch_into):
+    """cached_in(cache_dir), or else fetch_into(cache_dir) under the cache's
+    lock, so that processes sharing a cache fetch it once."""
     if not refresh:
-        assets = cached(cache_dir)
+        assets = cached_in(cache_dir)
         if assets is not None:
             return assets
     try:
@@ -89,10 +107,10 @@ def fetch(cache_dir=None, refresh=False):
         raise AssetError(f"cannot create the cache {cache_dir}: {error.strerror or error}") from None
     with locked(cache_dir):
         if not refresh:
-            assets = cached(cache_dir)  # another process may have fetched it while we waited
+            assets = cached_in(cache_dir)   # another process may have fetched it while we waited
             if assets is not None:
                 return assets
-        return _fetch_into(cache_dir)
+        return fetch_into(cache_dir)
 
 
 def cached(cache_dir):
@@ -103,16 +121,20 @@ def cached(cache_dir):
     except OSError:
         return None
     assets = _assets_in(cache_dir, version)
-    if not version or not all(map(os.path.isfile, (assets.kernel, assets.initramfs, assets.busybox))):
+    if not version or not all(map(os.path.isfile, (assets.kernel, assets.initramfs, assets.busybox))) \
+            or not os.path.isdir(os.path.join(cache_dir, MODULES_DIR)):
         return None
     return assets
 
 
 def _assets_in(cache_dir, version):
+    modules = os.path.join(cache_dir, MODULES_DIR)
     return Assets(kernel=os.path.join(cache_dir, KERNEL_FILE),
                   initramfs=os.path.join(cache_dir, INITRAMFS_FILE),
                   version=version,
-                  busybox=os.path.join(cache_dir, BUSYBOX_FILE))
+                  busybox=os.path.join(cache_dir, BUSYBOX_FILE),
+                  modules=[path for path in (os.path.join(modules, os.path.basename(module))
+                                             for module in VIRTIO_MODULES) if os.path.isfile(path)])
 
 
 @contextlib.contextmanager
@@ -137,14 +159,16 @@ def _fetch_into(cache_dir):
     except OSError as error:
         raise AssetError(f"cannot write to the cache {cache_dir}: {error.strerror or error}") from None
     try:
-        kernel, version = _fetch_kernel(work)
+        kernel, version, tree = _fetch_kernel(work)
+        modules = _copy_modules(tree, version, os.path.join(work, MODULES_DIR))
         busybox = _fetch_busybox(work)
         initramfs = build_initramfs(busybox, os.path.join(work, INITRAMFS_FILE))
         marker = os.path.join(work, COMPLETE_FILE)
         with open(marker, "w") as out:
             out.write(version + "\n")
-        for built, name in ((kernel, KERNEL_FILE), (busybox, BUSYBOX_FILE),
-                            (initramfs, INITRAMFS_FILE), (marker, COMPLETE_FILE)):
+        shutil.rmtree(os.path.join(cache_dir, MODULES_DIR), ignore_errors=True)
+        for built, name in ((kernel, KERNEL_FILE), (busybox, BUSYBOX_FILE), (initramfs, INITRAMFS_FILE),
+                            (modules, MODULES_DIR), (marker, COMPLETE_FILE)):
             os.replace(built, os.path.join(cache_dir, name))
     except OSError as error:
         raise AssetError(f"cannot write to the cache {cache_dir}: {error.strerror or error}") from None
@@ -154,13 +178,23 @@ def _fetch_into(cache_dir):
 
 
 def _fetch_kernel(work):
-    """(path of the unpacked bzImage, its version) for the cloud kernel."""
+    """(path of the unpacked bzImage, its version, the unpacked package) for the cloud kernel."""
     package = resolve_kernel_package()
     tree = unpack(download(package, work), os.path.join(work, "kernel"))
     images = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
     if len(images) != 1:
         raise AssetError(f"the package {package} holds {len(images)} boot/vmlinuz-* files, not one")
-    return images[0], os.path.basename(images[0])[len("vmlinuz-"):]
+    return images[0], os.path.basename(images[0])[len("vmlinuz-"):], tree
+
+
+def _copy_modules(tree, version, folder):
+    """The folder, holding those VIRTIO_MODULES the kernel package has."""
+    os.mkdir(folder)
+    for module in VIRTIO_MODULES:
+        path = os.path.join(tree, "lib", "modules", version, module)
+        if os.path.isfile(path):
+            shutil.copyfile(path, os.path.join(folder, os.path.basename(module)))
+    return folder
 
 
 def _fetch_busybox(work):

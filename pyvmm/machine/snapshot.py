@@ -239,15 +239,27 @@ def read(directory):
     return snapshot
 
 
-def _read_json(path, limit):
+def _open_regular(path):
+    """(fd, fstat) of a regular file opened for reading; SnapshotError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
         raise SnapshotError(f"cannot read {path}: {error.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not _regular(info):
+        if not stat.S_ISREG(info.st_mode):
             raise SnapshotError(f"{path} is not a regular file")
+    except BaseException as error:
+        os.close(fd)
+        if isinstance(error, OSError):
+            raise SnapshotError(f"cannot read {path}: {error.strerror}") from None
+        raise
+    return fd, info
+
+
+def _read_json(path, limit):
+    fd, info = _open_regular(path)
+    try:
         if info.st_size > limit:
             raise SnapshotError(f"{path} is too large ({info.st_size} bytes, at most {limit})")
         with os.fdopen(os.dup(fd), "rb") as stream:
@@ -260,10 +272,6 @@ def _read_json(path, limit):
         return json.loads(data)
     except (ValueError, RecursionError) as error:
         raise SnapshotError(f"{path} is damaged: {error}") from None
-
-
-def _regular(info):
-    return stat.S_ISREG(info.st_mode)
 
 
 def _check_layout(snapshot):
@@ -303,14 +311,8 @@ def machine_config(snapshot, overrides):
 def load_memory(memory, path):
     """Reads the memory file into guest RAM: only its data, holes are skipped
     (the fresh RAM is zero there). The file must be exactly RAM's size."""
+    fd, info = _open_regular(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        raise SnapshotError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not _regular(info):
-            raise SnapshotError(f"{path} is not a regular file")
         if info.st_size != memory.size:
             raise SnapshotError(f"{path} is damaged: {info.st_size} bytes, the snapshot's memory is {memory.size}")
         position = 0

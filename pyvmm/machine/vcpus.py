@@ -50,6 +50,7 @@ class VcpuManager:
         self._paused = False
         self._suspended = False               # ACPI S3: parked until wake(), whatever resume() says
         self._parked = set()
+        self._ended = set()                   # indices whose loop returned (a thread not yet started has not)
         for loop in self.loops:
             loop.kick_handlers.append(self._pause_point)
 
@@ -81,6 +82,7 @@ class VcpuManager:
                               f"{type(error).__name__}: {error}", vcpu=loop.vcpu.index)
         finally:
             with self._pause:
+                self._ended.add(loop.vcpu.index)
                 self._pause.notify_all()
 
     def kick(self, index):
@@ -135,8 +137,7 @@ class VcpuManager:
         return True
 
     def _all_parked(self):
-        return all(loop.vcpu.index in self._parked or not thread.is_alive()
-                   for loop, thread in zip(self.loops, self._threads))
+        return all(loop.vcpu.index in self._parked or loop.vcpu.index in self._ended for loop in self.loops)
 
     def resume(self):
         with self._pause:

@@ -30,3 +30,18 @@ class Recorder:
 
     def write(self, offset, data):
         self.log.append(("write", offset, bytes(data)))
+
+
+class Attached:
+    """A device that keeps its DeviceContext and ignores its registers."""
+
+    context = None
+
+    def attach(self, context):
+        self.context = context
+
+    def read(self, offset, size):
+        return bytes(size)
+
+    def write(self, offset, data):
+        pass

@@ -3,6 +3,7 @@ output continuing on that process's stdout with nothing repeated or lost;
 a damaged, foreign or mismatched snapshot, or an option a snapshot cannot
 take, is one `pyvmm: error:` line and exit status 2, and changes nothing."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,6 +76,30 @@ def test_a_snapshot_restores_any_number_of_times(flood_snapshot):
     assert first.stdout == second.stdout and first.returncode == second.returncode == 1
 
 
+@contextlib.contextmanager
+def snapshot_when_asked(machine, directory):
+    """Yields an Event; once it is set, a thread waits for the machine to
+    pause, snapshots it into `directory` and shuts it down. The thread starts
+    here: hooks run on vCPU threads, which may start none."""
+    asked, ended, taken = threading.Event(), [], []
+
+    def take():
+        if asked.wait(60) and not ended:
+            if machine.wait_paused(30):
+                machine.snapshot(directory)
+                taken.append(directory)
+            machine.shutdown()
+    taker = threading.Thread(target=take)
+    taker.start()
+    try:
+        yield asked
+    finally:
+        ended.append(True)
+        asked.set()
+        taker.join(60)
+    assert taken, "the machine did not pause"
+
+
 def test_host_input_not_yet_read_goes_with_the_snapshot(tmp_path):
     """status.bin reads a number from the UART: what it had not read yet when
     it was paused is part of the snapshot and reaches it in the new process."""
@@ -83,16 +108,15 @@ def test_host_input_not_yet_read_goes_with_the_snapshot(tmp_path):
     with Machine(config) as machine:
         machine.serial.feed(b"4242\n")
         seen = []
-
-        def pause_early(event):
-            seen.append(event)
-            if machine.serial.bytes_received == 2 and not machine.stop.requested and len(seen) < 10**6:
-                seen.extend([None] * 10**6)     # once: "42" read, "42\n" still to come
-                machine.request_pause()
-                threading.Thread(target=lambda: (machine.wait_paused(), machine.snapshot(directory),
-                                                 machine.shutdown())).start()
-        machine.add_hook(pause_early)
-        assert machine.run().reason == "shutdown"
+        with snapshot_when_asked(machine, directory) as asked:
+            def pause_early(event):
+                seen.append(event)
+                if machine.serial.bytes_received == 2 and not machine.stop.requested and len(seen) < 10**6:
+                    seen.extend([None] * 10**6)     # once: "42" read, "42\n" still to come
+                    machine.request_pause()
+                    asked.set()
+            machine.add_hook(pause_early)
+            assert machine.run().reason == "shutdown"
         assert machine.serial.pending_input() + machine.serial.rx_level > 0
     finished = pyvmm("run", "--restore", directory, "--serial", "null")
     assert finished.returncode == (4242 << 1 | 1) & 0xFF, finished.stderr
@@ -102,16 +126,13 @@ def test_smp_guest_restores_on_two_vcpus(tmp_path):
     directory = str(tmp_path / "vm")
     config = VmConfig(kernel=guests.path("smp.bin"), serial="buffer", cpus=2, timeout=60)
     with Machine(config) as machine:
-        paused = []
-
-        def pause_after_the_first_line(event):
-            if not paused and b"\n" in machine.serial_output:
-                paused.append(event)            # once: "bsp 0" out, the AP's line still to come
-                machine.request_pause()
-                threading.Thread(target=lambda: (machine.wait_paused(), machine.snapshot(directory),
-                                                 machine.shutdown())).start()
-        machine.add_hook(pause_after_the_first_line, when="after", reasons={"io"})
-        assert machine.run().reason == "shutdown"
+        with snapshot_when_asked(machine, directory) as asked:
+            def pause_after_the_first_line(event):
+                if not asked.is_set() and b"\n" in machine.serial_output:
+                    machine.request_pause()     # once: "bsp 0" out, the AP's line still to come
+                    asked.set()
+            machine.add_hook(pause_after_the_first_line, when="after", reasons={"io"})
+            assert machine.run().reason == "shutdown"
         before = machine.serial_output
     assert before.startswith(b"bsp 0\n") and before != b"bsp 0\ncpu 1 up\ncpus 2\n"
     finished = pyvmm("run", "--restore", directory)

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from example_devices import Attached
 
 from pyvmm import guests
 from pyvmm._kvm import ffi
@@ -261,16 +262,6 @@ def test_a_resampling_irqfd_is_assigned_and_released_with_its_resample_eventfd()
 
 
 def test_a_device_on_an_ioapic_only_gsi_gets_a_resampled_irqfd_line():
-    class Attached:
-        def attach(self, context):
-            self.context = context
-
-        def read(self, offset, size):
-            return bytes(size)
-
-        def write(self, offset, data):
-            pass
-
     config = VmConfig(kernel=guests.path("hello.bin"), serial="buffer", timeout=10)
     fds = open_fds()
     for _ in range(20):

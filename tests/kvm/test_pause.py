@@ -55,3 +55,31 @@ def test_a_paused_machine_still_times_out_and_ends():
         runner.join(10)
         assert not runner.is_alive()
     assert (outcome["result"].status, outcome["result"].reason) == (124, "timeout")
+
+
+def test_a_pause_asked_at_the_first_exit_waits_for_every_vcpu_thread():
+    """A vCPU whose thread has not started yet is not parked: wait_paused()
+    must wait for it, not count it as ended."""
+    for _attempt in range(5):
+        config = VmConfig(kernel=guests.path("smp.bin"), serial="buffer", cpus=4, timeout=30)
+        with Machine(config) as machine:
+            asked, seen = threading.Event(), {}
+
+            def pause_at_the_first_exit(event):
+                if not asked.is_set():
+                    machine.request_pause()
+                    asked.set()
+
+            def look():
+                asked.wait(30)
+                seen["paused"] = machine.wait_paused(30)
+                seen["parked"] = machine.info()["vcpus"]
+                machine.shutdown()
+            looker = threading.Thread(target=look)
+            looker.start()
+            machine.add_hook(pause_at_the_first_exit)
+            result = machine.run()
+            asked.set()
+            looker.join(30)
+        assert result.reason == "shutdown"
+        assert seen["paused"] and all(vcpu["parked"] for vcpu in seen["parked"]), seen

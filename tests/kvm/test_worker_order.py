@@ -9,6 +9,8 @@ line on the UART would otherwise print the two out of order."""
 import threading
 import time
 
+from example_devices import Attached
+
 from pyvmm import guests
 from pyvmm.config import VmConfig
 from pyvmm.devices.serial import SCR
@@ -20,22 +22,13 @@ SEEN_BY_WORKER = 0x5A
 ROUNDS = 20
 
 
-class Observer:
+class Observer(Attached):
     """A device whose worker reads the UART's scratch register when asked."""
 
     def __init__(self, serial):
         self.serial = serial
         self.seen = []
         self.done = threading.Event()
-
-    def attach(self, context):
-        self.context = context
-
-    def read(self, offset, size):
-        return bytes(size)
-
-    def write(self, offset, data):
-        pass
 
     def look(self):
         self.seen.append(self.serial.save_state()["scr"])

@@ -63,7 +63,10 @@ def fake_debs(tmp_path_factory):
         stand_in_busybox = binary.read()
     _build_deb(tmp_path_factory.mktemp("kernel"), FAKE_KERNEL_PACKAGE,
                {f"boot/vmlinuz-{FAKE_VERSION}": (FAKE_KERNEL, 0o644),
-                f"boot/config-{FAKE_VERSION}": (b"CONFIG_X=y\n", 0o644)},
+                f"boot/config-{FAKE_VERSION}": (b"CONFIG_X=y\n", 0o644),
+                f"lib/modules/{FAKE_VERSION}/kernel/drivers/virtio/virtio_mmio.ko": (b"mmio", 0o644),
+                f"lib/modules/{FAKE_VERSION}/kernel/drivers/virtio/virtio.ko": (b"virtio", 0o644),
+                f"lib/modules/{FAKE_VERSION}/kernel/drivers/block/loop.ko": (b"loop", 0o644)},
                folder / f"{FAKE_KERNEL_PACKAGE}.deb")
     _build_deb(tmp_path_factory.mktemp("busybox"), "busybox-static",
                {"bin/busybox": (stand_in_busybox, 0o755)}, folder / "busybox-static.deb")
@@ -129,9 +132,13 @@ def test_fetch_fills_the_cache_layout(fake_apt, cache_dir):
     assert assets == Assets(kernel=os.path.join(cache_dir, "vmlinuz"),
                             initramfs=os.path.join(cache_dir, "initramfs.cpio.gz"),
                             version=FAKE_VERSION,
-                            busybox=os.path.join(cache_dir, "busybox"))
+                            busybox=os.path.join(cache_dir, "busybox"),
+                            modules=[os.path.join(cache_dir, "modules", name)
+                                     for name in ("virtio.ko", "virtio_mmio.ko")])     # in loading order
     assert sorted(os.listdir(cache_dir)) == [
-        ".lock", "COMPLETE", "busybox", "initramfs.cpio.gz", "vmlinuz"]
+        ".lock", "COMPLETE", "busybox", "initramfs.cpio.gz", "modules", "vmlinuz"]
+    assert sorted(os.listdir(os.path.join(cache_dir, "modules"))) == ["virtio.ko", "virtio_mmio.ko"]
+    assert _read(assets.modules[1]) == b"mmio"
     assert _read(assets.kernel) == FAKE_KERNEL
     assert _read(assets.busybox) == _read("/bin/true")
     assert os.stat(assets.busybox).st_mode & 0o777 == 0o755

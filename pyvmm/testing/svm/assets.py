@@ -63,21 +63,8 @@ def default_cache_dir():
 
 def fetch(cache_dir=None, refresh=False):
     """The cached host assets, fetched and built first when needed. Raises AssetError."""
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-    if not refresh:
-        found = cached(cache_dir)
-        if found is not None:
-            return found
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as error:
-        raise AssetError(f"cannot create the cache {cache_dir}: {error.strerror or error}") from None
-    with linux_assets.locked(cache_dir):
-        if not refresh:
-            found = cached(cache_dir)
-            if found is not None:
-                return found
-        return _fetch_into(cache_dir)
+    return linux_assets.fetch_once(os.path.abspath(cache_dir or default_cache_dir()), refresh, cached,
+                                   _fetch_into)
 
 
 def cached(cache_dir=None):

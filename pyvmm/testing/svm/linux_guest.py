@@ -26,11 +26,14 @@ BEGIN_MARKER = "pyvmm-script: begin"
 END_PREFIX = "pyvmm-script: end status "
 SCRIPT_INIT = "pyvmm-script-init"
 
+MODULES_DIR = "pyvmm-modules"
+
 _INIT = f"""#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+for module in $(cat /{MODULES_DIR}/order); do insmod /{MODULES_DIR}/$module; done
 echo "{BEGIN_MARKER}"
 sh /pyvmm-script 2>&1
 echo "{END_PREFIX}$?"
@@ -60,11 +63,18 @@ class LinuxRun:
                 f"stderr={self.stderr[-1000:]!r})")
 
 
-def script_initrd(script):
-    """The gzipped cpio archive that adds the script and its init."""
+def script_initrd(script, modules=()):
+    """The gzipped cpio archive that adds the script, its init and the kernel
+    `modules` (paths, in loading order) the init loads first: the virtio
+    drivers are modules in Debian's cloud kernel."""
     cpio = CpioWriter()
     cpio.file(SCRIPT_INIT, _INIT.encode(), mode=0o755)
     cpio.file("pyvmm-script", script.encode(), mode=0o755)
+    cpio.directory(MODULES_DIR)
+    for module in modules:
+        with open(module, "rb") as data:
+            cpio.file(f"{MODULES_DIR}/{os.path.basename(module)}", data.read(), mode=0o644)
+    cpio.file(f"{MODULES_DIR}/order", "".join(os.path.basename(m) + "\n" for m in modules).encode(), mode=0o644)
     return gzip.compress(cpio.finish(), mtime=0)
 
 
@@ -74,7 +84,7 @@ def run_linux_script(host, script, cpus=1, memory="256M", pyvmm_args=(), timeout
     `script` (busybox sh) in it; returns a LinuxRun."""
     assets = fetch_linux()           # on the machine: L1 has no network
     with open(assets.initramfs, "rb") as base:
-        initrd = base.read() + script_initrd(script)
+        initrd = base.read() + script_initrd(script, assets.modules)
     path = os.path.join(host.job_dir, f"script-initrd-{os.getpid()}-{id(script)}.cpio.gz")
     with open(path, "wb") as out:
         out.write(initrd)
