@@ -544,6 +544,10 @@ class HostileChain:
                 queue.write_descriptor(index, d.addr, d.length, d.flags, d.next, table=self.indirect_addr)
         queue.publish(self.head)
         if self.avail_jump:
+            # The entries the jump makes available are published too, whatever they hold.
+            for offset in range(min(self.avail_jump, queue.size)):
+                slot = queue.avail + 4 + 2 * ((queue.avail_idx + offset) % queue.size)
+                queue.published.append(queue.memory.read_u16(slot))
             queue.avail_idx = (queue.avail_idx + self.avail_jump) & 0xFFFF
             queue.memory.write_u16(queue.avail + 2, queue.avail_idx)
 
