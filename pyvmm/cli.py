@@ -20,7 +20,7 @@ from .loader import LoaderError
 from .memory import GuestMemoryError
 from .machine import InputFileError, Machine, SnapshotError, read_kernel, read_snapshot
 from .run import trace
-from .run.stats import format_post_codes
+from .run.stats import format_device_counters, format_post_codes
 from .run.stop import STATUS_CRASH
 from .sandbox import SandboxError
 from .terminal import raw_input_mode
@@ -82,8 +82,15 @@ def add_machine_arguments(parser):
                         help="virtio: a virtio console (hvc0) on the serial output, taking the input")
     parser.add_argument("--rng", nargs="?", const="", metavar="src=PATH",
                         help="a virtio entropy device reading PATH (default /dev/urandom)")
-    parser.add_argument("--disk", action="append", default=[], metavar="path=FILE[,readonly=on][,id=NAME]",
+    parser.add_argument("--disk", action="append", default=[],
+                        metavar="path=FILE[,readonly=on][,id=NAME][,rate_limit_bw=BYTES/s][,rate_limit_ops=OPS/s]"
+                                "[,burst=TIME]",
                         help="a virtio-blk disk on a raw image (repeatable)")
+    parser.add_argument("--net", action="append", default=[],
+                        metavar="[tap=NAME][,mac=MAC][,id=NAME][,[rx_|tx_]rate_limit_bw=BYTES/s]"
+                                "[,[rx_|tx_]rate_limit_ops=OPS/s][,burst=TIME]",
+                        help="a virtio-net device on an existing TAP device, or on one made for the run "
+                             "without tap= (repeatable)")
     parser.add_argument("--seccomp", choices=("on", "log", "off"), default="on", metavar="on|log|off",
                         help="confine each thread to the system calls of its role: a call outside "
                              "it ends the run (on, the default), is reported on stderr (log), "
@@ -199,12 +206,12 @@ def config_from_args(args):
 
 
 def virtio_options(args):
-    """VmConfig's console, rng and disks from --console, --rng and --disk."""
-    if args.console == "off" and args.rng is None and not args.disk:
+    """VmConfig's console, rng, disks and nets from --console, --rng, --disk and --net."""
+    if args.console == "off" and args.rng is None and not args.disk and not args.net:
         return {}
-    from .virtio_options import parse_disk, parse_rng
+    from .virtio_options import parse_disk, parse_net, parse_rng
     return {"console": args.console, "rng": None if args.rng is None else parse_rng(args.rng),
-            "disks": [parse_disk(text) for text in args.disk]}
+            "disks": [parse_disk(text) for text in args.disk], "nets": [parse_net(text) for text in args.net]}
 
 
 def _address(text):
@@ -398,6 +405,10 @@ def _run(machine, config, api=None, paused=False, confine_caller=False):
             print(f"pyvmm: serial console on {machine.console_where}", file=sys.stderr, flush=True)
         if machine.gdb is not None:
             print(f"warning: waiting for gdb on {machine.gdb.endpoint}", file=sys.stderr, flush=True)
+        for net_id, tap, created in machine.taps:
+            if created:
+                print(f"pyvmm: {net_id} on TAP device {tap}, made for this run (gone when it ends)",
+                      file=sys.stderr, flush=True)
         if api is not None:
             api.start(machine)
         # Input comes from stdin whatever the output is, unless the console brings its own.
@@ -409,9 +420,13 @@ def _run(machine, config, api=None, paused=False, confine_caller=False):
         if api is not None:
             api.close()                     # before the machine goes: no request may reach a closed one
         if config.stats == "json":
-            print(json.dumps(machine.stats.as_dict(result)), file=sys.stderr)
+            print(json.dumps({**machine.stats.as_dict(result), "devices": machine.device_counters()}),
+                  file=sys.stderr)
         elif config.stats:
             print(machine.stats.format(machine.port_name, result), file=sys.stderr)
+            devices = format_device_counters(machine.device_counters())
+            if devices:
+                print(devices, file=sys.stderr)
             history, total = machine.post_codes()
             report = format_post_codes(history, machine.started_ns, total)
             if report:

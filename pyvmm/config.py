@@ -60,7 +60,7 @@ class VmConfig:
     kernel: path (None boots the bundled hello guest); memory: bytes;
     raw_mode: real | protected | long to load a flat binary, with load_addr
     and entry; serial: stdio | null | file:PATH | pty | socket=PATH | buffer;
-    timeout: seconds; console, rng, disks: virtio devices
+    timeout: seconds; console, rng, disks, nets: virtio devices
     (pyvmm.virtio_options), opened by the Machine before anything else;
     seccomp: on | log | off, the sandbox of pyvmm's threads (pyvmm.sandbox).
     """
@@ -68,7 +68,7 @@ class VmConfig:
     def __init__(self, kernel=None, memory=DEFAULT_MEMORY, cpus=1, cmdline="", raw_mode=None,
                  load_addr=None, entry=None, serial="stdio", timeout=None, stats=False,
                  masked_features=(), modules=(), initrd=None, trace=None, exit_path=None, gdb=None,
-                 console="off", rng=None, disks=(), seccomp=None):
+                 console="off", rng=None, disks=(), nets=(), seccomp=None):
         self.kernel = kernel
         self.memory = memory
         self.cpus = cpus
@@ -89,11 +89,12 @@ class VmConfig:
         self.console = console                         # off | virtio (pyvmm.virtio_options)
         self.rng = rng                                 # RngSpec or None
         self.disks = list(disks)                       # DiskSpec, in slot order
+        self.nets = list(nets)                         # NetSpec, in slot order after the disks
         self.seccomp = default_seccomp() if seccomp is None else seccomp
 
     @property
     def has_virtio(self):
-        return self.console != "off" or self.rng is not None or bool(self.disks)
+        return self.console != "off" or self.rng is not None or bool(self.disks) or bool(self.nets)
 
     def __repr__(self):
         return f"VmConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

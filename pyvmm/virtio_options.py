@@ -2,26 +2,40 @@
 
     --console virtio                            a virtio console (hvc0) on the serial output
     --rng [src=PATH]                            entropy from PATH (default /dev/urandom)
-    --disk path=FILE[,readonly=on][,id=NAME]    a virtio-blk disk on a raw image (repeatable)
+    --disk path=FILE[,readonly=on][,id=NAME][,rate_limit_bw=BYTES/s][,rate_limit_ops=OPS/s][,burst=TIME]
+                                                a virtio-blk disk on a raw image (repeatable)
+    --net [tap=NAME][,mac=MAC][,id=NAME][,rate limits]
+                                                a virtio-net device on a TAP device (repeatable)
 
 Values are KEY=VALUE pairs separated by commas; booleans take on/off (or
-true/false). `check` refuses what cannot work before the VM is built: an
-unknown key, a missing or unreadable file, an image another VM holds, an
-id too long for the 20-byte virtio-blk serial, more devices than slots
-with an interrupt. The machine opens the files for good
-(pyvmm.machine.virtio), before anything else of the VM exists.
+true/false). Rates take the size units of --memory (10M is 10 MiB a
+second) and may end in /s; burst is how much a bucket holds, as time at its
+rate (100ms by default; see pyvmm.devices.ratelimit). On --net,
+rate_limit_bw and rate_limit_ops limit each direction, and the rx_ and tx_
+forms of them one direction. `check` refuses what cannot work before the VM
+is built: an unknown key, a missing or unreadable file, an image another VM
+holds, an id too long for the 20-byte virtio-blk serial or used twice, a
+TAP device that does not exist, a TAP to create without CAP_NET_ADMIN, more
+devices than slots with an interrupt. The machine opens the files and TAP
+devices for good (pyvmm.machine.virtio), before anything else of the VM
+exists.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from typing import Dict, Iterable, Optional
 
 from .arch.x86_64 import layout
-from .config import ConfigError
+from .config import ConfigError, parse_size
+from .devices.ratelimit import RateLimiter
 from .devices.virtio.blk import disk_ids
 from .devices.virtio.image import ImageError, check_image
+from .devices.virtio.net import format_mac, net_ids, parse_mac
 from .devices.virtio.rng import DEFAULT_SOURCE
+from .devices.virtio.tap import TapError, check_name, has_net_admin, interface_exists
 
 CONSOLES = ("off", "virtio")
 ID_BYTES = 20
@@ -37,12 +51,59 @@ class RngSpec:
         return f"RngSpec(src={self.src!r})"
 
 
-class DiskSpec:
-    def __init__(self, path: str, readonly: bool = False, id: Optional[str] = None) -> None:
-        self.path, self.readonly, self.id = path, readonly, id
+DEFAULT_BURST = 0.1          # seconds of tokens a rate limiter's bucket holds
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
+
+
+class RateLimitSpec:
+    """A rate limiter's configuration: bytes and operations a second (None:
+    no limit on that) and the buckets' burst, in seconds."""
+
+    def __init__(self, bandwidth: Optional[int] = None, ops: Optional[int] = None,
+                 burst: float = DEFAULT_BURST) -> None:
+        self.bandwidth, self.ops, self.burst = bandwidth, ops, burst
+
+    def limiter(self, clock=None) -> Optional[RateLimiter]:
+        extra = {} if clock is None else {"clock": clock}
+        return RateLimiter.from_rates(self.bandwidth, self.ops, self.burst, **extra)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RateLimitSpec) and vars(self) == vars(other)
 
     def __repr__(self) -> str:
-        return f"DiskSpec(path={self.path!r}, readonly={self.readonly}, id={self.id!r})"
+        return f"RateLimitSpec(bandwidth={self.bandwidth!r}, ops={self.ops!r}, burst={self.burst!r})"
+
+
+class DiskSpec:
+    def __init__(self, path: str, readonly: bool = False, id: Optional[str] = None,
+                 rate_limit: Optional[RateLimitSpec] = None) -> None:
+        self.path, self.readonly, self.id, self.rate_limit = path, readonly, id, rate_limit
+
+    def __repr__(self) -> str:
+        return (f"DiskSpec(path={self.path!r}, readonly={self.readonly}, id={self.id!r}, "
+                f"rate_limit={self.rate_limit!r})")
+
+
+class NetSpec:
+    """A network device: the TAP it opens (`tap`, None: one made for the
+    run), its MAC address (a random 52:54:00:xx:xx:xx if not given) and
+    id, and a rate limit per direction."""
+
+    def __init__(self, tap: Optional[str] = None, mac: Optional[str] = None, id: Optional[str] = None,
+                 rx: Optional[RateLimitSpec] = None, tx: Optional[RateLimitSpec] = None) -> None:
+        self.tap = tap
+        self.mac = mac if mac is not None else random_mac()
+        self.id = id
+        self.rx, self.tx = rx, tx
+
+    def __repr__(self) -> str:
+        return (f"NetSpec(tap={self.tap!r}, mac={self.mac!r}, id={self.id!r}, rx={self.rx!r}, "
+                f"tx={self.tx!r})")
+
+
+def random_mac() -> str:
+    """A locally administered unicast address in QEMU's 52:54:00 range."""
+    return format_mac(b"\x52\x54\x00" + secrets.token_bytes(3))
 
 
 def _pairs(option: str, text: str, keys: Iterable[str]) -> Dict[str, str]:
@@ -70,22 +131,90 @@ def parse_rng(text: str = "") -> RngSpec:
     return RngSpec(src)
 
 
+RATE_KEYS = ("rate_limit_bw", "rate_limit_ops", "burst")
+NET_RATE_KEYS = ("rate_limit_bw", "rate_limit_ops", "rx_rate_limit_bw", "rx_rate_limit_ops",
+                 "tx_rate_limit_bw", "tx_rate_limit_ops", "burst")
+
+
+def parse_rate(option: str, key: str, text: str, sizes: bool) -> int:
+    """'10M/s' -> 10485760 (sizes: the units of --memory), '500' -> 500."""
+    value = text[:-2] if text.endswith("/s") else text
+    try:
+        rate = parse_size(value) if sizes else int(value.strip())
+    except (ConfigError, ValueError):
+        unit = "BYTES/s, e.g. 10M/s" if sizes else "OPS/s, e.g. 1000/s"
+        raise ConfigError(f"{option}: {key}={text!r} is not a rate ({unit})") from None
+    if rate <= 0:
+        raise ConfigError(f"{option}: {key} must be positive")
+    return rate
+
+
+def parse_burst(option: str, text: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{option}: burst={text!r} is not a time (e.g. 100ms or 0.5s)")
+    seconds = float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+    if not 0.001 <= seconds <= 60:
+        raise ConfigError(f"{option}: burst must be between 1ms and 60s")
+    return seconds
+
+
+def _rate_limit(option: str, values: Dict[str, str], prefix: str = "") -> Optional[RateLimitSpec]:
+    """The limit the rate keys give (with `prefix`, else the unprefixed ones)."""
+    def rate(name, sizes):
+        text = values.get(prefix + name, values.get(name))
+        return None if text is None else parse_rate(option, prefix + name if prefix + name in values else name,
+                                                      text, sizes)
+    bandwidth, ops = rate("rate_limit_bw", True), rate("rate_limit_ops", False)
+    burst = parse_burst(option, values["burst"]) if "burst" in values else DEFAULT_BURST
+    if bandwidth is None and ops is None:
+        return None
+    return RateLimitSpec(bandwidth, ops, burst)
+
+
 def parse_disk(text: str) -> DiskSpec:
-    values = _pairs("--disk", text, ("path", "readonly", "id"))
+    values = _pairs("--disk", text, ("path", "readonly", "id") + RATE_KEYS)
     if not values.get("path"):
         raise ConfigError(f"--disk {text!r}: path=FILE is required")
     readonly = values.get("readonly", "off").lower()
     if readonly not in _BOOLEANS:
         raise ConfigError(f"--disk {text!r}: readonly takes on or off, not {values['readonly']!r}")
     disk_id = values.get("id")
-    if disk_id is not None and (not disk_id or len(disk_id.encode()) > ID_BYTES
-                                or not disk_id.isprintable() or not disk_id.isascii()):
-        raise ConfigError(f"--disk {text!r}: id must be 1 to {ID_BYTES} printable ASCII characters")
-    return DiskSpec(values["path"], _BOOLEANS[readonly], disk_id)
+    limit = _rate_limit("--disk", values)
+    if "burst" in values and limit is None:
+        raise ConfigError(f"--disk {text!r}: burst needs rate_limit_bw or rate_limit_ops")
+    return DiskSpec(values["path"], _BOOLEANS[readonly], _checked_id("--disk", text, disk_id), limit)
+
+
+def _checked_id(option: str, text: str, value: Optional[str]) -> Optional[str]:
+    if value is not None and (not value or len(value.encode()) > ID_BYTES
+                              or not value.isprintable() or not value.isascii()):
+        raise ConfigError(f"{option} {text!r}: id must be 1 to {ID_BYTES} printable ASCII characters")
+    return value
+
+
+def parse_net(text: str) -> NetSpec:
+    values = _pairs("--net", text, ("tap", "mac", "id") + NET_RATE_KEYS)
+    tap = values.get("tap")
+    if tap is not None:
+        try:
+            check_name(tap)
+        except TapError as error:
+            raise ConfigError(f"--net {text!r}: tap: {error}") from None
+    mac = values.get("mac")
+    if mac is not None:
+        try:
+            mac = format_mac(parse_mac(mac))
+        except ValueError as error:
+            raise ConfigError(f"--net {text!r}: mac: {error}") from None
+    rx, tx = _rate_limit("--net", values, "rx_"), _rate_limit("--net", values, "tx_")
+    if "burst" in values and rx is None and tx is None:
+        raise ConfigError(f"--net {text!r}: burst needs a rate limit")
+    return NetSpec(tap, mac, _checked_id("--net", text, values.get("id")), rx, tx)
 
 
 def device_count(config) -> int:
-    return (config.console == "virtio") + (config.rng is not None) + len(config.disks)
+    return (config.console == "virtio") + (config.rng is not None) + len(config.disks) + len(config.nets)
 
 
 def check(config) -> None:
@@ -99,6 +228,11 @@ def check(config) -> None:
     for disk_id in ids:
         if ids.count(disk_id) > 1:
             raise ConfigError(f"--disk: two disks with id {disk_id!r}")
+    names = net_ids(config.nets)
+    for name in names:
+        if names.count(name) > 1 or name in ids:
+            raise ConfigError(f"--net: id {name!r} is given to two devices")
+    _check_nets(config.nets)
     if config.rng is not None:
         _check_source(config.rng.src)
     files = {}
@@ -120,3 +254,16 @@ def _check_source(path: str) -> None:
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as error:
         raise ConfigError(f"--rng: cannot read {path}: {error.strerror or error}") from None
+
+
+def _check_nets(nets) -> None:
+    taps = [net.tap for net in nets if net.tap is not None]
+    for name in taps:
+        if taps.count(name) > 1:
+            raise ConfigError(f"--net: TAP device {name} is given twice")
+        if not interface_exists(name):
+            raise ConfigError(f"--net: there is no network interface {name} (create a TAP device with "
+                              f"`ip tuntap add {name} mode tap user $USER`)")
+    if len(taps) < len(nets) and not has_net_admin():
+        raise ConfigError("--net: creating a TAP device (no tap=NAME given) needs CAP_NET_ADMIN: run as root, "
+                          "or create one with `ip tuntap add NAME mode tap user $USER` and give tap=NAME")

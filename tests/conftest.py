@@ -2,7 +2,8 @@
 tests need gdb, `network` tests download Debian packages (unless they are
 already cached), `install` tests install pyvmm with the system's python3,
 `svm` tests run inside the SVM test host (QEMU and Debian's packages,
-pyvmm/testing/svm).
+pyvmm/testing/svm), `tap` tests make network namespaces with TAP devices
+(root, iproute2, /dev/net/tun; pyvmm/testing/netns.py).
 
 Without them a developer sees a clear skip; under CI (CI=true) a missing
 requirement is a failure, never a skip.
@@ -88,7 +89,12 @@ def _svm_missing():
     return svm.missing()
 
 
-REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing,
+def _tap_missing():
+    from pyvmm.testing import netns
+    return netns.missing()
+
+
+REQUIREMENTS = {"kvm": _kvm_missing, "qemu": _qemu_missing, "tap": _tap_missing,
                 "gdb": lambda: None if shutil.which("gdb") else "gdb is not installed (apt-get install gdb)",
                 "network": _network_missing, "install": _system_python_missing, "svm": _svm_missing}
 

@@ -32,7 +32,7 @@ def info(machine, body):
 
 
 def counters(machine, body):
-    return 200, machine.exit_stats().as_dict()
+    return 200, {**machine.exit_stats().as_dict(), "devices": machine.device_counters()}
 
 
 def pause(machine, body):

@@ -200,6 +200,19 @@ class Machine:
             live.merge(loop.stats)
         return live
 
+    def device_counters(self):
+        """{id: {counter: value}} of the virtio devices that count (network
+        devices: packets, bytes and drops each way; disks: requests and
+        bytes): readable during a run and after it."""
+        return self.virtio.counters() if self.virtio else {}
+
+    @property
+    def taps(self):
+        """[(device id, TAP name, made for this run)] of the network devices."""
+        if not self.virtio:
+            return []
+        return [(device.id, device.tap.name, device.tap.created) for device in self.virtio.nets()]
+
     def port_name(self, port):
         """The name of the device on a port ("" if none), for reports."""
         return self.devices.port_bus.name_at(port)

@@ -1,10 +1,11 @@
 """A VM's virtio devices in the virtio-mmio slots, and how a kernel finds them.
 
 VirtioSlots.open(config) opens what the devices need from the host (entropy
-source, disk images with their locks) before anything else of the VM
-exists, so a bad file is a usage error with nothing to undo. attach(machine)
-then puts one transport per device in the slots from the top down
-(console, entropy, then the disks in order), each with its interrupt, and
+source, disk images with their locks, TAP devices) before anything else of
+the VM exists, so a bad file is a usage error with nothing to undo.
+attach(machine) then puts one transport per device in the slots from the
+top down (console, entropy, the disks, then the network devices, each in
+order), each with its interrupt, and
 an EmptySlot in every other slot, through machine.add_mmio_device. A kernel
 finds the devices through `kernel_cmdline()` (virtio_mmio.device=SIZE@ADDR:IRQ,
 as QEMU's microvm appends for Linux) or the ACPI DSDT entries of
@@ -21,7 +22,9 @@ from ..devices.virtio.blk import VirtioBlock, disk_ids
 from ..devices.virtio.console import VirtioConsole
 from ..devices.virtio.image import ImageError, RawImage
 from ..devices.virtio.mmio import EmptySlot, MmioTransport
+from ..devices.virtio.net import VirtioNet, net_ids, parse_mac
 from ..devices.virtio.rng import EntropySource, VirtioRng
+from ..devices.virtio.tap import Tap, TapError
 from ..loader import LoadOptions, LoaderError, bzimage, detect
 
 
@@ -30,6 +33,7 @@ class VirtioSlots:
 
     def __init__(self) -> None:
         self.devices: List = []              # VirtioDevice, in slot order from the top
+        self.ids: List[str] = []             # each device's name in counters (disk0, net0...)
         self.console: Optional[VirtioConsole] = None
         self.transports: List[MmioTransport] = []
 
@@ -40,24 +44,49 @@ class VirtioSlots:
         try:
             if config.console == "virtio":
                 slots.console = VirtioConsole(None)
-                slots.devices.append(slots.console)
+                slots._add("console", slots.console)
             if config.rng is not None:
                 try:
                     source = EntropySource(config.rng.src)
                 except OSError as error:
                     raise ConfigError(f"--rng: cannot read {config.rng.src}: "
                                       f"{error.strerror or error}") from None
-                slots.devices.append(VirtioRng(source))
+                slots._add("rng", VirtioRng(source))
             for disk, disk_id in zip(config.disks, disk_ids(config.disks)):
                 try:
                     image = RawImage(disk.path, disk.readonly)
                 except ImageError as error:
                     raise ConfigError(f"--disk: {error}") from None
-                slots.devices.append(VirtioBlock(image, disk_id))
+                limiter = disk.rate_limit.limiter() if disk.rate_limit else None
+                slots._add(disk_id, VirtioBlock(image, disk_id, limiter))
+            for net, net_id in zip(config.nets, net_ids(config.nets)):
+                try:
+                    tap = Tap.open(net.tap) if net.tap is not None else Tap.create()
+                except TapError as error:
+                    raise ConfigError(f"--net: {error}") from None
+                slots._add(net_id, VirtioNet(tap, parse_mac(net.mac), net_id,
+                                             net.rx.limiter() if net.rx else None,
+                                             net.tx.limiter() if net.tx else None))
         except BaseException:
             slots.close()
             raise
         return slots
+
+    def _add(self, name: str, device) -> None:
+        self.ids.append(name)
+        self.devices.append(device)
+
+    def counters(self) -> dict:
+        """{id: the device's counters} of the devices that keep some."""
+        found = {}
+        for name, device in zip(self.ids, self.devices):
+            counters = device.counters()
+            if counters is not None:
+                found[name] = counters
+        return found
+
+    def nets(self) -> List[VirtioNet]:
+        return [device for device in self.devices if isinstance(device, VirtioNet)]
 
     def __bool__(self) -> bool:
         return bool(self.devices)
@@ -124,4 +153,4 @@ class VirtioSlots:
     def close(self) -> None:
         for device in self.devices:
             device.close()
-        self.devices = []
+        self.devices, self.ids = [], []

@@ -137,6 +137,16 @@ def _address_order(item):
     return (not isinstance(addr, int), addr if isinstance(addr, int) else 0, access)
 
 
+def format_device_counters(devices):
+    """--stats' lines for the devices' own counters ({id: {name: value}}), or ""."""
+    if not devices:
+        return ""
+    lines = ["devices:"]
+    for name, counters in devices.items():
+        lines.append(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counters.items()))
+    return "\n".join(lines)
+
+
 def format_post_codes(history, start_ns, total):
     """POST-port writes with their time since the run started (boot timing)."""
     if not total:

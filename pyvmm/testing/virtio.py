@@ -45,6 +45,9 @@ once DEVICE_NEEDS_RESET is set, nothing more is used until a reset.
 
 from __future__ import annotations
 
+import os
+import select
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -63,6 +66,19 @@ DEFAULT_MEMORY = 1 << 20
 _DESCRIPTOR = struct.Struct("<QIHH")
 
 
+class InlineTimer:
+    """InlineWorker.call_later's handle: cancel() takes the timer out."""
+
+    def __init__(self, timers: list, entry: tuple) -> None:
+        self._timers, self._entry = timers, entry
+
+    def cancel(self) -> None:
+        for index, entry in enumerate(self._timers):
+            if entry is self._entry:
+                del self._timers[index]
+                return
+
+
 class InlineWorker:
     """Stands in for a DeviceWorker: calls queue up and run on the calling
     thread when run() is called, so a test decides when the device works."""
@@ -76,8 +92,10 @@ class InlineWorker:
     def call(self, fn, *args) -> None:
         self.calls.append((fn, args))
 
-    def call_later(self, delay, fn, *args):
-        self.timers.append((delay, fn, args))
+    def call_later(self, delay, fn, *args) -> "InlineTimer":
+        entry = (delay, fn, args)
+        self.timers.append(entry)
+        return InlineTimer(self.timers, entry)
 
     def watch(self, fd, fn) -> None:
         self.watches[fd] = fn
@@ -88,6 +106,27 @@ class InlineWorker:
     @property
     def on_worker(self) -> bool:
         return True
+
+    def poll(self) -> int:
+        """Calls the watch callback of every watched fd that is readable now
+        (once each), then runs what they queued; how many fired."""
+        ready = [fd for fd in list(self.watches) if select.select([fd], [], [], 0)[0]]
+        for fd in ready:
+            fn = self.watches.get(fd)
+            if fn is not None:
+                fn()
+        self.run()
+        return len(ready)
+
+    def fire_timers(self) -> int:
+        """Runs every timer set so far at once (as if their time had come),
+        then what they queued; how many ran."""
+        timers = list(self.timers)
+        self.timers.clear()
+        for _delay, fn, args in timers:
+            fn(*args)
+        self.run()
+        return len(timers)
 
     def run(self, limit: int = 10000) -> int:
         """Runs queued calls (and the ones they queue) until none is left;
@@ -105,6 +144,65 @@ class InlineWorker:
 
     def close(self) -> None:
         self.calls.clear()
+
+
+class SocketTap:
+    """A TAP device stand-in for virtio-net tests without root: whole frames
+    (each behind its 12-byte virtio-net header, as IFF_VNET_HDR gives them)
+    through an AF_UNIX SOCK_SEQPACKET pair. The device reads and writes one
+    end (`fd`, read_frame, write_frame, set_offload: a Tap's interface); the
+    test the other, with send() and received()."""
+
+    def __init__(self, name: str = "sockettap0") -> None:
+        self._device, self._host = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._device.setblocking(False)
+        self._host.setblocking(False)
+        self.fd = self._device.fileno()
+        self.name = name
+        self.offload = 0
+        self.offloads: List[int] = []          # every TUNSETOFFLOAD value, in order
+        self.refuse_writes: Optional[int] = None   # an errno write_frame raises, if set
+
+    # the device's side
+    def read_frame(self, buffer) -> Optional[int]:
+        try:
+            return self._device.recv_into(buffer)
+        except BlockingIOError:
+            return None
+
+    def write_frame(self, parts) -> int:
+        if self.refuse_writes is not None:
+            raise OSError(self.refuse_writes, os.strerror(self.refuse_writes))
+        return self._device.sendmsg(parts)
+
+    def set_offload(self, flags: int) -> None:
+        self.offload = flags
+        self.offloads.append(flags)
+
+    # the test's side
+    def send(self, frame: bytes, header: bytes = bytes(12)) -> bool:
+        """Queues one frame for the device; False when the socket is full
+        (a TAP's queue drops then too)."""
+        try:
+            self._host.send(header + frame)
+        except BlockingIOError:
+            return False
+        return True
+
+    def received(self) -> List[bytes]:
+        """The frames the device wrote since the last call, headers included."""
+        frames = []
+        while True:
+            try:
+                frames.append(self._host.recv(1 << 17))
+            except BlockingIOError:
+                return frames
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self._device.close()
+            self._host.close()
+            self.fd = -1
 
 
 class TestContext:
@@ -446,6 +544,10 @@ class HostileChain:
                 queue.write_descriptor(index, d.addr, d.length, d.flags, d.next, table=self.indirect_addr)
         queue.publish(self.head)
         if self.avail_jump:
+            # The entries the jump makes available are published too, whatever they hold.
+            for offset in range(min(self.avail_jump, queue.size)):
+                slot = queue.avail + 4 + 2 * ((queue.avail_idx + offset) % queue.size)
+                queue.published.append(queue.memory.read_u16(slot))
             queue.avail_idx = (queue.avail_idx + self.avail_jump) & 0xFFFF
             queue.memory.write_u16(queue.avail + 2, queue.avail_idx)
 

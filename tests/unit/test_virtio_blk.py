@@ -9,6 +9,7 @@ from pyvmm.devices.virtio import spec
 from pyvmm.devices.virtio.blk import (MAX_SEGMENT_SECTORS, MAX_SEGMENTS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH,
                                       T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, VirtioBlock)
 from pyvmm.devices.virtio.image import ImageError, RawImage, check_image
+from pyvmm.devices.ratelimit import RateLimiter
 from pyvmm.testing.virtio import VirtioBench
 
 SECTORS = 64
@@ -207,3 +208,31 @@ def test_close_releases_the_fd(image_path):
     device.close()
     device.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_rate_limited_disk_holds_requests_in_the_ring_until_its_timer(image_path):
+    """Bandwidth of 8 sectors a second in a bucket of 0.5 s: two 2-sector
+    reads go at once, the rest wait in the ring for one timer each (never
+    an error, never a busy loop), and every one completes in order."""
+    clock = [0]
+    limiter = RateLimiter.from_rates(bytes_per_second=8 * 512, burst=0.5, clock=lambda: clock[0])
+    image = RawImage(image_path)
+    with VirtioBench(VirtioBlock(image, "disk0", limiter)) as bench:
+        queue = bench.driver.start([16])[0]
+        heads = []
+        for index in range(5):
+            base = 0x40000 + index * 0x2000
+            bench.memory.write(base, struct.pack("<IIQ", T_IN, 0, index))
+            heads.append(queue.add([(base, 16, False), (base + 0x100, 1024, True), (base + 0x1000, 1, True)]))
+        queue.kick()
+        bench.run()
+        assert [head for head, _ in queue.take_used()] == heads[:2]
+        timers = bench.context.worker.timers
+        assert len(timers) == 1 and timers[0][0] == pytest.approx(0.25)
+        assert bench.device.counters()["throttled"] == 1
+        for served in (heads[2:3], heads[3:4], heads[4:5]):
+            clock[0] += 250_000_000
+            bench.context.worker.fire_timers()
+            assert [head for head, _ in queue.take_used()] == served
+        assert all(bench.memory.read(0x40000 + i * 0x2000 + 0x1000, 1) == bytes([S_OK]) for i in range(5))
+        assert bench.device.counters()["bytes_read"] == 5 * 1024 and not bench.failures

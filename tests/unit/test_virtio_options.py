@@ -23,9 +23,10 @@ def image(tmp_path):
 
 
 def test_disk_options_in_cloud_hypervisors_syntax():
-    assert vars(parse_disk("path=/x.img")) == {"path": "/x.img", "readonly": False, "id": None}
+    assert vars(parse_disk("path=/x.img")) == {"path": "/x.img", "readonly": False, "id": None,
+                                               "rate_limit": None}
     assert vars(parse_disk("path=/x.img,readonly=on,id=root")) == {"path": "/x.img", "readonly": True,
-                                                                  "id": "root"}
+                                                                  "id": "root", "rate_limit": None}
     assert parse_disk("readonly=true,path=y").readonly
     assert not parse_disk("path=y,readonly=off").readonly
     assert parse_rng("").src == "/dev/urandom" and parse_rng("src=/dev/random").src == "/dev/random"
@@ -159,3 +160,34 @@ def test_a_locked_image_is_a_usage_error_and_stays_untouched(image):
     assert result.returncode == 2
     assert b"in use by another VM" in result.stderr and len(result.stderr.splitlines()) == 1
     assert (open(image, "rb").read(), os.stat(image).st_mtime_ns) == before
+
+
+def test_net_options():
+    from pyvmm.virtio_options import parse_net
+    net = parse_net("tap=tap0,mac=52:54:00:AB:CD:EF,id=lan")
+    assert (net.tap, net.mac, net.id, net.rx, net.tx) == ("tap0", "52:54:00:ab:cd:ef", "lan", None, None)
+    made = parse_net("mac=52:54:00:00:00:01")
+    assert made.tap is None
+    assert parse_net("").mac.startswith("52:54:00:") and parse_net("").mac != parse_net("").mac
+    for bad, words in (("tap=a/b", "interface name"), ("mac=01:00:00:00:00:00", "multicast"),
+                       ("mac=1:2:3", "MAC"), ("tap=" + "x" * 16, "interface name"), ("colour=red", "colour"),
+                       ("burst=10ms", "burst needs"), ("rate_limit_bw=0", "positive"),
+                       ("rate_limit_ops=fast", "not a rate")):
+        with pytest.raises(ConfigError, match=words):
+            parse_net(bad)
+
+
+def test_rate_limits_per_direction_and_on_disks():
+    from pyvmm.virtio_options import parse_net
+    net = parse_net("tap=t,rate_limit_bw=10M/s,tx_rate_limit_ops=500,burst=50ms")
+    assert (net.rx.bandwidth, net.rx.ops, net.rx.burst) == (10 << 20, None, 0.05)
+    assert (net.tx.bandwidth, net.tx.ops) == (10 << 20, 500)
+    only_rx = parse_net("tap=t,rx_rate_limit_ops=100/s")
+    assert only_rx.tx is None and only_rx.rx.ops == 100
+    disk = parse_disk("path=x,rate_limit_bw=1M,rate_limit_ops=200/s")
+    assert (disk.rate_limit.bandwidth, disk.rate_limit.ops, disk.rate_limit.burst) == (1 << 20, 200, 0.1)
+    limiter = disk.rate_limit.limiter()
+    assert limiter.bandwidth.rate == pytest.approx(1 << 20) and limiter.ops.rate == pytest.approx(200)
+    for bad in ("path=x,burst=1s", "path=x,rate_limit_bw=1M,burst=2h", "path=x,rate_limit_bw=1M,burst=0ms"):
+        with pytest.raises(ConfigError):
+            parse_disk(bad)

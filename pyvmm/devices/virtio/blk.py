@@ -27,7 +27,7 @@ import struct
 from . import spec
 from .device import VirtioDevice
 from .image import SECTOR, RawImage
-from .queue import DescriptorChain, QueueError
+from .queue import DescriptorChain, QueueError, SplitQueue
 
 # 5.2.3 Feature bits.
 F_SEG_MAX = 2
@@ -64,9 +64,13 @@ class VirtioBlock(VirtioDevice):
     queue_count = 1
     name = "virtio-blk"
 
-    def __init__(self, image: RawImage, disk_id: str = "") -> None:
+    def __init__(self, image: RawImage, disk_id: str = "", limiter=None) -> None:
+        """`limiter`: a pyvmm.devices.ratelimit.RateLimiter, or None."""
         super().__init__()
         self.image = image
+        self.limiter = limiter
+        self._throttle_timer = None
+        self.throttled = self.bytes_read = self.bytes_written = 0
         self.disk_id = disk_id.encode("ascii", "replace")[:ID_BYTES].ljust(ID_BYTES, b"\0")
         self.features = (1 << F_SEG_MAX | 1 << F_BLK_SIZE | 1 << F_FLUSH | 1 << F_DISCARD
                          | 1 << F_WRITE_ZEROES | (1 << F_RO if image.readonly else 0))
@@ -86,6 +90,41 @@ class VirtioBlock(VirtioDevice):
     def config(self) -> bytes:
         return self._config
 
+    def process(self, queue_index: int, queue: SplitQueue) -> bool:
+        """Serves requests while the rate limiter lets them through; a
+        refused one stays in the ring until a timer on the worker looks
+        again (the guest only sees it take longer)."""
+        while True:
+            if self._throttle_timer is not None:
+                return False
+            chain = queue.pop()
+            if chain is None:
+                return True
+            if self.limiter is not None:
+                wait = self.limiter.consume(self._data_bytes(chain))
+                if wait:
+                    queue.undo_pop()
+                    self.throttled += 1
+                    self._throttle_timer = self.transport.context.worker.call_later(wait, self._refilled)
+                    return False
+            queue.push(chain.head, self.handle(queue_index, chain))
+
+    def _refilled(self) -> None:
+        self._throttle_timer = None
+        self.transport.serve(0)
+
+    @staticmethod
+    def _data_bytes(chain: DescriptorChain) -> int:
+        """What a request costs the bandwidth bucket: the bytes it reads or writes."""
+        if chain.readable_length < HEADER.size or chain.writable_length < 1:
+            return 0
+        kind = HEADER.unpack(chain.read(0, HEADER.size))[0]
+        if kind == T_IN:
+            return chain.writable_length - 1
+        if kind == T_OUT:
+            return chain.readable_length - HEADER.size
+        return 0
+
     def handle(self, queue_index: int, chain: DescriptorChain) -> int:
         if chain.readable_length < HEADER.size or chain.writable_length < 1:
             raise QueueError("virtio-blk request without its 16-byte header or status byte")
@@ -102,12 +141,14 @@ class VirtioBlock(VirtioDevice):
             if not self._in_range(sector, length):
                 return S_IOERR
             image.read_into(chain.writable_views(0, length), sector * SECTOR)
+            self.bytes_read += length
             return S_OK
         if kind == T_OUT:
             length = chain.readable_length - HEADER.size
             if image.readonly or not self._in_range(sector, length):
                 return S_IOERR
             image.write_from(chain.readable_views(HEADER.size, length), sector * SECTOR)
+            self.bytes_written += length
             return S_OK
         if kind == T_FLUSH:
             if not image.readonly:
@@ -143,6 +184,10 @@ class VirtioBlock(VirtioDevice):
             else:
                 self.image.write_zeroes(sector * SECTOR, sectors * SECTOR, bool(flags & WRITE_ZEROES_UNMAP))
         return S_OK
+
+    def counters(self) -> dict:
+        return {"requests": self.requests, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "throttled": self.throttled}
 
     def close(self) -> None:
         self.image.close()

@@ -131,5 +131,8 @@ class VirtioConsole(VirtioDevice):
                 del self._backlog[:written]
             queue.push(chain.head, written)
 
+    def counters(self) -> dict:
+        return {"bytes_out": self.bytes_out, "input_bytes_dropped": self.input_bytes_dropped}
+
     def describe(self) -> str:
         return "console on the serial output"

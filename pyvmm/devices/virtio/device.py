@@ -78,6 +78,10 @@ class VirtioDevice:
         """Serves one request; returns the bytes written into its writable buffers."""
         return 0
 
+    def counters(self) -> Optional[dict]:
+        """{name: int} for --stats and the API (None: the device keeps none)."""
+        return None
+
     def describe(self) -> Optional[str]:
         """One line for --stats and errors (e.g. the image path)."""
         return None

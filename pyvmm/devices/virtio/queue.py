@@ -201,6 +201,11 @@ class SplitQueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
 
+    def undo_pop(self, count: int = 1) -> None:
+        """Puts the last `count` chains popped back in the queue, unused (a
+        device that cannot serve them yet pops them again later)."""
+        self.last_avail = (self.last_avail - count) & 0xFFFF
+
     def _walk(self, head: int) -> DescriptorChain:
         memory, unpack_from = self.memory, _DESCRIPTOR.unpack_from
         readable: List[Tuple[int, int]] = []
@@ -266,6 +271,15 @@ class SplitQueue:
         _USED_ELEMENT.pack_into(self._used, 4 + 8 * (self.used_idx % self.size), head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         _U16.pack_into(self._used, 2, self.used_idx)    # after the element: x86 keeps store order
+
+    def push_all(self, entries: List[Tuple[int, int]]) -> None:
+        """Returns several chains (head, written) at once: the driver sees the
+        used index move past all of them together (the buffers of one
+        merged network frame)."""
+        for offset, (head, written) in enumerate(entries):
+            _USED_ELEMENT.pack_into(self._used, 4 + 8 * ((self.used_idx + offset) % self.size), head, written)
+        self.used_idx = (self.used_idx + len(entries)) & 0xFFFF
+        _U16.pack_into(self._used, 2, self.used_idx)
 
     def needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for the entries pushed since

@@ -71,5 +71,8 @@ class VirtioRng(VirtioDevice):
     def close(self) -> None:
         self.source.close()
 
+    def counters(self) -> dict:
+        return {"bytes": self.bytes_given}
+
     def describe(self) -> str:
         return f"entropy from {self.source.path}"
