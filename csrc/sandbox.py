@@ -15,6 +15,7 @@ INCLUDES = """
 #include <sys/ioctl.h>
 #include <linux/seccomp.h>
 #include <linux/kvm.h>
+#include <linux/if_tun.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include "sandbox.h"
@@ -33,6 +34,8 @@ TYPES = """
 #define SECCOMP_IOCTL_NOTIF_SEND ...
 #define AT_EMPTY_PATH ...
 #define PROT_EXEC ...
+/* A virtio-net device setting its TAP's offloads as the driver negotiates them. */
+#define TUNSETOFFLOAD ...
 
 struct pyvmm_sandbox_event {
     int32_t tid;

@@ -116,12 +116,14 @@ INTERPRETER = Calls(
 # by contract: I/O on file descriptors it already holds (eventfds, irqfds,
 # pipes, open files, TAP devices; os.preadv and os.pwritev are preadv2 and
 # pwritev2 to the kernel), asking its worker to watch an fd
-# (DeviceWorker.watch: epoll_ctl), and its interrupt line (KVM_IRQ_LINE:
-# InterruptLine, the UART's IRQ).
+# (DeviceWorker.watch: epoll_ctl), its interrupt line (KVM_IRQ_LINE:
+# InterruptLine, the UART's IRQ), and a TAP's offloads (TUNSETOFFLOAD: a
+# virtio-net device follows the features its driver accepts, on the vCPU
+# thread that writes them).
 DEVICE_CODE = INTERPRETER + Calls(
     calls={"read", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
            "pwritev2", "lseek", "epoll_ctl"},
-    ioctls={"KVM_IRQ_LINE"},
+    ioctls={"KVM_IRQ_LINE", "TUNSETOFFLOAD"},
 )
 
 # A vCPU thread's own ioctls: KVM_RUN; the dormancy probe (VcpuLoop.
