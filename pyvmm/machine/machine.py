@@ -60,6 +60,7 @@ class Machine:
         self.built = self.devices = self.vcpu_manager = self.fast = self.sleep = self.virtio = None
         self.output = self.tracer = self.gdb = self._input = None
         self.loops = []
+        self._counted = False                   # self.stats holds the whole run's counts
         self.device_specs = []          # the --device specs of the user's devices (kept in snapshots)
         self._lifecycle = threading.RLock()
         self._inline = None             # the InlineRunner of run_until_pause
@@ -191,11 +192,12 @@ class Machine:
             live.merge(self.stats)
             live.merge(self.fast.counts())
             return live
-        if self.vcpu_manager is None or not self.vcpu_manager.running:
+        if self.vcpu_manager is None or self._counted:
             return self.stats
         live = ExitStats()
-        if self.fast is not None:
-            live.merge(self.fast.counts())
+        fast = self.fast
+        if fast is not None:
+            live.merge(fast.counts())
         for loop in self.loops:
             live.merge(loop.stats)
         return live
@@ -260,13 +262,16 @@ class Machine:
             self.sleep.close()
             if self.gdb is not None:
                 self.gdb.finish(self.stop.result)
+            final = ExitStats()                 # built aside: exit_stats() reads on meanwhile
+            final.merge(self.stats)
             if self.fast is not None:
                 self.devices.catch_up = None
                 self._deliver(lambda: self.fast.close(vm_ending=True))
-                self.stats.merge(self.fast.counts())
-                self.fast = None
+                final.merge(self.fast.counts())
             for loop in self.loops:
-                self.stats.merge(loop.stats)
+                final.merge(loop.stats)
+            self.stats, self._counted = final, True
+            self.fast = None
             if self._input is not None:
                 self._input.stop()
                 self._input = None

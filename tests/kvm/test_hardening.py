@@ -14,6 +14,7 @@ import pytest
 from pyvmm.config import VmConfig
 from pyvmm.loader import LoadOptions
 from pyvmm.machine import Machine
+from pyvmm.machine.vcpus import VcpuManager
 from pyvmm.run.stats import MAX_MMIO_KEYS, MAX_PORT_KEYS
 from pyvmm.testing.hostile import mmio_scan_image, port_scan_image, serial_flood_image
 
@@ -70,6 +71,25 @@ def test_exit_stats_can_be_read_while_the_guest_adds_addresses():
     result, stats = run_scan(MAX_MMIO_KEYS // 2, "python", poll)
     assert (result.status, result.reason) == (1, "debug-exit")
     assert len(seen) > 10 and seen == sorted(seen)
+
+
+@pytest.mark.parametrize("exit_path", ["python", "fast"])
+def test_exit_stats_read_while_the_run_ends_count_the_whole_run(exit_path, monkeypatch):
+    """Between the vCPU threads' end and the run's last merge, a reader gets
+    the whole run's counts, not an empty table."""
+    seen = []
+    stop_all = VcpuManager.stop_all
+
+    def stop_all_then_read(manager):
+        stop_all(manager)
+        seen.append(machine.exit_stats().total)
+    monkeypatch.setattr(VcpuManager, "stop_all", stop_all_then_read)
+    config = VmConfig(serial="buffer", raw_mode="protected", exit_path=exit_path, timeout=60)
+    with Machine(config, mmio_scan_image(100), LoadOptions(raw_mode="protected")) as machine:
+        result = machine.run()
+        total = machine.exit_stats().total
+    assert (result.status, result.reason) == (1, "debug-exit")
+    assert seen and total > 100 and all(reading == total for reading in seen), (seen, total)
 
 
 def start_flooding(tmp_path, *options, peak_report=None):
