@@ -56,9 +56,14 @@ def test_a_campaign_that_finds_a_bug_fails_and_keeps_it_for_every_run(tmp_path):
     target = tmp_path / "test_buggy_target.py"
     target.write_text(BUGGY_TARGET)
     database = tmp_path / "shared-examples"
-    # The campaign ends as soon as every test has failed (about 10 s here): the
-    # budget only bounds a slow start on a loaded machine.
-    finished = pyvmm("fuzz", "--seconds", "240", "--database", str(database), str(target), timeout=400)
+    # The campaign ends as soon as every test has failed (about 5 s here). A
+    # second campaign only when the first one's HypoFuzz worker died: seen in
+    # the first campaign of a fresh virtual environment, its example database
+    # writer failing with "'NoneType' object has no attribute 'save'".
+    for _attempt in range(2):
+        finished = pyvmm("fuzz", "--seconds", "120", "--database", str(database), str(target), timeout=300)
+        if finished.returncode != 0 or b"AttributeError" not in finished.stdout + finished.stderr:
+            break
     assert finished.returncode == 1, finished.stdout.decode()[-3000:] + finished.stderr.decode()[-3000:]
     assert b"data=b'\\x10'" in finished.stdout              # found, shrunk, shown
     replay = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(target)],
