@@ -281,11 +281,8 @@ class SocketConsole(ConsoleOutput):
 
     def _serve(self):
         """Accepts a client when none is attached, else feeds what it sends."""
-        if self._sandbox is not None:
-            try:
-                self._sandbox.enter("console")
-            except Exception:       # the sandbox reports it and ends the run
-                return
+        if self._sandbox is not None and not self._sandbox.confine("console"):
+            return
         while True:
             client = self._client
             try:
@@ -406,11 +403,8 @@ class InputPump:
         return self
 
     def _pump(self):
-        if self.sandbox is not None:
-            try:
-                self.sandbox.enter("console")
-            except Exception:       # the sandbox reports it and ends the run
-                return
+        if self.sandbox is not None and not self.sandbox.confine("console"):
+            return
         while True:
             try:
                 ready, _, _ = select.select([self.fd, self._wake_read], [], [])

@@ -147,11 +147,8 @@ class ApiServer:
     # --- the loop ---------------------------------------------------------------------
     def _serve(self):
         sandbox = getattr(self.machine, "sandbox", None)
-        if sandbox is not None:
-            try:
-                sandbox.enter("api")
-            except Exception:       # the sandbox reports it and ends the run
-                return
+        if sandbox is not None and not sandbox.confine("api"):
+            return
         while not self._closing:
             timeout = None
             if self._connections:

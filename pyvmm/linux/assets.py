@@ -149,15 +149,21 @@ def locked(cache_dir):
         yield
 
 
-def _fetch_into(cache_dir):
-    """Fetches and builds everything; the caller holds the cache's lock."""
+def fresh_work_dir(cache_dir):
+    """Marks the cache incomplete, drops a killed fetch's work space and
+    makes a new one; the caller holds the cache's lock."""
     try:
         _remove_quietly(os.path.join(cache_dir, COMPLETE_FILE))
         for stale in glob.glob(os.path.join(cache_dir, WORK_PREFIX + "*")):
             shutil.rmtree(stale, ignore_errors=True)
-        work = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=cache_dir)
+        return tempfile.mkdtemp(prefix=WORK_PREFIX, dir=cache_dir)
     except OSError as error:
         raise AssetError(f"cannot write to the cache {cache_dir}: {error.strerror or error}") from None
+
+
+def _fetch_into(cache_dir):
+    """Fetches and builds everything; the caller holds the cache's lock."""
+    work = fresh_work_dir(cache_dir)
     try:
         kernel, version, tree = _fetch_kernel(work)
         modules = _copy_modules(tree, version, os.path.join(work, MODULES_DIR))

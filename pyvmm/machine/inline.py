@@ -96,11 +96,8 @@ class InlineRunner:
 
     def _watch(self):
         sandbox = getattr(self.machine, "sandbox", None)
-        if sandbox is not None:
-            try:
-                sandbox.enter("watchdog")
-            except Exception:       # the sandbox reports it and ends the run
-                return
+        if sandbox is not None and not sandbox.confine("watchdog"):
+            return
         while not self._closing:
             sleep(WATCHDOG_POLL)
             with self._lock:

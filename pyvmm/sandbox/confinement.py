@@ -189,6 +189,15 @@ class Sandbox:
         if error < 0:
             self._failed(f"seccomp: cannot confine thread {name}: {os.strerror(-error)}")
 
+    def confine(self, role):
+        """enter(role) for a thread that simply ends when it cannot be
+        confined: False then (the sandbox has recorded why, and the run ends)."""
+        try:
+            self.enter(role)
+        except SandboxError:
+            return False
+        return True
+
     def _failed(self, message):
         """A thread that could not be confined must not run: the run ends."""
         with self._lock:

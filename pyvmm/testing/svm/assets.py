@@ -23,7 +23,6 @@ import lzma
 import os
 import shutil
 import struct
-import tempfile
 
 from pyvmm.linux import assets as linux_assets
 from pyvmm.linux.cpio import CpioWriter
@@ -40,7 +39,6 @@ FORMAT = f"3-{host_init.VERSION}"
 KERNEL_FILE = "vmlinuz"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 COMPLETE_FILE = "COMPLETE"
-WORK_PREFIX = ".tmp-"
 APPLETS = ("sh", "cat", "chroot", "echo", "grep", "insmod", "mkdir", "mount", "mv",
            "poweroff", "rm", "sleep", "uname")
 
@@ -89,13 +87,7 @@ def _assets_in(cache_dir, version):
 
 def _fetch_into(cache_dir):
     busybox = linux_assets.fetch().busybox
-    try:
-        _remove_quietly(os.path.join(cache_dir, COMPLETE_FILE))
-        for stale in glob.glob(os.path.join(cache_dir, WORK_PREFIX + "*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        work = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=cache_dir)
-    except OSError as error:
-        raise AssetError(f"cannot write to the cache {cache_dir}: {error.strerror or error}") from None
+    work = linux_assets.fresh_work_dir(cache_dir)
     try:
         package = linux_assets.resolve_kernel_package(KERNEL_METAPACKAGE)
         tree = linux_assets.unpack(linux_assets.download(package, work), os.path.join(work, "kernel"))
@@ -205,10 +197,3 @@ def initramfs_archive(busybox, modules):
     cpio.file("lib/modules/load-order", "".join(f"{name}\n" for name, _ in modules).encode())
     cpio.file("init", host_init.INIT.encode(), mode=0o755)
     return cpio.finish()
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
