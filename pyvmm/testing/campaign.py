@@ -25,6 +25,7 @@ import sys
 
 from . import DATABASE_VARIABLE, REPLAY_VARIABLE
 
+PLUGIN = "pyvmm.testing.hypofuzz_plugin"          # the fuzz profile in HypoFuzz's processes
 HYPOFUZZ = [sys.executable, "-c", "import sys; from hypothesis.extra.cli import main; sys.exit(main())", "fuzz"]
 STOP_PATIENCE = 15.0
 
@@ -59,7 +60,8 @@ def run(targets=(), seconds=None, processes=1, database=None, dashboard=False):
     if database is not None:
         env[DATABASE_VARIABLE] = os.path.abspath(database)
     env.pop(REPLAY_VARIABLE, None)
-    command = HYPOFUZZ + ["-n", str(processes), "--dashboard" if dashboard else "--no-dashboard", "--", *targets]
+    command = HYPOFUZZ + ["-n", str(processes), "--dashboard" if dashboard else "--no-dashboard", "--",
+                          "-p", PLUGIN, *targets]
     campaign = subprocess.Popen(command, env=env, start_new_session=True)
     stopped = False
     try:
