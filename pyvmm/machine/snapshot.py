@@ -43,6 +43,11 @@ WRITE_CHUNK = 64 << 20
 # timeout, trace, stats, exit path and gdb, belong to the process that restores).
 CONFIG_FIELDS = ("kernel", "memory", "cpus", "cmdline", "raw_mode", "load_addr", "entry", "modules", "initrd",
                  "masked_features", "devices")
+# The virtio devices (pyvmm.virtio_options.to_plain: the disks' paths and the
+# network devices' TAPs editable); absent from snapshots of machines made
+# before virtio devices could be saved, which had none. A restored machine
+# opens their files and TAP devices again.
+VIRTIO_FIELDS = ("console", "rng", "disks", "nets")
 
 
 class SnapshotError(Exception):
@@ -126,11 +131,17 @@ def config_to_plain(config, device_specs=()):
     plain["masked_features"] = sorted(config.masked_features)
     plain["modules"] = list(config.modules)
     plain["devices"] = list(device_specs)
+    from ..virtio_options import to_plain
+    plain.update(to_plain(config))
     return plain
 
 
 def config_from_plain(plain, where):
     """(VmConfig, device specs) from config.json's contents."""
+    virtio = {}
+    if isinstance(plain, dict):
+        virtio = {key: plain[key] for key in VIRTIO_FIELDS if key in plain}
+        plain = {key: value for key, value in plain.items() if key not in VIRTIO_FIELDS}
     _keys(plain, CONFIG_FIELDS, where)
     kinds = {"kernel": (str, type(None)), "memory": int, "cpus": int, "cmdline": str,
              "raw_mode": (str, type(None)), "load_addr": (int, type(None)), "entry": (int, type(None)),
@@ -142,7 +153,12 @@ def config_from_plain(plain, where):
     for field in ("modules", "masked_features", "devices"):
         if not all(isinstance(item, str) for item in plain[field]):
             raise SnapshotError(f"{where}: {field} must be a list of strings")
-    config = VmConfig(**{field: plain[field] for field in CONFIG_FIELDS if field != "devices"})
+    from ..virtio_options import from_plain
+    try:
+        options = from_plain(virtio, where)
+    except ConfigError as error:
+        raise SnapshotError(str(error)) from None
+    config = VmConfig(**{field: plain[field] for field in CONFIG_FIELDS if field != "devices"}, **options)
     return config, list(plain["devices"])
 
 
@@ -296,6 +312,9 @@ def machine_config(snapshot, overrides):
         setattr(config, field, value)
     try:
         config.validate()
+        if config.has_virtio:           # a missing disk or TAP, before anything is built
+            from ..virtio_options import check
+            check(config)
     except ConfigError as error:
         raise SnapshotError(f"{where}: {error}") from None
     regions = [list(region) for region in layout.ram_ranges(config.memory)]
