@@ -421,7 +421,7 @@ class Machine:
         devices = [{"name": entry.name, "bus": bus, "base": entry.base, "length": entry.end - entry.base}
                    for bus, entries in (("port", self.port_bus.entries()), ("mmio", self.mmio_bus.entries()))
                    for entry in entries]
-        return {"config": snapshots.config_to_plain(self.config, self.device_specs), "state": self.state,
+        return {"config": self._plain_config(), "state": self.state,
                 "vcpus": [{"index": vcpu.index, "parked": vcpu.index in parked} for vcpu in self.vcpus],
                 "devices": devices, "memory_actual_size": self.memory.size}
 
@@ -449,7 +449,7 @@ class Machine:
                     state = snapshots.capture(self)
                 except DeviceStateError as error:
                     raise MachineStateError(str(error)) from None
-                snapshots.write(directory, snapshots.config_to_plain(self.config, self.device_specs), state,
+                snapshots.write(directory, self._plain_config(), state,
                                 self.memory)
 
     @classmethod
@@ -481,6 +481,10 @@ class Machine:
             machine.close()
             raise
         return machine
+
+    def _plain_config(self):
+        return snapshots.config_to_plain(self.config, self.device_specs,
+                                         self.virtio.plain_config(self.config) if self.virtio else None)
 
     def _check_still(self, state, action):
         if state == PAUSED and self._inline is not None:

@@ -48,6 +48,7 @@ CONFIG_FIELDS = ("kernel", "memory", "cpus", "cmdline", "raw_mode", "load_addr",
 # before virtio devices could be saved, which had none. A restored machine
 # opens their files and TAP devices again.
 VIRTIO_FIELDS = ("console", "rng", "disks", "nets")
+NO_VIRTIO = {"console": "off", "rng": None, "disks": [], "nets": []}
 
 
 class SnapshotError(Exception):
@@ -126,13 +127,14 @@ def boot_of(state):
 
 # --- the configuration ------------------------------------------------------------
 
-def config_to_plain(config, device_specs=()):
+def config_to_plain(config, device_specs=(), virtio=None):
+    """config.json's contents; `virtio`: the virtio devices' part
+    (VirtioSlots.plain_config), None for a machine without any."""
     plain = {field: getattr(config, field, None) for field in CONFIG_FIELDS if field != "devices"}
     plain["masked_features"] = sorted(config.masked_features)
     plain["modules"] = list(config.modules)
     plain["devices"] = list(device_specs)
-    from ..virtio_options import to_plain
-    plain.update(to_plain(config))
+    plain.update(NO_VIRTIO if virtio is None else virtio)
     return plain
 
 
@@ -153,11 +155,13 @@ def config_from_plain(plain, where):
     for field in ("modules", "masked_features", "devices"):
         if not all(isinstance(item, str) for item in plain[field]):
             raise SnapshotError(f"{where}: {field} must be a list of strings")
-    from ..virtio_options import from_plain
-    try:
-        options = from_plain(virtio, where)
-    except ConfigError as error:
-        raise SnapshotError(str(error)) from None
+    options = {}
+    if any(virtio.get(key, off) != off for key, off in NO_VIRTIO.items()):
+        from ..virtio_options import from_plain      # only a machine with virtio devices needs it
+        try:
+            options = from_plain(virtio, where)
+        except ConfigError as error:
+            raise SnapshotError(str(error)) from None
     config = VmConfig(**{field: plain[field] for field in CONFIG_FIELDS if field != "devices"}, **options)
     return config, list(plain["devices"])
 
