@@ -33,6 +33,8 @@ context.worker  the device's own thread (started when the run starts, or
                 whenever fd is readable. Callbacks run one at a time, in
                 order; an exception in one ends the run as a device failure
                 naming the device. The thread ends when the machine closes.
+                The machine holds it (held(): no callback runs) while it
+                takes or puts back a snapshot or a checkpoint.
 context.fail(message)  ends the run as a device failure (status 125).
 context.registers  the RegisterState of the device's bus range: where a
                 device that declared posted_writes or cached_reads publishes

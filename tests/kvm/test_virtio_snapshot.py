@@ -384,7 +384,7 @@ def snapshot_serving_guest(ns, tmp_path, net_option, on_ready=None):
     """Runs the network guest in `ns`, has it answer a ping and a UDP echo,
     then pauses, snapshots and shuts it down through the API while frames
     keep arriving; returns (snapshot directory, its output, its stderr)."""
-    from pyvmm.testing.netns import GUEST_ADDRESS, GuestProcess, Pinger, UdpClient
+    from pyvmm.testing.netns import GUEST_ADDRESS, MAC, GuestProcess, Pinger, UdpClient
     directory, socket_path = str(tmp_path / "vm"), str(tmp_path / "api.sock")
     guest = GuestProcess(ns, [sys.executable, "-m", "pyvmm", "run", guests.path("virtio-net.bin"), "--net",
                               net_option, "--api-socket", socket_path, "--timeout", "120"])
@@ -403,6 +403,8 @@ def snapshot_serving_guest(ns, tmp_path, net_option, on_ready=None):
         flood = Flood(ns, GUEST_ADDRESS)
         time.sleep(0.2)
         remote(socket_path, "pause")
+        info = json.loads(remote(socket_path, "info").stdout)       # checked against the API document
+        assert [net["mac"] for net in info["config"]["nets"]] == [MAC]
         remote(socket_path, "snapshot", directory)
         remote(socket_path, "shutdown")
         assert guest.finish(60) == 0
