@@ -3,7 +3,8 @@ another process.
 
     DIR/config.json   the machine's configuration, indented JSON a person may
                       edit (the kernel and other paths are for information:
-                      guest memory already holds what was loaded)
+                      guest memory already holds what was loaded; the virtio
+                      devices' disks and TAPs are opened again from it)
     DIR/state.json    {"format": "pyvmm-snapshot", "version": 1, "checksum":
                       "sha256:...", "state": {...}}: every vCPU and the VM's
                       in-kernel devices (pyvmm/kvm/state.py), every device
@@ -11,6 +12,10 @@ another process.
                       kernel was booted; the checksum covers "state"
     DIR/memory        guest RAM, its regions one after the other, as a sparse
                       file: runs of zero pages are holes, never written
+
+Device workers are held (DeviceManager.held) while the state is captured
+and the memory written, and while a restore puts the state back: no virtio
+request is in flight, and nothing writes guest memory meanwhile.
 
 A snapshot is refused when its format, version, checksum, layout or memory
 size is not what this pyvmm writes (SnapshotError, one line for the user),
