@@ -271,6 +271,10 @@ def command_run(args):
         raise ConfigError("--paused needs --api-socket: nothing else could resume the VM")
     if args.restore is not None:
         given = [flag for name, flag in MACHINE_OPTIONS if getattr(args, name, None) not in (None, "", [], False)]
+        if getattr(args, "console", "off") != "off":
+            given.append("--console")
+        if getattr(args, "rng", None) is not None:       # a bare --rng is ""
+            given.append("--rng")
         if given:
             raise ConfigError(f"--restore takes the machine from the snapshot: {', '.join(given)} cannot be given")
         snapshot = read_snapshot(args.restore)
@@ -324,7 +328,7 @@ def command_remote(args):
 MACHINE_OPTIONS = (("kernel", "KERNEL"), ("memory", "--memory"), ("cpus", "--cpus"), ("cmdline", "--cmdline"),
                    ("module", "--module"), ("initrd", "--initrd"), ("raw_mode", "--raw-mode"),
                    ("load_addr", "--load-addr"), ("entry", "--entry"), ("cpu_features", "--cpu-features"),
-                   ("device", "--device"), ("gdb", "--gdb"))
+                   ("device", "--device"), ("gdb", "--gdb"), ("disk", "--disk"), ("net", "--net"))
 
 
 def boot_restored(args, snapshot, api=None):

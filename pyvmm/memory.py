@@ -155,6 +155,12 @@ class GuestMemory:
         out, written or not) adds its pages to `written`, which this empties."""
         self.written = set()
 
+    def mark_written(self, addr, length):
+        """Counts [addr, addr+length) as written by the host (while tracking):
+        for what a device writes through a view it keeps."""
+        if self.written is not None:
+            self._mark(addr, length)
+
     def _mark(self, addr, length):
         if length > 0:
             self.written.update(range(addr >> 12, ((addr + length - 1) >> 12) + 1))

@@ -67,6 +67,27 @@ class RateLimitSpec:
         extra = {} if clock is None else {"clock": clock}
         return RateLimiter.from_rates(self.bandwidth, self.ops, self.burst, **extra)
 
+    def to_plain(self) -> dict:
+        return {"bandwidth": self.bandwidth, "ops": self.ops, "burst": self.burst}
+
+    @classmethod
+    def from_plain(cls, plain, where: str) -> Optional["RateLimitSpec"]:
+        """to_plain()'s dict back (None: no limit); ConfigError for anything else."""
+        if plain is None:
+            return None
+        if not isinstance(plain, dict) or set(plain) != {"bandwidth", "ops", "burst"}:
+            raise ConfigError(f"{where}: not a rate limit ({{bandwidth, ops, burst}} or null)")
+        for key in ("bandwidth", "ops"):
+            value = plain[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{where}: {key} must be a positive integer or null")
+        if plain["bandwidth"] is None and plain["ops"] is None:
+            raise ConfigError(f"{where}: a rate limit needs bandwidth or ops")
+        burst = plain["burst"]
+        if isinstance(burst, bool) or not isinstance(burst, (int, float)) or not 0.001 <= burst <= 60:
+            raise ConfigError(f"{where}: burst must be between 0.001 and 60 seconds")
+        return cls(plain["bandwidth"], plain["ops"], float(burst))
+
     def __eq__(self, other) -> bool:
         return isinstance(other, RateLimitSpec) and vars(self) == vars(other)
 
@@ -267,3 +288,68 @@ def _check_nets(nets) -> None:
     if len(taps) < len(nets) and not has_net_admin():
         raise ConfigError("--net: creating a TAP device (no tap=NAME given) needs CAP_NET_ADMIN: run as root, "
                           "or create one with `ip tuntap add NAME mode tap user $USER` and give tap=NAME")
+
+
+# --- the devices' part of a snapshot's config.json -----------------------------------------
+
+PLAIN_FIELDS = ("console", "rng", "disks", "nets")
+
+
+def to_plain(config) -> dict:
+    """The virtio devices of a VmConfig as plain data (a snapshot's config.json,
+    where a person may edit a disk's path or a network device's TAP)."""
+    def limit(spec):
+        return None if spec is None else spec.to_plain()
+    return {
+        "console": config.console,
+        "rng": None if config.rng is None else {"src": config.rng.src},
+        "disks": [{"path": disk.path, "readonly": disk.readonly, "id": disk.id,
+                   "rate_limit": limit(disk.rate_limit)} for disk in config.disks],
+        "nets": [{"tap": net.tap, "mac": net.mac, "id": net.id, "rx": limit(net.rx), "tx": limit(net.tx)}
+                 for net in config.nets],
+    }
+
+
+def from_plain(plain: dict, where: str) -> dict:
+    """VmConfig keyword arguments from to_plain()'s data (an absent key: no
+    such devices, as in snapshots made before virtio devices were saved);
+    ConfigError names what is wrong."""
+    console = plain.get("console", "off")
+    if console not in CONSOLES:
+        raise ConfigError(f"{where}: console must be one of {', '.join(CONSOLES)}")
+    rng = plain.get("rng")
+    if rng is not None:
+        if not isinstance(rng, dict) or set(rng) != {"src"} or not isinstance(rng["src"], str) or not rng["src"]:
+            raise ConfigError(f"{where}: rng must be {{\"src\": PATH}} or null")
+        rng = RngSpec(rng["src"])
+    disks = []
+    for disk in _records(plain, "disks", ("path", "readonly", "id", "rate_limit"), where):
+        if not isinstance(disk["path"], str) or not disk["path"] or not isinstance(disk["readonly"], bool) \
+                or not (disk["id"] is None or isinstance(disk["id"], str)):
+            raise ConfigError(f"{where}: a disk's path, readonly or id has the wrong type")
+        disks.append(DiskSpec(disk["path"], disk["readonly"], _checked_id(f"{where}: disk", "", disk["id"]),
+                              RateLimitSpec.from_plain(disk["rate_limit"], f"{where}: a disk's rate_limit")))
+    nets = []
+    for net in _records(plain, "nets", ("tap", "mac", "id", "rx", "tx"), where):
+        if not (net["tap"] is None or isinstance(net["tap"], str)) or not isinstance(net["mac"], str) \
+                or not (net["id"] is None or isinstance(net["id"], str)):
+            raise ConfigError(f"{where}: a network device's tap, mac or id has the wrong type")
+        try:
+            if net["tap"] is not None:
+                check_name(net["tap"])
+            mac = format_mac(parse_mac(net["mac"]))
+        except (TapError, ValueError) as error:
+            raise ConfigError(f"{where}: a network device: {error}") from None
+        nets.append(NetSpec(net["tap"], mac, _checked_id(f"{where}: network device", "", net["id"]),
+                            RateLimitSpec.from_plain(net["rx"], f"{where}: a network device's rx"),
+                            RateLimitSpec.from_plain(net["tx"], f"{where}: a network device's tx")))
+    return {"console": console, "rng": rng, "disks": disks, "nets": nets}
+
+
+def _records(plain: dict, key: str, fields: tuple, where: str) -> list:
+    records = plain.get(key, [])
+    if not isinstance(records, list) or len(records) > MAX_DEVICES or not all(
+            isinstance(record, dict) and set(record) == set(fields) for record in records):
+        raise ConfigError(f"{where}: {key} must be a list of at most {MAX_DEVICES} objects with "
+                          f"{', '.join(fields)}")
+    return records

@@ -33,6 +33,8 @@ context.worker  the device's own thread (started when the run starts, or
                 whenever fd is readable. Callbacks run one at a time, in
                 order; an exception in one ends the run as a device failure
                 naming the device. The thread ends when the machine closes.
+                The machine holds it (held(): no callback runs) while it
+                takes or puts back a snapshot or a checkpoint.
 context.fail(message)  ends the run as a device failure (status 125).
 context.registers  the RegisterState of the device's bus range: where a
                 device that declared posted_writes or cached_reads publishes
@@ -46,6 +48,7 @@ a recorder, and `pyvmm.testing` runs devices with a context and no VM.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -152,7 +155,9 @@ class DeviceWorker:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._selector.register(self._wake, selectors.EVENT_READ)
         self._closing = False
-        self._running = threading.Lock()     # held while a callback runs
+        # Held while a callback runs, and by held(); reentrant so that the
+        # holder may unwatch() (which waits for a running callback) meanwhile.
+        self._running = threading.RLock()
         self._thread = threading.Thread(target=self._loop, name=f"pyvmm-dev-{name}", daemon=True)
         self._thread.start()
 
@@ -233,6 +238,16 @@ class DeviceWorker:
             self._calls.append((done.set, ()))
         self._poke()
         return done.wait(timeout)
+
+    @contextlib.contextmanager
+    def held(self):
+        """No callback runs on the worker during the block (one running
+        finishes first); what comes due meanwhile runs afterwards. Not from
+        the worker itself (it would wait for itself)."""
+        if self.on_worker:
+            raise RuntimeError(f"worker {self.name} cannot hold itself")
+        with self._running:
+            yield
 
     def close(self) -> None:
         """Stops the thread (callbacks not yet run are dropped) and joins it,
@@ -366,6 +381,18 @@ class DeviceContext:
         with self._lock:
             worker = self._worker
         return worker is None or worker.settle(timeout)
+
+    @contextlib.contextmanager
+    def held(self):
+        """The worker, if started, runs no callback during the block
+        (DeviceWorker.held)."""
+        with self._lock:
+            worker = self._worker
+        if worker is None:
+            yield
+        else:
+            with worker.held():
+                yield
 
     def close(self) -> None:
         """Stops the worker, if one was started."""

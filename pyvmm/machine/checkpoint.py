@@ -6,8 +6,9 @@ A reset is a handful of ioctls plus the pages written since the checkpoint:
 memory   the pages the guest wrote (KVM's dirty-page log, turned on by the
          first checkpoint; reading it clears it) and the pages the host
          wrote through GuestMemory (GuestMemory.written: the log cannot see
-         those) are copied back from the checkpoint's copy of RAM, which
-         holds only the pages that were not zero;
+         those), and the rings devices write through views they keep (the
+         virtio used rings) are copied back from the checkpoint's copy of
+         RAM, which holds only the pages that were not zero;
 devices  every device's restore_state, from states checked at the checkpoint;
 VM       PIT and interrupt controllers; the vCPUs (their registers, special
          registers and events staged in kvm_run when the APIC base did not
@@ -101,6 +102,8 @@ class Checkpoint:
         restored = 0
         for slot, golden in self.golden:
             restored += golden.restore_bitmap(machine.vm.dirty_log(slot))
+        for addr, length in machine.devices.written_areas():
+            machine.memory.mark_written(addr, length)
         written, machine.memory.written = machine.memory.written, set()
         for page in written:
             for _slot, golden in self.golden:

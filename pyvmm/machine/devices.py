@@ -7,6 +7,7 @@ QEMU's choices are followed where a kernel written for `qemu -kernel` can
 tell the difference; each device is a plain object from pyvmm.devices.
 """
 
+import contextlib
 import functools
 
 from ..arch.x86_64 import layout
@@ -63,6 +64,7 @@ class DeviceManager:
         self.late_failures = []
         self.user_devices = {}                  # "name@port:0x560" -> device, in the order added
         self._platform = None                   # set once the platform's devices are in
+        self._held = False                      # inside held(): no worker runs a callback
         # What a device worker runs before each callback: the machine's
         # delivery of the writes the fast path deferred (None: nothing is).
         self.catch_up = None
@@ -180,11 +182,40 @@ class DeviceManager:
         """{name: device} of every device a snapshot holds: the platform's, then the user's."""
         return {**self._platform, **self.user_devices}
 
+    @contextlib.contextmanager
+    def held(self):
+        """For the block, every device's worker is started, has run what was
+        queued, and runs no callback: a snapshot, a restore or a reset sees,
+        and leaves, devices and guest memory nothing else changes, even a
+        network device with frames arriving. What comes due meanwhile runs
+        afterwards. Nests."""
+        if self._held:
+            yield
+            return
+        self.start_workers()
+        for context in list(self._contexts.values()):
+            context.settle()
+        with contextlib.ExitStack() as stack:
+            for context in list(self._contexts.values()):
+                stack.enter_context(context.held())
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+
+    def written_areas(self):
+        """(guest address, length) of the guest memory devices write through
+        views they hold (the virtio transports' used rings)."""
+        return [area for device in self.stateful().values()
+                for area in (device.written_areas() if callable(getattr(device, "written_areas", None)) else ())]
+
     def save_state(self):
         """Every device's state by name, once their workers ran what was queued.
         DeviceStateError for a user's device that cannot save its state."""
-        for context in list(self._contexts.values()):
-            context.settle()
+        if not self._held:                      # held() settled them already (and a held one cannot)
+            for context in list(self._contexts.values()):
+                context.settle()
         states = {}
         for name, device in self.stateful().items():
             save = getattr(device, "save_state", None)

@@ -65,12 +65,12 @@ class Machine:
         self._lifecycle = threading.RLock()
         self._inline = None             # the InlineRunner of run_until_pause
         try:
+            if config.has_virtio:     # their files first: a bad one is a usage error, nothing built
+                from .virtio import VirtioSlots
+                self.virtio = VirtioSlots.open(config)
             if snapshot is not None:
                 self.built = build_restored(config, snapshot)
             else:
-                if config.has_virtio:     # their files first: a bad one is a usage error, nothing built
-                    from .virtio import VirtioSlots
-                    self.virtio = VirtioSlots.open(config)
                 if image is None:
                     image, options = read_kernel(config)
                 if self.virtio:
@@ -334,7 +334,8 @@ class Machine:
             self._check_still(self.state, "checkpoint")
             self._quiesce()
             try:
-                return Checkpoint(self)
+                with self.devices.held():
+                    return Checkpoint(self)
             except DeviceStateError as error:
                 raise MachineStateError(str(error)) from None
 
@@ -349,7 +350,8 @@ class Machine:
             if state == RUNNING or (state == SHUTDOWN and self._inline is None):
                 raise MachineStateError(f"cannot reset: the VM is {state} (pause it, or use run_until_pause)")
             self._quiesce()
-            checkpoint.restore()
+            with self.devices.held():
+                checkpoint.restore()
 
     def wait_paused(self, timeout=5.0):
         """True once every vCPU is parked after a pause request."""
@@ -419,7 +421,7 @@ class Machine:
         devices = [{"name": entry.name, "bus": bus, "base": entry.base, "length": entry.end - entry.base}
                    for bus, entries in (("port", self.port_bus.entries()), ("mmio", self.mmio_bus.entries()))
                    for entry in entries]
-        return {"config": snapshots.config_to_plain(self.config, self.device_specs), "state": self.state,
+        return {"config": self._plain_config(), "state": self.state,
                 "vcpus": [{"index": vcpu.index, "parked": vcpu.index in parked} for vcpu in self.vcpus],
                 "devices": devices, "memory_actual_size": self.memory.size}
 
@@ -442,12 +444,13 @@ class Machine:
             self._quiesce()
             if self.stop.requested:
                 raise MachineStateError("a device failed while the VM was paused: it cannot be snapshotted")
-            try:
-                state = snapshots.capture(self)
-            except DeviceStateError as error:
-                raise MachineStateError(str(error)) from None
-            snapshots.write(directory, snapshots.config_to_plain(self.config, self.device_specs), state,
-                            self.memory)
+            with self.devices.held():       # nothing writes guest memory meanwhile (a network device)
+                try:
+                    state = snapshots.capture(self)
+                except DeviceStateError as error:
+                    raise MachineStateError(str(error)) from None
+                snapshots.write(directory, self._plain_config(), state,
+                                self.memory)
 
     @classmethod
     def restore(cls, snapshot, devices=(), make_device=None, **overrides):
@@ -472,11 +475,16 @@ class Machine:
             for bus, base, length, device, name in devices:
                 register = machine.add_mmio_device if bus == "mmio" else machine.add_port_device
                 register(base, length, device, name=name)
-            snapshots.MachineState(machine, snapshot.state).apply(machine)
+            with machine.devices.held():    # the devices' first passes wait for the VM's state
+                snapshots.MachineState(machine, snapshot.state).apply(machine)
         except BaseException:
             machine.close()
             raise
         return machine
+
+    def _plain_config(self):
+        return snapshots.config_to_plain(self.config, self.device_specs,
+                                         self.virtio.plain_config(self.config) if self.virtio else None)
 
     def _check_still(self, state, action):
         if state == PAUSED and self._inline is not None:

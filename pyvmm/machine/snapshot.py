@@ -3,7 +3,8 @@ another process.
 
     DIR/config.json   the machine's configuration, indented JSON a person may
                       edit (the kernel and other paths are for information:
-                      guest memory already holds what was loaded)
+                      guest memory already holds what was loaded; the virtio
+                      devices' disks and TAPs are opened again from it)
     DIR/state.json    {"format": "pyvmm-snapshot", "version": 1, "checksum":
                       "sha256:...", "state": {...}}: every vCPU and the VM's
                       in-kernel devices (pyvmm/kvm/state.py), every device
@@ -11,6 +12,10 @@ another process.
                       kernel was booted; the checksum covers "state"
     DIR/memory        guest RAM, its regions one after the other, as a sparse
                       file: runs of zero pages are holes, never written
+
+Device workers are held (DeviceManager.held) while the state is captured
+and the memory written, and while a restore puts the state back: no virtio
+request is in flight, and nothing writes guest memory meanwhile.
 
 A snapshot is refused when its format, version, checksum, layout or memory
 size is not what this pyvmm writes (SnapshotError, one line for the user),
@@ -43,6 +48,12 @@ WRITE_CHUNK = 64 << 20
 # timeout, trace, stats, exit path and gdb, belong to the process that restores).
 CONFIG_FIELDS = ("kernel", "memory", "cpus", "cmdline", "raw_mode", "load_addr", "entry", "modules", "initrd",
                  "masked_features", "devices")
+# The virtio devices (pyvmm.virtio_options.to_plain: the disks' paths and the
+# network devices' TAPs editable); absent from snapshots of machines made
+# before virtio devices could be saved, which had none. A restored machine
+# opens their files and TAP devices again.
+VIRTIO_FIELDS = ("console", "rng", "disks", "nets")
+NO_VIRTIO = {"console": "off", "rng": None, "disks": [], "nets": []}
 
 
 class SnapshotError(Exception):
@@ -121,16 +132,23 @@ def boot_of(state):
 
 # --- the configuration ------------------------------------------------------------
 
-def config_to_plain(config, device_specs=()):
+def config_to_plain(config, device_specs=(), virtio=None):
+    """config.json's contents; `virtio`: the virtio devices' part
+    (VirtioSlots.plain_config), None for a machine without any."""
     plain = {field: getattr(config, field, None) for field in CONFIG_FIELDS if field != "devices"}
     plain["masked_features"] = sorted(config.masked_features)
     plain["modules"] = list(config.modules)
     plain["devices"] = list(device_specs)
+    plain.update(NO_VIRTIO if virtio is None else virtio)
     return plain
 
 
 def config_from_plain(plain, where):
     """(VmConfig, device specs) from config.json's contents."""
+    virtio = {}
+    if isinstance(plain, dict):
+        virtio = {key: plain[key] for key in VIRTIO_FIELDS if key in plain}
+        plain = {key: value for key, value in plain.items() if key not in VIRTIO_FIELDS}
     _keys(plain, CONFIG_FIELDS, where)
     kinds = {"kernel": (str, type(None)), "memory": int, "cpus": int, "cmdline": str,
              "raw_mode": (str, type(None)), "load_addr": (int, type(None)), "entry": (int, type(None)),
@@ -142,7 +160,14 @@ def config_from_plain(plain, where):
     for field in ("modules", "masked_features", "devices"):
         if not all(isinstance(item, str) for item in plain[field]):
             raise SnapshotError(f"{where}: {field} must be a list of strings")
-    config = VmConfig(**{field: plain[field] for field in CONFIG_FIELDS if field != "devices"})
+    options = {}
+    if any(virtio.get(key, off) != off for key, off in NO_VIRTIO.items()):
+        from ..virtio_options import from_plain      # only a machine with virtio devices needs it
+        try:
+            options = from_plain(virtio, where)
+        except ConfigError as error:
+            raise SnapshotError(str(error)) from None
+    config = VmConfig(**{field: plain[field] for field in CONFIG_FIELDS if field != "devices"}, **options)
     return config, list(plain["devices"])
 
 
@@ -296,6 +321,9 @@ def machine_config(snapshot, overrides):
         setattr(config, field, value)
     try:
         config.validate()
+        if config.has_virtio:           # a missing disk or TAP, before anything is built
+            from ..virtio_options import check
+            check(config)
     except ConfigError as error:
         raise SnapshotError(f"{where}: {error}") from None
     regions = [list(region) for region in layout.ram_ranges(config.memory)]

@@ -26,6 +26,7 @@ from ..devices.virtio.net import VirtioNet, net_ids, parse_mac
 from ..devices.virtio.rng import EntropySource, VirtioRng
 from ..devices.virtio.tap import Tap, TapError
 from ..loader import LoadOptions, LoaderError, bzimage, detect
+from ..virtio_options import to_plain
 
 
 class VirtioSlots:
@@ -84,6 +85,12 @@ class VirtioSlots:
             if counters is not None:
                 found[name] = counters
         return found
+
+    def plain_config(self, config) -> dict:
+        """The devices of `config` as a snapshot's config.json holds them
+        (imported here, by the thread that builds the machine: the API's
+        thread, confined, may open no module file)."""
+        return to_plain(config)
 
     def nets(self) -> List[VirtioNet]:
         return [device for device in self.devices if isinstance(device, VirtioNet)]

@@ -19,7 +19,7 @@ ALLOWED = {
     "loader": {"arch", "memory", "guests"},             # guests: the default kernel
     "run": {"kvm", "devices", "_kvm"},
     "machine": {"arch", "console", "config", "devices", "guests", "kvm", "loader", "memory", "run", "gdb",
-                "sandbox"},
+                "sandbox", "virtio_options"},                   # virtio_options: the devices in a snapshot's config
     "gdb": {"config", "kvm", "memory", "run"},
     "api": {"machine"},                                 # Machine's public API only
     "config": {"arch"},

@@ -221,3 +221,61 @@ def test_catch_up_runs_before_every_call_timer_and_watch():
         os.close(readable)
         os.close(writable)
     assert events == ["catch-up", "call", "catch-up", "timer", "catch-up", "watch"]
+
+
+def test_a_held_worker_runs_no_callback_until_released_and_the_holder_may_unwatch():
+    worker = DeviceWorker("held")
+    started, release, ran = threading.Event(), threading.Event(), []
+    try:
+        worker.call(lambda: (started.set(), release.wait(5), ran.append("running")))
+        assert started.wait(5)
+        holder_in = threading.Event()
+
+        def hold():
+            with worker.held():                  # waits for the running callback to end
+                holder_in.set()
+                worker.call(ran.append, "queued")
+                read_end, write_end = os.pipe()
+                os.write(write_end, b"x")
+                worker.watch(read_end, lambda: ran.append("readable"))
+                time.sleep(0.1)
+                snapshot.append(list(ran))
+                worker.unwatch(read_end)         # from the holder: no deadlock
+                os.close(read_end)
+                os.close(write_end)
+        snapshot = []
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.05)
+        assert not holder_in.is_set()            # a callback was running
+        release.set()
+        holder.join(5)
+        assert not holder.is_alive()
+        assert snapshot == [["running"]]         # nothing ran while held
+        assert worker.settle()
+        assert ran == ["running", "queued"]      # queued meanwhile: ran afterwards; unwatched: never
+    finally:
+        release.set()
+        worker.close()
+
+
+def test_a_context_without_a_worker_holds_nothing_and_a_worker_cannot_hold_itself():
+    memory = GuestMemory([(0, 0x10000)])
+    context = DeviceContext("idle", memory)
+    try:
+        with context.held():
+            pass
+        failures = []
+
+        def inside():
+            try:
+                with context.worker.held():
+                    pass
+            except RuntimeError as error:
+                failures.append(error)
+        context.worker.call(inside)
+        assert context.settle()
+        assert len(failures) == 1
+    finally:
+        context.close()
+        memory.close()

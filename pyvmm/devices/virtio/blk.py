@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 
+from ..state import StateReader
 from . import spec
 from .device import VirtioDevice
 from .image import SECTOR, RawImage
@@ -188,6 +189,30 @@ class VirtioBlock(VirtioDevice):
     def counters(self) -> dict:
         return {"requests": self.requests, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
                 "throttled": self.throttled}
+
+    def save_state(self) -> dict:
+        """The disk's size and mode (the driver read them: a restore must find
+        the same) and the rate limiter's buckets; nothing is in flight."""
+        return {"sectors": self.image.sectors, "readonly": self.image.readonly,
+                "limiter": None if self.limiter is None else self.limiter.save_state()}
+
+    def restore_state(self, reader) -> None:
+        sectors = reader.integer("sectors", 0, (1 << 64) - 1)
+        readonly = reader.boolean("readonly")
+        saved = reader.nested("limiter")
+        reader.finish()
+        if sectors != self.image.sectors or readonly != self.image.readonly:
+            raise reader.fail("sectors", f"the driver saw a {'read-only' if readonly else 'read-write'} disk of "
+                              f"{sectors} sectors; {self.image.path} is {'read-only' if self.image.readonly else 'read-write'} "
+                              f"with {self.image.sectors}")
+        if (saved is None) != (self.limiter is None):
+            raise reader.fail("limiter", "a rate limiter's state for a disk configured without one, "
+                              "or none for a disk with one")
+        if self.limiter is not None:
+            self.limiter.restore_state(StateReader(saved, f"{reader.device} limiter"))
+        if self._throttle_timer is not None:          # the transport serves the queue again
+            self._throttle_timer.cancel()
+            self._throttle_timer = None
 
     def close(self) -> None:
         self.image.close()

@@ -131,6 +131,21 @@ class VirtioConsole(VirtioDevice):
                 del self._backlog[:written]
             queue.push(chain.head, written)
 
+    def save_state(self) -> dict:
+        """Host input the driver has not taken yet (its output is written out
+        before a snapshot: pyvmm.console flushes it)."""
+        with self._lock:
+            return {"input": bytes(self._backlog).hex()}
+
+    def restore_state(self, reader) -> None:
+        data = reader.data("input", INPUT_BACKLOG)
+        reader.finish()
+        with self._lock:
+            self._backlog[:] = data
+        if self._retry is not None:                   # the transport serves the queues again
+            self._retry.cancel()
+            self._retry = None
+
     def counters(self) -> dict:
         return {"bytes_out": self.bytes_out, "input_bytes_dropped": self.input_bytes_dropped}
 

@@ -78,6 +78,21 @@ class VirtioDevice:
         """Serves one request; returns the bytes written into its writable buffers."""
         return 0
 
+    # --- snapshots (the transport saves the registers and queues) ------------------
+    def save_state(self) -> dict:
+        """The device type's own state, as plain data (pyvmm/devices/state.py):
+        taken while its worker is idle, and no chain is held popped between
+        callbacks, so nothing is in flight."""
+        return {}
+
+    def restore_state(self, reader) -> None:
+        """save_state()'s dict back through a StateReader: checks every field
+        before it changes anything (DeviceStateError), and drops what the
+        device had pending (timers, a waiting frame). Called while the
+        worker is held, before the transport takes its registers back and,
+        if the driver had set DRIVER_OK, calls activate()."""
+        reader.finish()
+
     def counters(self) -> Optional[dict]:
         """{name: int} for --stats and the API (None: the device keeps none)."""
         return None

@@ -41,8 +41,9 @@ from __future__ import annotations
 import threading
 from typing import List, Optional
 
+from ..state import StateReader
 from . import spec
-from .queue import QueueError, SplitQueue
+from .queue import QueueError, SplitQueue, ring_sizes
 
 VENDOR_ID = 0x4D565950                 # "PYVM"
 MAX_QUEUE_SIZE = 1024                  # QueueNumMax (QEMU's VIRTQUEUE_MAX_SIZE)
@@ -51,6 +52,10 @@ COMMON_FEATURES = (1 << spec.F_VERSION_1 | 1 << spec.F_RING_INDIRECT_DESC
                    | 1 << spec.F_RING_EVENT_IDX)
 ORDER = ((spec.DRIVER, spec.ACKNOWLEDGE), (spec.FEATURES_OK, spec.DRIVER),
          (spec.DRIVER_OK, spec.FEATURES_OK))
+STATUS_BITS = (spec.ACKNOWLEDGE | spec.DRIVER | spec.DRIVER_OK | spec.FEATURES_OK | spec.DEVICE_NEEDS_RESET
+               | spec.FAILED)
+MAX_REASON = 1000                      # characters of a saved needs-reset reason
+U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
 NO_SHARED_MEMORY = 0xFFFFFFFF          # SHMLen/SHMBase of a region that does not exist
 IDENTIFICATION = (spec.MMIO_MAGIC_VALUE, spec.MMIO_VERSION, spec.MMIO_DEVICE_ID, spec.MMIO_VENDOR_ID)
 
@@ -389,6 +394,162 @@ class MmioTransport:
                       and not self.status & spec.DEVICE_NEEDS_RESET and queue.needs_interrupt()):
                     self._raise(spec.INT_USED_BUFFER)
 
+    # --- snapshots -------------------------------------------------------------------------
+    # Taken and put back only while the device's worker is idle and held
+    # (pyvmm.devices.context: DeviceWorker.held): every chain the device
+    # popped has been pushed, its used entries written and its interrupt
+    # raised, so guest memory (which holds the rings) and this state agree.
+    def save_state(self) -> dict:
+        """The registers, each queue's set-up and ring indices, and the device
+        type's own state (pyvmm/devices/state.py)."""
+        with self._lock:
+            queues = []
+            for config in self.queues:
+                active = config.active
+                queues.append({
+                    "num": config.num, "desc": config.desc, "driver": config.driver, "device": config.device,
+                    "ready": active is not None,
+                    "last_avail": active.last_avail if active else 0,
+                    "used_idx": active.used_idx if active else 0,
+                    "signalled_used": active.signalled_used if active else 0,
+                    "signalled_valid": active.signalled_valid if active else False,
+                })
+            return {"device_id": self.device.device_id, "status": self.status,
+                    "device_features_sel": self.device_features_sel,
+                    "driver_features_sel": self.driver_features_sel,
+                    "driver_features": list(self.driver_features), "negotiated": self.negotiated,
+                    "queue_sel": self.queue_sel, "interrupt_status": self.interrupt_status,
+                    "config_generation": self.config_generation,
+                    "needs_reset_reason": self.needs_reset_reason, "queues": queues,
+                    "device": self.device.save_state()}
+
+    def restore_state(self, state) -> None:
+        """save_state()'s dict back. Everything is checked before anything
+        changes (DeviceStateError names the field; the transport is left as
+        it was): the device type, status bits set in order, features
+        offered and accepted, ready queues of a power-of-two size up to
+        MAX_QUEUE_SIZE with their rings inside guest RAM, and no chain left
+        popped but unused. The device is activated again if the driver had
+        set DRIVER_OK, and each ready queue gets a pass on the worker."""
+        name = f"virtio-mmio ({self.device.name})"
+        reader = StateReader(state, name)
+        device_id = reader.integer("device_id", 0, U32)
+        if device_id != self.device.device_id:
+            raise reader.fail("device_id", f"a device of type {device_id}, this slot holds type "
+                              f"{self.device.device_id} ({self.device.name})")
+        status = reader.integer("status", 0, 0xFF)
+        if status & ~STATUS_BITS:
+            raise reader.fail("status", f"{status:#x} has bits no driver can set")
+        for bit, needed in ORDER:
+            if status & bit and not status & needed:
+                raise reader.fail("status", f"{status:#x} has bit {bit:#x} without {needed:#x}")
+        device_features_sel = reader.integer("device_features_sel", 0, U32)
+        driver_features_sel = reader.integer("driver_features_sel", 0, U32)
+        words = reader.items("driver_features", 2)
+        if len(words) != 2 or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= U32
+                                      for w in words):
+            raise reader.fail("driver_features", f"{words!r} is not two 32-bit words")
+        negotiated = reader.integer("negotiated", 0, U64)
+        if status & spec.FEATURES_OK:
+            if negotiated != words[0] | words[1] << 32:
+                raise reader.fail("negotiated", f"{negotiated:#x} is not what the driver wrote")
+            if negotiated & ~self.offered or not negotiated >> spec.F_VERSION_1 & 1 \
+                    or not self.device.accept_features(negotiated):
+                raise reader.fail("negotiated", f"{negotiated:#x} is not a set of features this device "
+                                  "accepts")
+        elif negotiated:
+            raise reader.fail("negotiated", f"{negotiated:#x} without FEATURES_OK")
+        queue_sel = reader.integer("queue_sel", 0, QUEUE_SELECT_LIMIT - 1)
+        interrupt_status = reader.integer("interrupt_status", 0, spec.INT_USED_BUFFER | spec.INT_CONFIG_CHANGE)
+        if interrupt_status and not status & spec.DRIVER_OK:
+            raise reader.fail("interrupt_status", "an interrupt pending before DRIVER_OK")
+        generation = reader.integer("config_generation", 0, U32)
+        reason = reader.nested("needs_reset_reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            raise reader.fail("needs_reset_reason", f"not null or a string of at most {MAX_REASON} characters")
+        if (reason is None) != (not status & spec.DEVICE_NEEDS_RESET):
+            raise reader.fail("needs_reset_reason", "given without DEVICE_NEEDS_RESET, or missing with it")
+        saved_queues = reader.items("queues", len(self.queues))
+        if len(saved_queues) != len(self.queues):
+            raise reader.fail("queues", f"{len(saved_queues)} queues, the device has {len(self.queues)}")
+        device_state = reader.nested("device")
+        reader.finish()
+        configs, built = [], []
+        try:
+            for index, saved in enumerate(saved_queues):
+                configs.append(self._queue_from_state(saved, f"{name} queue {index}", status, negotiated, built))
+            # The device's own state first: it checks before it changes anything.
+            self.device.restore_state(StateReader(device_state, f"{name} device"))
+            with self._lock:
+                old_queues = self.queues
+                self.queues = configs
+                self.status, self.negotiated, self.queue_sel = status, negotiated, queue_sel
+                self.device_features_sel, self.driver_features_sel = device_features_sel, driver_features_sel
+                self.driver_features = list(words)
+                self.config_generation, self.needs_reset_reason = generation, reason
+                self._status_while_draining = None
+                self._epoch += 1               # a pass of the old queues, if any, is not this state's
+                self._pending = [False] * len(configs)
+                self._set_interrupt_status(interrupt_status)
+                if self._irq is not None:
+                    self._irq.set(bool(interrupt_status))
+                if status & spec.DRIVER_OK and not status & spec.DEVICE_NEEDS_RESET:
+                    self.device.activate()
+                    for index, config in enumerate(configs):
+                        if config.active is not None:
+                            self._schedule(index)
+            for config in old_queues:
+                if config.active is not None and all(config.active is not new for new in built):
+                    config.active.release()
+        except BaseException:
+            for active in built:
+                if all(config.active is not active for config in self.queues):
+                    active.release()
+            raise
+
+    def _queue_from_state(self, saved, where: str, status: int, negotiated: int, built: list) -> QueueConfig:
+        reader = StateReader(saved, where)
+        config = QueueConfig()
+        config.num = reader.integer("num", 0, U32)
+        config.desc, config.driver, config.device = (reader.integer(key, 0, U64)
+                                                     for key in ("desc", "driver", "device"))
+        ready = reader.boolean("ready")
+        last_avail, used_idx, signalled_used = (reader.integer(key, 0, U16)
+                                                for key in ("last_avail", "used_idx", "signalled_used"))
+        signalled_valid = reader.boolean("signalled_valid")
+        reader.finish()
+        if not ready:
+            if last_avail or used_idx or signalled_used or signalled_valid:
+                raise reader.fail("ready", "ring indices for a queue that is not ready")
+            return config
+        if not status & spec.FEATURES_OK:
+            raise reader.fail("ready", "a ready queue without FEATURES_OK")
+        if not (0 < config.num <= MAX_QUEUE_SIZE and config.num & (config.num - 1) == 0):
+            raise reader.fail("num", f"{config.num} entries in a ready queue (a power of two up to "
+                              f"{MAX_QUEUE_SIZE})")
+        if last_avail != used_idx and not status & spec.DEVICE_NEEDS_RESET:
+            raise reader.fail("used_idx", f"{used_idx}, but {last_avail} chains were taken: a request "
+                              "in flight (a snapshot is taken with none)")
+        try:
+            active = SplitQueue(self.context.memory, config.num, config.desc, config.driver, config.device,
+                                event_idx=bool(negotiated >> spec.F_RING_EVENT_IDX & 1),
+                                indirect=bool(negotiated >> spec.F_RING_INDIRECT_DESC & 1))
+        except QueueError as error:
+            raise reader.fail("ready", str(error)) from None
+        built.append(active)
+        active.last_avail = active.avail_seen = last_avail
+        active.used_idx, active.signalled_used, active.signalled_valid = used_idx, signalled_used, signalled_valid
+        config.active = active
+        return config
+
+    def written_areas(self) -> list:
+        """(guest address, length) of the rings this transport writes through
+        views it holds (the used rings): a reset to a checkpoint copies
+        them back, since KVM's dirty-page log sees only the guest's writes."""
+        with self._lock:
+            return [(config.device, ring_sizes(config.num)[2]) for config in self.queues
+                    if config.active is not None]
+
     def close(self) -> None:
         """Once the worker has stopped: the queues give their views of guest
         RAM back (so it can be unmapped) and the device releases its files."""
@@ -430,6 +591,12 @@ class EmptySlot:
         if registers is not None:
             for offset in IDENTIFICATION:
                 registers.publish(offset, self._values.get(offset, 0))
+
+    def save_state(self) -> dict:
+        return {}
+
+    def restore_state(self, state) -> None:
+        StateReader(state, "virtio-mmio (empty slot)").finish()
 
     def read(self, offset: int, size: int) -> bytes:
         if size == 8:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import struct
 from typing import List, Optional, Tuple
 
+from ..state import StateReader
 from .device import VirtioDevice
 from .queue import DescriptorChain, QueueError, SplitQueue
 from .tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
@@ -388,6 +389,49 @@ class VirtioNet(VirtioDevice):
         return True
 
     # --- state, counters, life ----------------------------------------------------------------
+    def save_state(self) -> dict:
+        """The MAC the driver read, the link status, the frame waiting for
+        receive buffers (at most one) and the rate limiters' buckets. The
+        offloads follow from the negotiated features (the transport's):
+        activate() gives them to the TAP again. Counters stay with the
+        process that counted."""
+        return {"mac": self.mac.hex(), "link_up": self.link_up,
+                "frame": bytes(self._frame_view[:self._frame_length]).hex(),
+                "rx_limiter": None if self.rx_limiter is None else self.rx_limiter.save_state(),
+                "tx_limiter": None if self.tx_limiter is None else self.tx_limiter.save_state()}
+
+    def restore_state(self, reader) -> None:
+        mac = reader.data("mac", 6, length=6)
+        link_up = reader.boolean("link_up")
+        frame = reader.data("frame", HEADER.size + MAX_FRAME)
+        limiters = {key: reader.nested(key) for key in ("rx_limiter", "tx_limiter")}
+        reader.finish()
+        if mac != self.mac:
+            raise reader.fail("mac", f"the driver read {format_mac(mac)}; this device has {format_mac(self.mac)} "
+                              "(give the snapshot's config.json the MAC of its state)")
+        if frame and len(frame) < HEADER.size + ETH_HLEN:
+            raise reader.fail("frame", f"a waiting frame of {len(frame)} bytes (at least "
+                              f"{HEADER.size + ETH_HLEN})")
+        for key, limiter in (("rx_limiter", self.rx_limiter), ("tx_limiter", self.tx_limiter)):
+            if (limiters[key] is None) != (limiter is None):
+                raise reader.fail(key, "a rate limiter's state for a direction configured without one, "
+                                  "or none for one with it")
+        for key, limiter in (("rx_limiter", self.rx_limiter), ("tx_limiter", self.tx_limiter)):
+            if limiter is not None:
+                limiter.restore_state(StateReader(limiters[key], f"{reader.device} {key}"))
+        self._stop_reading()             # the worker is held: the transport's pass starts it again
+        for timer in (self._rx_timer, self._tx_timer):
+            if timer is not None:
+                timer.cancel()
+        self._rx_timer = self._tx_timer = None
+        self._rx_stalled_at = None
+        self._frame[:len(frame)] = frame
+        self._frame_length = len(frame)
+        self.link_up = link_up
+        self._negotiated = 0
+        self._set_offload(0)             # activate() sets the driver's, if it had set DRIVER_OK
+
+
     def counters(self) -> dict:
         return {counter: getattr(self, counter) for counter in COUNTERS}
 
