@@ -149,6 +149,7 @@ class DeviceWorker:
         self._calls: list = []                # (fn, args), in order
         self._timers: list = []               # heap of (when, seq, Timer)
         self._cancelled = 0                   # cancelled Timers still in it
+        self._in_hand = 0                     # taken off the queue, not yet all run
         self._seq = itertools.count()
         self._watches: dict = {}              # fd -> fn
         self._selector = selectors.DefaultSelector()
@@ -235,7 +236,14 @@ class DeviceWorker:
         with self._lock:
             if self._closing:
                 return True
-            self._calls.append((done.set, ()))
+            idle = self._idle()
+            if not idle:
+                self._calls.append((done.set, ()))
+        if idle:                        # no trip to the worker (a reset stays fast): only
+            if not self._running.acquire(timeout=timeout):      # a watched fd's callback may run
+                return False
+            self._running.release()
+            return True
         self._poke()
         return done.wait(timeout)
 
@@ -278,6 +286,10 @@ class DeviceWorker:
                 return None
             return max(0.0, self._timers[0][0] - monotonic())
 
+    def _idle(self) -> bool:
+        """No call queued or in hand, no timer due (lock held)."""
+        return not self._calls and not self._in_hand and not (self._timers and self._timers[0][0] <= monotonic())
+
     def _due(self) -> list:
         now = monotonic()
         with self._lock:
@@ -289,6 +301,7 @@ class DeviceWorker:
                     self._cancelled -= 1
                 else:
                     due.append((timer.fn, timer.args))
+            self._in_hand = len(due)
         return due
 
     def _loop(self) -> None:
@@ -314,6 +327,8 @@ class DeviceWorker:
                     with self._running:
                         self._catch_up()
                         fn(*args)
+                with self._lock:
+                    self._in_hand = 0
         except BaseException as error:  # a device bug: report it, never a traceback
             with self._lock:
                 self._closing = True
