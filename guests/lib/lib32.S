@@ -22,8 +22,10 @@
  * collecting until the line has been quiet for RX_QUIET_TSC cycles.  Poll
  * slowly meanwhile: under QEMU/TCG, back-to-back port reads starve the
  * thread that delivers the next byte.  No input pending (the usual case)
- * costs one LSR read.  A byte landing between the last poll and the
- * reset is still lost; so is input beyond RX_STASH_MAX.
+ * costs one LSR read.  The reset follows the last poll within a few
+ * instructions (not a pause: QEMU lost a byte in that window on a busy
+ * host), but a byte landing between the two is still lost; so is input
+ * beyond RX_STASH_MAX.
  */
 	.globl	uart_init
 uart_init:
@@ -41,16 +43,15 @@ uart_init:
 	jecxz	4f			/* nothing was pending: don't wait */
 	rdtsc
 	mov	%eax, %edi
+	sub	%esi, %eax		/* TSC deltas mod 2^32: waits are short */
+	cmp	$RX_QUIET_TSC, %eax
+	jae	4f			/* quiet: reset right after this last poll */
 5:	pause
 	rdtsc
-	sub	%edi, %eax		/* TSC deltas mod 2^32: waits are short */
+	sub	%edi, %eax
 	cmp	$RX_PAUSE_TSC, %eax
 	jb	5b
-	rdtsc
-	sub	%esi, %eax
-	cmp	$RX_QUIET_TSC, %eax
-	jb	2b
-	jmp	4f
+	jmp	2b
 3:	cmp	$RX_STASH_MAX, %ecx	/* also bounds a floating bus (LSR=0xff) */
 	jae	4f
 	mov	$UART_RBR, %dx
