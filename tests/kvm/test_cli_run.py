@@ -121,8 +121,13 @@ def test_terminal_input_is_raw_during_the_run_and_restored_after():
         process = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", guests.path("echo.bin"),
                                     "--timeout", "60"],
                                    stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.0)
-        # No newline: a cooked terminal would hold these bytes back from the guest.
+        # Input only once pyvmm made the terminal raw: a cooked one would hold
+        # "ab" back and take \x04 as end-of-file (a loaded host starts pyvmm
+        # later than any fixed wait).
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(terminal)[3] & termios.ICANON and process.poll() is None:
+            assert time.monotonic() < deadline, "pyvmm never made the terminal raw"
+            time.sleep(0.02)
         os.write(controller, b"ab\x04")
         output, stderr = process.communicate(timeout=60)
         assert (process.returncode, output) == (0, b"ab\nbye\n"), stderr
