@@ -1,6 +1,9 @@
 #include <errno.h>
 #include <stddef.h>
 #include <linux/kvm.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -51,4 +54,13 @@ unsigned long pyvmm_sync_sregs_offset(void)
 unsigned long pyvmm_sync_events_offset(void)
 {
     return offsetof(struct kvm_run, s.regs.events);
+}
+
+int pyvmm_one_malloc_arena(void)
+{
+#ifdef __GLIBC__
+    return mallopt(M_ARENA_MAX, 1);
+#else
+    return 1;
+#endif
 }

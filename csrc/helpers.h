@@ -16,4 +16,8 @@ unsigned long pyvmm_sync_regs_offset(void);
 unsigned long pyvmm_sync_sregs_offset(void);
 unsigned long pyvmm_sync_events_offset(void);
 
+/* Has every thread allocate from one malloc arena (glibc's M_ARENA_MAX;
+ * nothing elsewhere). Returns 0 if the allocator refused. */
+int pyvmm_one_malloc_arena(void);
+
 #endif

@@ -11,4 +11,5 @@ int pyvmm_install_kick_handler(int signo);
 unsigned long pyvmm_sync_regs_offset(void);
 unsigned long pyvmm_sync_sregs_offset(void);
 unsigned long pyvmm_sync_events_offset(void);
+int pyvmm_one_malloc_arena(void);
 """

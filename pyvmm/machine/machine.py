@@ -14,6 +14,7 @@ from ..arch.x86_64 import acpi, power_on
 from ..console import InputPump, open_output
 from ..devices import DeviceFailure
 from ..devices.state import DeviceStateError
+from ..kvm import one_malloc_arena
 from ..run.fast import FastLoop, FastPath
 from ..run.hooks import Hooks
 from ..run.loop import VcpuLoop
@@ -51,6 +52,7 @@ class Machine:
 
     def __init__(self, config, image=None, options=None, snapshot=None):
         config.validate()
+        one_malloc_arena()                      # before the VM's threads: see its docstring
         self.config = config
         self.sandbox = Sandbox(config.seccomp, KICK_SIGNAL)   # pyvmm.sandbox: each thread's filter
         self.stop = StopSignal()
