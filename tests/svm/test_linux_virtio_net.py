@@ -18,6 +18,11 @@ TAP (10.0.2.1/24 on L1's side) and a listener; pyvmm runs there with
 
 pyvmm's counters (--stats=json) show no drops and agree exactly with L1's
 TAP counters. Every packet stays inside L1's namespace.
+
+Not pyvmm's: under nested emulation the guest's CPU is so slow that its TCP
+rarely has two segments queued when busybox nc writes (in small pieces), so
+nc's traffic leaves the guest as 1514-byte frames; httpd's larger writes
+give TSO frames, which is why the guest serves a file.
 """
 
 import hashlib
