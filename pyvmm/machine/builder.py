@@ -98,7 +98,8 @@ def create_vcpus(kvm, vm, config):
     cpus = config.cpus
     supported = kvm.supported_cpuid()
     msr_indices = kvm.msr_index_list()
-    msrs, reset_msrs = msr.boot_msrs(msr_indices), msr.reset_msrs(msr_indices)
+    msrs = msr.boot_msrs(msr_indices)
+    reset_msrs = msr.reset_msrs(msr_indices, cpuid.kvm_features(supported))
     vcpus, boots = [], []
     for index in range(cpus):
         vcpu = vm.create_vcpu(index)

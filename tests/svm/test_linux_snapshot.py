@@ -10,7 +10,7 @@ import sys
 from pyvmm.linux import fetch as fetch_linux
 from pyvmm.testing.svm.linux_guest import SCRIPT_INIT, script_initrd
 
-TICKS = 12
+TICKS = 40          # 20 s: time for `pyvmm remote` to start in L1 while the guest ticks
 SCRIPT = f"for i in $(seq 1 {TICKS}); do echo tick $i; sleep 0.5; done; exit 7"
 
 

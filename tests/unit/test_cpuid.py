@@ -80,3 +80,18 @@ def test_any_mask_clears_exactly_the_closed_set(names):
 def test_bad_masks_are_refused(text, message):
     with pytest.raises(cpuid.CpuFeatureError, match=message):
         cpuid.parse_feature_mask(text)
+
+
+def test_every_vcpu_is_told_it_runs_under_a_hypervisor():
+    # KVM_GET_SUPPORTED_CPUID leaves CPUID.1:ECX[31] clear; without it Linux
+    # never reads the KVM leaves (no KVM clock: its clock reads then exit).
+    assert not SUPPORTED[1]["ecx"] >> 31 & 1
+    for apic_id, cpus in ((0, 1), (1, 2)):
+        assert cpuid.has_feature(cpuid.vcpu_cpuid(SUPPORTED, apic_id, cpus), "hypervisor")
+    assert not cpuid.has_feature(cpuid.vcpu_cpuid(SUPPORTED, 0, 1, {"hypervisor"}), "hypervisor")
+
+
+def test_kvm_features_come_from_the_kvm_features_leaf():
+    assert cpuid.kvm_features(SUPPORTED) == 0
+    features = {"function": 0x40000001, "index": 0, "flags": 0, "eax": 0x1007EFB, "ebx": 0, "ecx": 0, "edx": 0}
+    assert cpuid.kvm_features(SUPPORTED + [features]) == 0x1007EFB

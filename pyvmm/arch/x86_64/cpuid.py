@@ -96,6 +96,8 @@ DEPENDENTS = {
 XCR0_X87, XCR0_SSE, XCR0_AVX = 1 << 0, 1 << 1, 1 << 2
 XCR0_AVX512 = 0xE0  # opmask, ZMM_Hi256, Hi16_ZMM
 KVM_SIGNATURE_LEAF = 0x40000000
+KVM_FEATURES_LEAF = 0x40000001
+HYPERVISOR_BIT = 31           # CPUID.1:ECX, which KVM_GET_SUPPORTED_CPUID leaves to the VMM
 
 
 class CpuFeatureError(ValueError):
@@ -150,6 +152,12 @@ def mask_features(entries, masked):
     return entries
 
 
+def kvm_features(entries):
+    """KVM's paravirtual feature bits (CPUID 0x40000001 EAX) in a table, 0 if none."""
+    entry = _entry(entries, KVM_FEATURES_LEAF, 0)
+    return entry["eax"] if entry is not None else 0
+
+
 def has_feature(entries, name):
     leaf, subleaf, register, bit = FEATURES[name]
     entry = _entry(entries, leaf, subleaf)
@@ -200,6 +208,11 @@ def vcpu_cpuid(supported, apic_id, cpus=1, masked=()):
                 topology_leaves.append(function)
             continue
         if function == LEAF_FEATURES:
+            # Without it Linux takes itself for bare metal and never looks for
+            # the KVM leaves: no KVM clock (it calibrates the TSC against the
+            # PIT, and where that fails it reads the ACPI PM timer, one exit a
+            # clock read), no PV EOI or steal time. QEMU and Firecracker set it.
+            entry["ecx"] |= 1 << HYPERVISOR_BIT
             entry["ebx"] = (entry["ebx"] & 0x0000FFFF) | (cpus & 0xFF) << 16 | (apic_id & 0xFF) << 24
             if cpus > 1:
                 entry["edx"] |= 1 << FEATURES["ht"][3]

@@ -40,8 +40,31 @@ TSC_AFTER_RESET = 1
 # reset values of MSRs a guest changes that the boot values leave alone.
 RESET_MSRS = {**BOOT_MSRS, IA32_TSC: TSC_AFTER_RESET, IA32_PAT: PAT_RESET, IA32_TSC_DEADLINE: 0}
 
+# KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst) with which a
+# guest has KVM keep writing into its memory (the KVM clock, steal time,
+# async page faults, PV EOI), by the KVM feature bit (CPUID 0x40000001 EAX)
+# that offers each: off again after a reset, as QEMU does, or KVM writes
+# into the woken or rebooted guest's memory at the old guest's addresses.
+# Polling control resets to 1 (the guest may poll), the only value KVM takes.
+MSR_KVM_SYSTEM_TIME = 0x12
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+MSR_KVM_ASYNC_PF_EN = 0x4B564D02
+MSR_KVM_STEAL_TIME = 0x4B564D03
+MSR_KVM_PV_EOI_EN = 0x4B564D04
+MSR_KVM_POLL_CONTROL = 0x4B564D05
+MSR_KVM_ASYNC_PF_INT = 0x4B564D06
+KVM_PV_RESET_MSRS = {  # feature bit: (MSR, reset value)
+    0: (MSR_KVM_SYSTEM_TIME, 0), 3: (MSR_KVM_SYSTEM_TIME_NEW, 0), 4: (MSR_KVM_ASYNC_PF_EN, 0),
+    5: (MSR_KVM_STEAL_TIME, 0), 6: (MSR_KVM_PV_EOI_EN, 0), 12: (MSR_KVM_POLL_CONTROL, 1),
+    14: (MSR_KVM_ASYNC_PF_INT, 0),
+}
 
-def reset_msrs(supported):
-    """RESET_MSRS restricted to the MSR indices KVM reports it can save/restore."""
+
+def reset_msrs(supported, kvm_features=0):
+    """RESET_MSRS and the paravirtual MSRs of the `kvm_features` the guest is
+    offered (KVM_PV_RESET_MSRS), restricted to the MSR indices KVM reports
+    it can save/restore."""
     supported = set(supported)
-    return {index: value for index, value in RESET_MSRS.items() if index in supported}
+    wanted = dict(RESET_MSRS)
+    wanted.update(pair for bit, pair in KVM_PV_RESET_MSRS.items() if kvm_features >> bit & 1)
+    return {index: value for index, value in wanted.items() if index in supported}
