@@ -30,7 +30,10 @@ from pyvmm.machine import Machine, read_kernel
 pytestmark = [pytest.mark.kvm, pytest.mark.network]
 
 MEMORY = 256 << 20
-EARLY_BOOT_DEADLINE = 175      # seconds: the proof must come within three minutes
+# Seconds for the early-boot proof: about 120 s here on a quiet kvm_pvm host
+# (the kernel's decompression and early code are emulated), half as much
+# again on a slower machine or under load.
+EARLY_BOOT_DEADLINE = 300
 FULL_BOOT_DEADLINE = 120
 FULL_BOOT_ROUNDS = {1: 1, 2: 2}       # the 2-vCPU boots twice each
 CASE_TIMEOUT = 400                    # one boot inside the SVM host, under load included
