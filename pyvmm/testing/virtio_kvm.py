@@ -15,7 +15,11 @@ replay_rings_on_kvm(chains, device, ...) -> RingRun
     returns what the device did: the used entries, the status, the
     interrupt bits. The same chains through VirtioBench must give the same.
 
-Both go through real MMIO exits, the fast path's doorbells (or the Python
+pattern_image(path) / expected_after_blk_guest(image): virtio-blk.bin's test
+    image (byte (sector * 7 + offset) & 0xff everywhere) and what it holds once
+    the guest ran on a writable disk.
+
+Both runs go through real MMIO exits, the fast path's doorbells (or the Python
 loop with exit_path="python"), the device's worker thread and the
 interrupt line into the guest's IOAPIC.
 """
@@ -236,3 +240,23 @@ def replay_rings_on_kvm(chains, device: str, queue_size: int, base: int, feature
 
 __all__ = ["ANNOUNCE", "BlockModel", "BlockOp", "BlockRun", "RingRun", "block_programs",
            "replay_rings_on_kvm", "run_block_program", "word_hash", "xorshift_words"]
+
+
+# virtio-blk.bin's test image: byte (sector * 7 + offset) & 0xff everywhere.
+PATTERN_SECTORS = 2048
+
+
+def pattern_image(path):
+    """Writes virtio-blk.bin's test image to `path` (a pathlib.Path); returns it."""
+    sector = bytes(range(256)) * 4
+    path.write_bytes(b"".join(sector[(s * 7) % 256:(s * 7) % 256 + 512] for s in range(PATTERN_SECTORS)))
+    return path
+
+
+def expected_after_blk_guest(image):
+    """The image once virtio-blk.bin ran on a writable disk."""
+    data = bytearray(image)
+    data[10 * 512:12 * 512] = bytes((0xA5 ^ i) & 0xFF for i in range(1024))
+    for first in (20, 30, 40):
+        data[first * 512:(first + 2) * 512] = bytes(1024)
+    return bytes(data)

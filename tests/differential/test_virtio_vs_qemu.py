@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from pyvmm import guests
+from pyvmm.testing.virtio_kvm import expected_after_blk_guest, pattern_image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_runner import microvm_command, pyvmm_virtio_command, run  # noqa: E402
@@ -155,25 +156,6 @@ def test_misbehaving_driver_on_the_console():
     # QEMU's console takes the stale entries of a jumping index as requests.
     check_misbehaving_driver([("console",)], "device=3", also=[
         "~ an available index that jumps: status 0x4f, used 0, configuration change yes"])
-
-
-# virtio-blk.bin's test image: byte (sector * 7 + offset) & 0xff everywhere.
-SECTORS = 2048
-
-
-def pattern_image(path):
-    sector = bytes(range(256)) * 4
-    path.write_bytes(b"".join(sector[(s * 7) % 256:(s * 7) % 256 + 512] for s in range(SECTORS)))
-    return path
-
-
-def expected_after_blk_guest(image):
-    """The image once virtio-blk.bin ran on a writable disk."""
-    data = bytearray(image)
-    data[10 * 512:12 * 512] = bytes((0xA5 ^ i) & 0xFF for i in range(1024))
-    for first in (20, 30, 40):
-        data[first * 512:(first + 2) * 512] = bytes(1024)
-    return bytes(data)
 
 
 @pytest.mark.parametrize("exit_path", ["fast", "python"])

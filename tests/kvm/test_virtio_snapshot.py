@@ -23,30 +23,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pyvmm import guests
 from pyvmm.config import VmConfig
 from pyvmm.machine import Machine
+from pyvmm.testing.virtio_kvm import expected_after_blk_guest, pattern_image
 from pyvmm.virtio_options import DiskSpec, RngSpec
 
 CONSOLE_INPUT = b"hello, console."
-SECTORS = 2048
 
 
 def pyvmm(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "pyvmm", *args], stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=timeout, check=False)
-
-
-def pattern_image(path):
-    """virtio-blk.bin's test image: byte (sector * 7 + offset) & 0xff everywhere."""
-    sector = bytes(range(256)) * 4
-    path.write_bytes(b"".join(sector[(s * 7) % 256:(s * 7) % 256 + 512] for s in range(SECTORS)))
-    return path
-
-
-def expected_after_blk_guest(image):
-    data = bytearray(image)
-    data[10 * 512:12 * 512] = bytes((0xA5 ^ i) & 0xFF for i in range(1024))
-    for first in (20, 30, 40):
-        data[first * 512:(first + 2) * 512] = bytes(1024)
-    return bytes(data)
 
 
 def lines(output):
